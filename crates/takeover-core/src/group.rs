@@ -1,0 +1,1339 @@
+//! The seed-000 role machine of one service group on one node, with the journal rules.
+//!
+//! A group is a pair of nodes (F0.1–F0.6). [`Group`] is one node's half: it takes events
+//! (the peer connected, went down or was confirmed stopped, a peer message, a client
+//! append, a force start, a timeout) with the current local instant, and queues
+//! [`Command`]s for the shell to run **in order, each finished before the next starts**.
+//! That order is the write-ahead rule: a command that must be durable (a priority, a
+//! record) always comes before any command that depends on it, so a crash between two
+//! commands never leaves an effect without its cause on disk.
+//!
+//! Driving contract:
+//! 1. Build with [`Group::boot`] from the durable state and the log's metadata.
+//! 2. Feed every event through [`Group::handle`]; after each call drain
+//!    [`Group::poll_command`] until it returns `None`, executing each command to completion
+//!    (a persist or a write is fsynced before the next command runs).
+//! 3. Call `handle(now, Event::Timeout)` once `now` reaches [`Group::poll_timeout`].
+//!
+//! ```text
+//!   peer lost while SL of a confirmed M         peer lost while M
+//!   ─────────────────────────────────           ─────────────────
+//!   PeerDown{inc} ─► FencePeer{inc}              PeerDown{inc} ─► FencePeer{inc}
+//!   PeerStopped{inc} ─► Persist{1, SM, e+1}      (appends stay pending)
+//!                    ─► StartService             PeerStopped{inc} ─► Persist{1, SM, e+1}
+//!                                                                 ─► AckAppend… (pending)
+//!   SL joins an SM                               SM → M
+//!   ──────────────                               ──────
+//!   State{SM} ─► Persist{3, SL}                  Ack{n} with n ≥ every acknowledged index
+//!            ─► TruncateLog (quarantine)                ─► Persist{2, M}
+//!            ─► Send Join{common}                       ─► Send Promoted
+//! ```
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::log::{DiscardReason, LogMeta, Record};
+use crate::types::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};
+
+/// What authorises acting on a lost peer (taking over as SL, or M → SM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arbiter {
+    /// Ask the shell to fence the peer and wait for its confirmation.
+    Fence,
+    /// Treat a peer that went silent as crashed. Unsafe under partitions and pauses;
+    /// shown in status and logs whenever it is on.
+    UnsafeAssumeCrashStop,
+}
+
+/// The static settings of one group on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupConfig {
+    pub me: NodeId,
+    pub peer: NodeId,
+    pub arbiter: Arbiter,
+    /// How long a recovering node waits for its peer before deciding alone (F0.5).
+    pub startup_wait: Duration,
+    /// How long after a failed fence the fence is tried again.
+    pub fence_retry: Duration,
+    /// How many records one catch-up batch may carry to a joining SL.
+    pub catch_up_window: u64,
+}
+
+/// The part of a group's state that lives on the node's own disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupDurable {
+    /// The seed-000 server priority (F0.3).
+    pub priority: Priority,
+    /// The highest epoch this node knows of; a new epoch is created above it.
+    pub epoch: Epoch,
+    /// The last role entered (X is never written; informational after a restart).
+    pub role: Role,
+    /// Set by `--join-only` after a force start on the peer: this node must not start the
+    /// group by itself until it has rejoined as SL.
+    pub join_only: bool,
+}
+
+impl GroupDurable {
+    /// The state written once at cluster creation: the preferred node starts at
+    /// priority 2, the other at 3 (F0.3: distinct initial values).
+    pub fn initial(preferred: bool) -> GroupDurable {
+        GroupDurable {
+            priority: if preferred {
+                Priority::P2
+            } else {
+                Priority::P3
+            },
+            epoch: Epoch::ZERO,
+            role: Role::X,
+            join_only: false,
+        }
+    }
+}
+
+/// A node's statement of its own state, sent to the peer on connect and on every change.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerState {
+    pub role: Role,
+    pub priority: Priority,
+    pub epoch: Epoch,
+    pub join_only: bool,
+    /// On an SL: the incarnation of the active it follows.
+    pub following: Option<Incarnation>,
+    pub log: LogMeta,
+}
+
+/// Messages between the two nodes of a group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// The sender's role, priority, epoch and log metadata.
+    State(PeerState),
+    /// SL → active: "my log equals yours up to `from_index` (whose epoch is
+    /// `from_epoch`), my priority 3 is durable; send what follows".
+    Join {
+        from_index: u64,
+        from_epoch: Option<Epoch>,
+    },
+    /// Active → SL: consecutive records.
+    Records(Vec<Record>),
+    /// SL → active: every record up to `upto` is durable here.
+    Ack { upto: u64 },
+    /// M → SL: "I am M: you hold every record I acknowledged". Before this message an SL
+    /// that loses its active goes to X, never SM.
+    Promoted,
+}
+
+/// Inputs of the role machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The peer channel to incarnation `inc` is up (its heartbeats are arriving).
+    PeerConnected { inc: Incarnation },
+    /// Every link to the peer has been silent for the configured time.
+    PeerDown { inc: Incarnation },
+    /// The arbiter confirmed that incarnation `inc` of the peer is not processing.
+    PeerStopped { inc: Incarnation },
+    /// The arbiter could not confirm that `inc` stopped.
+    FenceFailed { inc: Incarnation },
+    /// A message from incarnation `from` of the peer.
+    Message { from: Incarnation, msg: Message },
+    /// Client appends, in order.
+    Append { entries: Vec<(ReqId, Vec<u8>)> },
+    /// The operator's force start (F0.6).
+    ForceStart,
+    /// `now` reached the instant returned by `poll_timeout`.
+    Timeout,
+}
+
+/// Outputs of the role machine, executed by the shell in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// Write the durable state (tmp file, fsync, rename, fsync dir) before going on.
+    Persist(GroupDurable),
+    /// Append records to the local journal and fsync before going on.
+    WriteRecords(Vec<Record>),
+    /// Cut the local journal after `keep_upto`, keeping the cut records aside
+    /// (quarantined, reported, never silently dropped), durably, before going on.
+    TruncateLog {
+        keep_upto: u64,
+        reason: DiscardReason,
+    },
+    /// Send a message to incarnation `to` of the peer; dropped if the channel now leads to
+    /// another incarnation.
+    Send { to: Incarnation, msg: Message },
+    /// Read records `from..=upto` from the local journal and send them as one
+    /// [`Message::Records`] to incarnation `to`.
+    SendRecords {
+        to: Incarnation,
+        from: u64,
+        upto: u64,
+    },
+    /// Tell the client its append is durable at `index`.
+    AckAppend { req: ReqId, index: u64 },
+    /// Tell the client its append was refused.
+    RejectAppend { req: ReqId, reason: RejectReason },
+    /// Run the group's service.
+    StartService,
+    /// Stop the group's service.
+    StopService,
+    /// Fence incarnation `inc` of the peer and report `PeerStopped` or `FenceFailed`.
+    FencePeer { inc: Incarnation },
+    /// Tell the operator.
+    Report(Report),
+}
+
+/// Why an append was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Only an active node (SM or M) takes appends.
+    NotActive { role: Role },
+}
+
+/// Why a node entered a role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// Both nodes up after (X X): this node's priority was higher (F0.4).
+    HigherPriority { own: Priority, peer: Priority },
+    /// Both nodes up after (X X): the peer's priority was higher (F0.4).
+    LowerPriority { own: Priority, peer: Priority },
+    /// Only this node up, and its priority is 1 (F0.4).
+    AloneWithPriority1,
+    /// The operator's force start (F0.6).
+    ForceStart,
+    /// The peer was started with `--join-only`.
+    PeerJoinOnly,
+    /// The peer is active: join it as SL (3-1-1, 3-2-1).
+    PeerActive,
+    /// The SL holds every acknowledged record (1-x-2, 3-x-2).
+    Synchronised,
+    /// The active was lost before it confirmed the SL's sync (5-2, 5-6).
+    ActiveLostBeforeSync,
+    /// The active stopped being active while this node was its SL.
+    ActiveStopped,
+    /// The M was lost and is known stopped: take over (4-3, 4-4).
+    Takeover,
+    /// The SL was lost and is known stopped (4-1, 4-2).
+    SlaveLost,
+    /// Two actives met; this one had the older epoch and stopped.
+    YieldToNewerEpoch,
+}
+
+/// Why a node in X does not start the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WaitReason {
+    /// Alone with priority 2 or 3: the peer may have processed last (F0.4 "undetermined").
+    Undetermined { own: Priority },
+    /// Both up with the same priority ([1 1] after a force start): an operator must
+    /// force-start one node (F0.6).
+    EqualPriorities { both: Priority },
+    /// This node was started with `--join-only` and waits for an active peer.
+    JoinOnly,
+    /// Both nodes were started with `--join-only`: an operator must force-start one.
+    BothJoinOnly,
+    /// The peer still acts on an older incarnation of this node; waiting for it to settle.
+    PeerSettling,
+}
+
+/// Why a force start was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefuseReason {
+    /// This node is already in this role.
+    NotStopped { role: Role },
+    /// The peer is up and active: nothing to force.
+    PeerActive,
+    /// The peer is up and the two priorities decide without an operator.
+    DecisionPossible,
+    /// The peer is up but its state is not known yet, or it is still settling.
+    PeerSettling,
+}
+
+/// Things the operator should hear about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Report {
+    Transition {
+        from: Role,
+        to: Role,
+        cause: Cause,
+    },
+    Waiting(WaitReason),
+    /// A force start happened; the peer may still hold priority 1 and start by itself
+    /// later: keep it fenced, or start it with `--join-only` until it has rejoined.
+    ForceStarted {
+        peer: NodeId,
+        peer_up: bool,
+    },
+    ForceStartRefused(RefuseReason),
+    /// This node cut records while rejoining; they were quarantined.
+    Discarded {
+        count: u64,
+        reason: DiscardReason,
+    },
+    /// The SM lost its SL; it continues alone (5-3, 5-7).
+    SlaveLost {
+        inc: Incarnation,
+    },
+    FenceRequested {
+        inc: Incarnation,
+    },
+    FenceFailed {
+        inc: Incarnation,
+    },
+    /// Both nodes were active at once; the one with the older epoch stops.
+    TwoActives {
+        own: Epoch,
+        peer: Epoch,
+    },
+    /// A message broke the protocol and was dropped.
+    MalformedMessage {
+        what: &'static str,
+    },
+}
+
+/// A snapshot of the group for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub role: Role,
+    pub durable: GroupDurable,
+    pub last_index: u64,
+    pub peer: PeerStatus,
+    /// Known durable position of the SL (on an active) or of this node (on an SL).
+    pub sl_durable: Option<u64>,
+    /// Appends waiting for their acknowledgement.
+    pub pending_appends: usize,
+    /// The incarnation being fenced, if any.
+    pub fencing: Option<Incarnation>,
+    pub waiting: Option<WaitReason>,
+    /// On an SL: whether its active confirmed the sync (it may take over).
+    pub sl_confirmed: bool,
+}
+
+/// What the group knows of its peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerStatus {
+    Unknown,
+    Up {
+        inc: Incarnation,
+        role: Option<Role>,
+        priority: Option<Priority>,
+        last_index: Option<u64>,
+    },
+    Down {
+        inc: Incarnation,
+        stopped: bool,
+    },
+}
+
+/// One node's half of a group's role machine. See the module docs for the contract.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Group {
+    cfg: GroupConfig,
+    /// This node's own incarnation.
+    incarnation: Incarnation,
+    durable: GroupDurable,
+    log: LogMeta,
+    role: RoleState,
+    peer: PeerView,
+    fence: Option<Fence>,
+    out: VecDeque<Command>,
+    #[cfg(feature = "mutants")]
+    mutant: Mutant,
+}
+
+/// Deliberate bugs the model checker must catch (feature `mutants`, for the checker's own
+/// tests only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Mutant {
+    #[default]
+    None,
+    /// Enter SM and act (start, acknowledge) before the new priority is durable.
+    ActBeforePersist,
+    /// In M, acknowledge an append after the local fsync, before the SL has it.
+    AckBeforeSlHasRecord,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PeerView {
+    /// Nothing heard since boot.
+    Unknown,
+    /// Connected to incarnation `inc`; `state` is its last State message.
+    Up {
+        inc: Incarnation,
+        state: Option<PeerState>,
+    },
+    /// Incarnation `inc` was declared down; `stopped` once known not processing.
+    Down { inc: Incarnation, stopped: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RoleState {
+    X {
+        phase: XPhase,
+        waiting: Option<WaitReason>,
+    },
+    Sl(Slave),
+    Active(Active),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum XPhase {
+    /// Just recovered: waiting up to `until` for the peer (F0.5).
+    Booting { until: Instant },
+    /// Deciding as soon as the facts allow.
+    Ready,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Slave {
+    /// The incarnation of the active this node follows.
+    master: Incarnation,
+    /// Join sent; records are flowing.
+    joined: bool,
+    /// The active sent Promoted: this node holds every acknowledged record.
+    confirmed: bool,
+    /// The active was lost; waiting for the arbiter before taking over.
+    taking_over: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Active {
+    /// M (true) or SM (false).
+    master: bool,
+    sl: Option<SlLink>,
+    /// Appends written locally and waiting for the SL (in order of index).
+    pending: VecDeque<(u64, ReqId)>,
+    /// Every record up to here may have been acknowledged without the SL.
+    local_acked_upto: u64,
+    /// M only: the SL was lost; waiting for the arbiter before M → SM.
+    lost_sl: Option<Incarnation>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SlLink {
+    inc: Incarnation,
+    /// Its Join arrived on the current channel; cleared when the channel is rebuilt.
+    joined: bool,
+    /// The SL's durable position.
+    durable: u64,
+    /// Records up to here were sent to it.
+    sent: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Fence {
+    inc: Incarnation,
+    retry_at: Option<Instant>,
+}
+
+impl Group {
+    /// Starts the machine after a (re)start of the node, in X, waiting for the peer
+    /// (F0.5). `join_only` is the `--join-only` start flag; it is made durable first.
+    pub fn boot(
+        cfg: GroupConfig,
+        incarnation: Incarnation,
+        durable: GroupDurable,
+        log: LogMeta,
+        join_only: bool,
+        now: Instant,
+    ) -> Group {
+        let until = now.after(cfg.startup_wait);
+        let mut group = Group {
+            cfg,
+            incarnation,
+            durable,
+            log,
+            role: RoleState::X {
+                phase: XPhase::Booting { until },
+                waiting: None,
+            },
+            peer: PeerView::Unknown,
+            fence: None,
+            out: VecDeque::new(),
+            #[cfg(feature = "mutants")]
+            mutant: Mutant::None,
+        };
+        if join_only && !group.durable.join_only {
+            group.durable.join_only = true;
+            group.emit(Command::Persist(group.durable));
+        }
+        group
+    }
+
+    /// Turns on a deliberate bug (model checker tests only).
+    #[cfg(feature = "mutants")]
+    pub fn set_mutant(&mut self, mutant: Mutant) {
+        self.mutant = mutant;
+    }
+
+    fn mutant(&self) -> Mutant {
+        #[cfg(feature = "mutants")]
+        return self.mutant;
+        #[cfg(not(feature = "mutants"))]
+        return Mutant::None;
+    }
+
+    /// Feeds one event. Commands queue up for [`Group::poll_command`].
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::PeerConnected { inc } => self.on_peer_connected(now, inc),
+            Event::PeerDown { inc } => self.on_peer_down(now, inc),
+            Event::PeerStopped { inc } => self.on_peer_stopped(now, inc),
+            Event::FenceFailed { inc } => self.on_fence_failed(now, inc),
+            Event::Message { from, msg } => self.on_message(now, from, msg),
+            Event::Append { entries } => self.on_append(entries),
+            Event::ForceStart => self.on_force_start(now),
+            Event::Timeout => self.on_timeout(now),
+        }
+        debug_assert_eq!(self.check_invariants(), Ok(()));
+    }
+
+    /// The next command to execute, in order.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.out.pop_front()
+    }
+
+    /// When to call `handle(now, Event::Timeout)`.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let boot = match self.role {
+            RoleState::X {
+                phase: XPhase::Booting { until },
+                ..
+            } => Some(until),
+            _ => None,
+        };
+        let fence = self.fence.and_then(|it| it.retry_at);
+        match (boot, fence) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The seed-000 role of this node.
+    pub fn role(&self) -> Role {
+        match &self.role {
+            RoleState::X { .. } => Role::X,
+            RoleState::Sl(_) => Role::Sl,
+            RoleState::Active(a) if a.master => Role::M,
+            RoleState::Active(_) => Role::Sm,
+        }
+    }
+
+    /// The durable state as this machine last asked for it to be written.
+    pub fn durable(&self) -> GroupDurable {
+        self.durable
+    }
+
+    /// The metadata of the local log as this machine last asked for it to be written.
+    pub fn log(&self) -> &LogMeta {
+        &self.log
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.cfg
+    }
+
+    /// On an SL: the incarnation of the active it follows, and whether that active
+    /// confirmed the sync.
+    pub fn following(&self) -> Option<(Incarnation, bool)> {
+        match &self.role {
+            RoleState::Sl(s) => Some((s.master, s.confirmed)),
+            _ => None,
+        }
+    }
+
+    /// On an active: the incarnation of its SL, if one has joined.
+    pub fn followed_by(&self) -> Option<Incarnation> {
+        match &self.role {
+            RoleState::Active(a) => a.sl.map(|it| it.inc),
+            _ => None,
+        }
+    }
+
+    /// A snapshot for `status`.
+    pub fn status(&self) -> GroupStatus {
+        let peer = match &self.peer {
+            PeerView::Unknown => PeerStatus::Unknown,
+            PeerView::Up { inc, state } => PeerStatus::Up {
+                inc: *inc,
+                role: state.as_ref().map(|it| it.role),
+                priority: state.as_ref().map(|it| it.priority),
+                last_index: state.as_ref().map(|it| it.log.last_index()),
+            },
+            PeerView::Down { inc, stopped } => PeerStatus::Down {
+                inc: *inc,
+                stopped: *stopped,
+            },
+        };
+        let (sl_durable, pending_appends, waiting, sl_confirmed) = match &self.role {
+            RoleState::X { waiting, .. } => (None, 0, *waiting, false),
+            RoleState::Sl(s) => (Some(self.log.last_index()), 0, None, s.confirmed),
+            RoleState::Active(a) => (a.sl.map(|it| it.durable), a.pending.len(), None, false),
+        };
+        GroupStatus {
+            role: self.role(),
+            durable: self.durable,
+            last_index: self.log.last_index(),
+            peer,
+            sl_durable,
+            pending_appends,
+            fencing: self.fence.map(|it| it.inc),
+            waiting,
+            sl_confirmed,
+        }
+    }
+
+    /// The state statement this node sends to its peer.
+    pub fn state_message(&self) -> PeerState {
+        PeerState {
+            role: self.role(),
+            priority: self.durable.priority,
+            epoch: self.durable.epoch,
+            join_only: self.durable.join_only,
+            following: self.following().map(|(inc, _)| inc),
+            log: self.log.clone(),
+        }
+    }
+
+    /// Checks the machine's own invariants; `Err` names the first one broken.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if let Some(p) = self.role().priority_on_entry()
+            && self.durable.priority != p
+        {
+            return Err(format!(
+                "role {} with priority {}",
+                self.role(),
+                self.durable.priority
+            ));
+        }
+        if let Some(last) = self.log.last_epoch()
+            && last > self.durable.epoch
+        {
+            return Err(format!(
+                "log epoch {last} above durable epoch {}",
+                self.durable.epoch
+            ));
+        }
+        if let RoleState::Active(a) = &self.role {
+            if a.local_acked_upto > self.log.last_index() {
+                return Err("local acknowledgements past the log".into());
+            }
+            if let Some(sl) = a.sl
+                && (sl.durable > sl.sent || sl.sent > self.log.last_index())
+            {
+                return Err(format!(
+                    "SL link durable {} sent {} last {}",
+                    sl.durable,
+                    sl.sent,
+                    self.log.last_index()
+                ));
+            }
+            if a.lost_sl.is_some() && (!a.master || a.sl.is_some()) {
+                return Err("lost SL outside M".into());
+            }
+            let mut prev = a.local_acked_upto;
+            for &(index, _) in &a.pending {
+                if index <= prev || index > self.log.last_index() {
+                    return Err("pending appends out of order".into());
+                }
+                prev = index;
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, command: Command) {
+        self.out.push_back(command);
+    }
+
+    fn report(&mut self, report: Report) {
+        self.emit(Command::Report(report));
+    }
+
+    fn peer_state(&self) -> Option<&PeerState> {
+        match &self.peer {
+            PeerView::Up { state, .. } => state.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        if let PeerView::Up { inc, .. } = self.peer {
+            self.emit(Command::Send { to: inc, msg });
+        }
+    }
+
+    fn send_state(&mut self) {
+        let state = self.state_message();
+        self.send(Message::State(state));
+    }
+
+    fn on_peer_connected(&mut self, now: Instant, inc: Incarnation) {
+        match self.peer.clone() {
+            PeerView::Unknown => {}
+            PeerView::Up { inc: cur, .. } if cur == inc => {
+                // The channel to the same run was re-established: messages in flight may
+                // have been lost, so replication restarts from the durable positions.
+                match &mut self.role {
+                    RoleState::Sl(s) if s.master == inc => s.joined = false,
+                    RoleState::Active(a) => {
+                        if let Some(sl) = &mut a.sl
+                            && sl.inc == inc
+                        {
+                            sl.joined = false;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            PeerView::Up { inc: cur, .. } | PeerView::Down { inc: cur, .. } if cur > inc => return,
+            PeerView::Up { inc: cur, .. } => {
+                // A newer run of the peer proves the older one has stopped.
+                self.peer = PeerView::Down {
+                    inc: cur,
+                    stopped: true,
+                };
+                self.peer_lost(now, cur, true);
+            }
+            PeerView::Down { inc: cur, stopped } if cur < inc => {
+                if !stopped {
+                    self.on_peer_stopped(now, cur);
+                }
+            }
+            PeerView::Down { stopped, .. } => {
+                // The same run is back after being declared down. Once it was confirmed
+                // stopped, or while a fence is deciding its fate, it is not trusted again.
+                if stopped || self.fence.is_some_and(|it| it.inc == inc) {
+                    return;
+                }
+            }
+        }
+        self.peer = PeerView::Up { inc, state: None };
+        self.send_state();
+        self.try_decide(now);
+    }
+
+    fn on_peer_down(&mut self, now: Instant, inc: Incarnation) {
+        match self.peer {
+            PeerView::Up { inc: cur, .. } if cur == inc => {}
+            _ => return,
+        }
+        self.peer = PeerView::Down {
+            inc,
+            stopped: false,
+        };
+        self.peer_lost(now, inc, false);
+    }
+
+    /// The peer's run `inc` is gone; `stopped` if it is already known not processing.
+    fn peer_lost(&mut self, now: Instant, inc: Incarnation, stopped: bool) {
+        match &mut self.role {
+            RoleState::X { .. } => self.try_decide(now),
+            RoleState::Sl(s) => {
+                if s.master == inc && s.confirmed {
+                    s.taking_over = true;
+                    self.arbitrate(now, inc, stopped);
+                } else {
+                    self.enter_x(now, Cause::ActiveLostBeforeSync);
+                }
+            }
+            RoleState::Active(a) => {
+                if !a.sl.is_some_and(|it| it.inc == inc) {
+                    return;
+                }
+                a.sl = None;
+                if a.master {
+                    a.lost_sl = Some(inc);
+                    self.arbitrate(now, inc, stopped);
+                } else {
+                    // SM keeps processing; appends held for the SL are durable locally.
+                    self.ack_all_pending();
+                    self.report(Report::SlaveLost { inc });
+                }
+            }
+        }
+    }
+
+    /// Asks the arbiter whether `inc` stopped, unless that is already known.
+    fn arbitrate(&mut self, now: Instant, inc: Incarnation, stopped: bool) {
+        if stopped || self.cfg.arbiter == Arbiter::UnsafeAssumeCrashStop {
+            self.on_peer_stopped(now, inc);
+            return;
+        }
+        if self.fence.is_some_and(|it| it.inc == inc) {
+            return;
+        }
+        self.fence = Some(Fence {
+            inc,
+            retry_at: None,
+        });
+        self.emit(Command::FencePeer { inc });
+        self.report(Report::FenceRequested { inc });
+    }
+
+    fn on_peer_stopped(&mut self, now: Instant, inc: Incarnation) {
+        if self.fence.is_some_and(|it| it.inc == inc) {
+            self.fence = None;
+        }
+        if let PeerView::Down { inc: cur, stopped } = &mut self.peer
+            && *cur == inc
+        {
+            *stopped = true;
+        }
+        match &self.role {
+            RoleState::Sl(s) if s.master == inc && s.taking_over => {
+                self.become_sm(now, Cause::Takeover)
+            }
+            RoleState::Active(a) if a.lost_sl == Some(inc) => self.become_sm(now, Cause::SlaveLost),
+            _ => {}
+        }
+    }
+
+    fn on_fence_failed(&mut self, now: Instant, inc: Incarnation) {
+        if let Some(fence) = &mut self.fence
+            && fence.inc == inc
+        {
+            fence.retry_at = Some(now.after(self.cfg.fence_retry));
+            self.report(Report::FenceFailed { inc });
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if let RoleState::X { phase, .. } = &mut self.role
+            && let XPhase::Booting { until } = *phase
+            && until <= now
+        {
+            *phase = XPhase::Ready;
+            self.try_decide(now);
+        }
+        if let Some(fence) = &mut self.fence
+            && fence.retry_at.is_some_and(|at| at <= now)
+        {
+            fence.retry_at = None;
+            let inc = fence.inc;
+            self.emit(Command::FencePeer { inc });
+            self.report(Report::FenceRequested { inc });
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, from: Incarnation, msg: Message) {
+        let PeerView::Up { inc, state } = &mut self.peer else {
+            return;
+        };
+        if *inc != from {
+            return;
+        }
+        match msg {
+            Message::State(peer_state) => {
+                *state = Some(peer_state);
+                self.on_peer_state(now, from);
+            }
+            Message::Join {
+                from_index,
+                from_epoch,
+            } => self.on_join(from, from_index, from_epoch),
+            Message::Records(records) => self.on_records(from, records),
+            Message::Ack { upto } => self.on_ack(from, upto),
+            Message::Promoted => {
+                if let RoleState::Sl(s) = &mut self.role
+                    && s.master == from
+                    && s.joined
+                    && !s.confirmed
+                {
+                    s.confirmed = true;
+                }
+            }
+        }
+    }
+
+    fn on_peer_state(&mut self, now: Instant, from: Incarnation) {
+        let Some(peer_state) = self.peer_state() else {
+            return;
+        };
+        let (peer_role, peer_epoch) = (peer_state.role, peer_state.epoch);
+        match &self.role {
+            RoleState::X { .. } => self.try_decide(now),
+            RoleState::Sl(s) => {
+                if s.master != from {
+                    return;
+                }
+                if peer_role.is_active() {
+                    self.try_join();
+                } else {
+                    self.enter_x(now, Cause::ActiveStopped);
+                }
+            }
+            RoleState::Active(a) => {
+                if peer_role.is_active() {
+                    let own = self.durable.epoch;
+                    self.report(Report::TwoActives {
+                        own,
+                        peer: peer_epoch,
+                    });
+                    if own < peer_epoch {
+                        self.emit(Command::StopService);
+                        self.enter_x(now, Cause::YieldToNewerEpoch);
+                    }
+                } else if peer_role != Role::Sl && a.sl.is_some_and(|it| it.inc == from) {
+                    // Our SL says it stopped following: it will not take over.
+                    self.peer_lost(now, from, true);
+                }
+            }
+        }
+    }
+
+    fn on_join(&mut self, from: Incarnation, from_index: u64, from_epoch: Option<Epoch>) {
+        let RoleState::Active(a) = &mut self.role else {
+            return;
+        };
+        if a.lost_sl.is_some() {
+            return;
+        }
+        if from_index > self.log.last_index() || self.log.epoch_at(from_index) != from_epoch {
+            self.report(Report::MalformedMessage {
+                what: "join position not in the active's log",
+            });
+            return;
+        }
+        a.sl = Some(SlLink {
+            inc: from,
+            joined: true,
+            durable: from_index,
+            sent: from_index,
+        });
+        self.continue_catch_up();
+        self.check_promotion();
+    }
+
+    fn on_records(&mut self, from: Incarnation, records: Vec<Record>) {
+        let RoleState::Sl(s) = &self.role else { return };
+        if s.master != from || !s.joined {
+            return;
+        }
+        let Some(active_epoch) = self.peer_state().map(|it| it.epoch) else {
+            return;
+        };
+        let mut last_index = self.log.last_index();
+        let mut last_epoch = self.log.last_epoch().unwrap_or(Epoch::ZERO);
+        let mut fresh = Vec::with_capacity(records.len());
+        for record in records {
+            if record.index <= last_index && fresh.is_empty() {
+                continue; // Already here (a resend after a rejoin).
+            }
+            let problem = if !record.verify() {
+                Some("record checksum mismatch")
+            } else if record.index != last_index + 1 {
+                Some("records not consecutive")
+            } else if record.epoch < last_epoch || record.epoch > active_epoch {
+                Some("record epoch out of order")
+            } else {
+                None
+            };
+            if let Some(what) = problem {
+                self.report(Report::MalformedMessage { what });
+                return;
+            }
+            last_index = record.index;
+            last_epoch = record.epoch;
+            fresh.push(record);
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        for record in &fresh {
+            self.log.push(record.epoch, 1);
+        }
+        let upto = self.log.last_index();
+        self.emit(Command::WriteRecords(fresh));
+        self.send(Message::Ack { upto });
+    }
+
+    fn on_ack(&mut self, from: Incarnation, upto: u64) {
+        let RoleState::Active(a) = &mut self.role else {
+            return;
+        };
+        let Some(sl) = &mut a.sl else { return };
+        if sl.inc != from || !sl.joined {
+            return;
+        }
+        if upto > sl.sent {
+            self.report(Report::MalformedMessage {
+                what: "acknowledgement past what was sent",
+            });
+            return;
+        }
+        sl.durable = sl.durable.max(upto);
+        let durable = sl.durable;
+        while let Some(&(index, req)) = a.pending.front() {
+            if index > durable {
+                break;
+            }
+            a.pending.pop_front();
+            self.out.push_back(Command::AckAppend { req, index });
+        }
+        self.continue_catch_up();
+        self.check_promotion();
+    }
+
+    /// Sends the next catch-up batch once the SL has everything sent so far.
+    fn continue_catch_up(&mut self) {
+        let RoleState::Active(a) = &mut self.role else {
+            return;
+        };
+        let Some(sl) = &mut a.sl else { return };
+        let last = self.log.last_index();
+        if sl.joined && sl.sent < last && sl.durable == sl.sent {
+            let from = sl.sent + 1;
+            let upto = last.min(sl.sent + self.cfg.catch_up_window.max(1));
+            sl.sent = upto;
+            let to = sl.inc;
+            self.emit(Command::SendRecords { to, from, upto });
+        }
+    }
+
+    /// SM → M once the SL is streaming live and holds every record that may have been
+    /// acknowledged without it; then 2 is made durable, then the SL is told.
+    fn check_promotion(&mut self) {
+        let RoleState::Active(a) = &mut self.role else {
+            return;
+        };
+        let Some(sl) = a.sl else { return };
+        if a.master
+            || !sl.joined
+            || sl.sent != self.log.last_index()
+            || sl.durable < a.local_acked_upto
+        {
+            return;
+        }
+        a.master = true;
+        self.durable.priority = Priority::P2;
+        self.durable.role = Role::M;
+        self.emit(Command::Persist(self.durable));
+        self.report(Report::Transition {
+            from: Role::Sm,
+            to: Role::M,
+            cause: Cause::Synchronised,
+        });
+        self.send(Message::Promoted);
+        self.send_state();
+    }
+
+    fn on_append(&mut self, entries: Vec<(ReqId, Vec<u8>)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let role = self.role();
+        let mutant = self.mutant();
+        let RoleState::Active(a) = &mut self.role else {
+            for (req, _) in entries {
+                self.emit(Command::RejectAppend {
+                    req,
+                    reason: RejectReason::NotActive { role },
+                });
+            }
+            return;
+        };
+        let epoch = self.durable.epoch;
+        let first = self.log.last_index() + 1;
+        let records: Vec<Record> = entries
+            .iter()
+            .zip(first..)
+            .map(|((_, payload), index)| Record::new(epoch, index, payload.clone()))
+            .collect();
+        self.log.push(epoch, records.len() as u64);
+        let last = self.log.last_index();
+        // Live streaming: the SL already has (or was sent) everything before these.
+        let live =
+            a.sl.filter(|it| it.joined && it.sent == first - 1)
+                .map(|it| it.inc);
+        if let Some(sl) = &mut a.sl
+            && live.is_some()
+        {
+            sl.sent = last;
+        }
+        let ack_early = a.master && mutant == Mutant::AckBeforeSlHasRecord;
+        let wait_for_sl = (a.master || live.is_some()) && !ack_early;
+        if wait_for_sl {
+            a.pending.extend(
+                entries
+                    .iter()
+                    .zip(first..)
+                    .map(|((req, _), index)| (index, *req)),
+            );
+        } else {
+            a.local_acked_upto = last;
+        }
+        self.out.push_back(Command::WriteRecords(records.clone()));
+        if let Some(to) = live {
+            self.out.push_back(Command::Send {
+                to,
+                msg: Message::Records(records),
+            });
+        }
+        if !wait_for_sl {
+            for ((req, _), index) in entries.iter().zip(first..) {
+                self.out.push_back(Command::AckAppend { req: *req, index });
+            }
+        }
+    }
+
+    fn on_force_start(&mut self, now: Instant) {
+        let refuse = match &self.role {
+            RoleState::X { .. } => match &self.peer {
+                PeerView::Up { state: None, .. } => Some(RefuseReason::PeerSettling),
+                PeerView::Up {
+                    state: Some(ps), ..
+                } => match ps.role {
+                    Role::Sm | Role::M => Some(RefuseReason::PeerActive),
+                    Role::Sl => Some(RefuseReason::PeerSettling),
+                    Role::X => {
+                        let both_join_only = self.durable.join_only && ps.join_only;
+                        let equal = !self.durable.join_only
+                            && !ps.join_only
+                            && self.durable.priority == ps.priority;
+                        (!both_join_only && !equal).then_some(RefuseReason::DecisionPossible)
+                    }
+                },
+                PeerView::Unknown | PeerView::Down { .. } => None,
+            },
+            _ => Some(RefuseReason::NotStopped { role: self.role() }),
+        };
+        if let Some(reason) = refuse {
+            self.report(Report::ForceStartRefused(reason));
+            return;
+        }
+        let peer_up = matches!(self.peer, PeerView::Up { .. });
+        self.become_sm(now, Cause::ForceStart);
+        self.report(Report::ForceStarted {
+            peer: self.cfg.peer,
+            peer_up,
+        });
+    }
+
+    /// The seed's decision for a node in X (F0.4, F0.5), taken whenever facts change.
+    fn try_decide(&mut self, now: Instant) {
+        let RoleState::X { phase, .. } = self.role else {
+            return;
+        };
+        let booting = matches!(phase, XPhase::Booting { until } if until > now);
+        let own = self.durable.priority;
+        match &self.peer {
+            PeerView::Up {
+                inc,
+                state: Some(ps),
+            } => {
+                let inc = *inc;
+                // A peer that already follows this very run decided by the same
+                // comparison; it counts as a peer in X.
+                let follows_us = ps.role == Role::Sl && ps.following == Some(self.incarnation);
+                match ps.role {
+                    Role::Sm | Role::M => self.become_sl(inc, Cause::PeerActive),
+                    Role::Sl if !follows_us => self.wait(WaitReason::PeerSettling),
+                    Role::X | Role::Sl => {
+                        let peer = ps.priority;
+                        match (self.durable.join_only, ps.join_only) {
+                            (true, true) => self.wait(WaitReason::BothJoinOnly),
+                            (true, false) => self.wait(WaitReason::JoinOnly),
+                            (false, true) => self.become_sm(now, Cause::PeerJoinOnly),
+                            (false, false) if own < peer => {
+                                self.become_sm(now, Cause::HigherPriority { own, peer })
+                            }
+                            (false, false) if own > peer => {
+                                self.become_sl(inc, Cause::LowerPriority { own, peer })
+                            }
+                            (false, false) => self.wait(WaitReason::EqualPriorities { both: own }),
+                        }
+                    }
+                }
+            }
+            PeerView::Up { state: None, .. } => {}
+            PeerView::Unknown | PeerView::Down { .. } if booting => {}
+            PeerView::Unknown | PeerView::Down { .. } => {
+                if self.durable.join_only {
+                    self.wait(WaitReason::JoinOnly);
+                } else if own == Priority::P1 {
+                    self.become_sm(now, Cause::AloneWithPriority1);
+                } else {
+                    self.wait(WaitReason::Undetermined { own });
+                }
+            }
+        }
+    }
+
+    /// Records (and reports once) why this node in X does not start.
+    fn wait(&mut self, reason: WaitReason) {
+        if let RoleState::X { waiting, .. } = &mut self.role
+            && *waiting != Some(reason)
+        {
+            *waiting = Some(reason);
+            self.report(Report::Waiting(reason));
+        }
+    }
+
+    /// Enters SM (from X, from an SL taking over, or from M that lost its SL): a new
+    /// epoch and priority 1 are made durable before anything else happens.
+    fn become_sm(&mut self, _now: Instant, cause: Cause) {
+        let from = self.role();
+        let known = [
+            Some(self.durable.epoch),
+            self.log.last_epoch(),
+            self.peer_state().map(|it| it.epoch),
+        ];
+        let counter = known
+            .iter()
+            .flatten()
+            .map(|it| it.counter)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.durable = GroupDurable {
+            priority: Priority::P1,
+            epoch: Epoch {
+                counter,
+                node: self.cfg.me.0,
+                forced: cause == Cause::ForceStart,
+            },
+            role: Role::Sm,
+            join_only: false,
+        };
+        let persist_at = self.out.len();
+        self.emit(Command::Persist(self.durable));
+        self.report(Report::Transition {
+            from,
+            to: Role::Sm,
+            cause,
+        });
+        let last = self.log.last_index();
+        match &mut self.role {
+            RoleState::Active(a) => {
+                a.master = false;
+                a.sl = None;
+                a.lost_sl = None;
+                let pending = std::mem::take(&mut a.pending);
+                a.local_acked_upto = last;
+                for (index, req) in pending {
+                    self.out.push_back(Command::AckAppend { req, index });
+                }
+            }
+            _ => {
+                self.role = RoleState::Active(Active {
+                    master: false,
+                    sl: None,
+                    pending: VecDeque::new(),
+                    local_acked_upto: last,
+                    lost_sl: None,
+                });
+                self.emit(Command::StartService);
+            }
+        }
+        self.send_state();
+        if self.mutant() == Mutant::ActBeforePersist
+            && let Some(persist) = self.out.remove(persist_at)
+        {
+            self.out.push_back(persist);
+        }
+    }
+
+    /// Acknowledges every pending append on the strength of the local fsync (SM rule).
+    fn ack_all_pending(&mut self) {
+        let last = self.log.last_index();
+        let RoleState::Active(a) = &mut self.role else {
+            return;
+        };
+        a.local_acked_upto = last;
+        for (index, req) in std::mem::take(&mut a.pending) {
+            self.out.push_back(Command::AckAppend { req, index });
+        }
+    }
+
+    /// Enters SL following incarnation `master` of the peer: 3 is made durable first.
+    fn become_sl(&mut self, master: Incarnation, cause: Cause) {
+        let from = self.role();
+        let peer_epoch = self.peer_state().map_or(Epoch::ZERO, |it| it.epoch);
+        self.durable = GroupDurable {
+            priority: Priority::P3,
+            epoch: self.durable.epoch.max(peer_epoch),
+            role: Role::Sl,
+            join_only: false,
+        };
+        self.emit(Command::Persist(self.durable));
+        self.report(Report::Transition {
+            from,
+            to: Role::Sl,
+            cause,
+        });
+        self.role = RoleState::Sl(Slave {
+            master,
+            joined: false,
+            confirmed: false,
+            taking_over: false,
+        });
+        self.send_state();
+        self.try_join();
+    }
+
+    /// An SL whose active is up and active cuts its log to the common prefix
+    /// (quarantining the rest) and asks for what follows.
+    fn try_join(&mut self) {
+        let RoleState::Sl(s) = &self.role else { return };
+        if s.joined {
+            return;
+        }
+        let PeerView::Up {
+            inc,
+            state: Some(ps),
+        } = &self.peer
+        else {
+            return;
+        };
+        if *inc != s.master || !ps.role.is_active() {
+            return;
+        }
+        let (active_epoch, common) = (ps.epoch, self.log.common_prefix(&ps.log));
+        let forced = ps.log.forced_after(common)
+            || (ps.epoch.forced && ps.log.last_epoch() != Some(ps.epoch));
+        if active_epoch > self.durable.epoch {
+            // The SL adopts the active's epoch before it acknowledges anything of it, so
+            // its own next epoch is created above it.
+            self.durable.epoch = active_epoch;
+            self.emit(Command::Persist(self.durable));
+        }
+        let last = self.log.last_index();
+        if common < last {
+            let reason = if forced {
+                DiscardReason::ForceStart
+            } else {
+                DiscardReason::Unreplicated
+            };
+            self.emit(Command::TruncateLog {
+                keep_upto: common,
+                reason,
+            });
+            self.report(Report::Discarded {
+                count: last - common,
+                reason,
+            });
+            self.log.truncate(common);
+        }
+        if let RoleState::Sl(s) = &mut self.role {
+            s.joined = true;
+        }
+        let from_epoch = self.log.epoch_at(common);
+        self.send(Message::Join {
+            from_index: common,
+            from_epoch,
+        });
+    }
+
+    /// Leaves SL or an active role for X. The priority stays as it is (F0.3).
+    fn enter_x(&mut self, now: Instant, cause: Cause) {
+        let from = self.role();
+        self.role = RoleState::X {
+            phase: XPhase::Ready,
+            waiting: None,
+        };
+        self.report(Report::Transition {
+            from,
+            to: Role::X,
+            cause,
+        });
+        self.send_state();
+        self.try_decide(now);
+    }
+}
