@@ -78,11 +78,7 @@ impl GroupDurable {
     /// priority 2, the other at 3 (F0.3: distinct initial values).
     pub fn initial(preferred: bool) -> GroupDurable {
         GroupDurable {
-            priority: if preferred {
-                Priority::P2
-            } else {
-                Priority::P3
-            },
+            priority: if preferred { Priority::P2 } else { Priority::P3 },
             epoch: Epoch::ZERO,
             role: Role::X,
             join_only: false,
@@ -109,10 +105,7 @@ pub enum Message {
     State(PeerState),
     /// SL → active: "my log equals yours up to `from_index` (whose epoch is
     /// `from_epoch`), my priority 3 is durable; send what follows".
-    Join {
-        from_index: u64,
-        from_epoch: Option<Epoch>,
-    },
+    Join { from_index: u64, from_epoch: Option<Epoch> },
     /// Active → SL: consecutive records.
     Records(Vec<Record>),
     /// SL → active: every record up to `upto` is durable here.
@@ -122,6 +115,17 @@ pub enum Message {
     Promoted,
 }
 
+/// What a fence action must stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FenceTarget {
+    /// One run of the peer, declared down.
+    Run(Incarnation),
+    /// Whatever runs on the peer node now (a force start fences a peer it cannot see).
+    /// Runs up to `known`, the newest this node had heard of when it asked, are stopped
+    /// once the fence confirms; a newer run may have started after the power-off.
+    Node { known: Option<Incarnation> },
+}
+
 /// Inputs of the role machine.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
@@ -129,10 +133,10 @@ pub enum Event {
     PeerConnected { inc: Incarnation },
     /// Every link to the peer has been silent for the configured time.
     PeerDown { inc: Incarnation },
-    /// The arbiter confirmed that incarnation `inc` of the peer is not processing.
-    PeerStopped { inc: Incarnation },
-    /// The arbiter could not confirm that `inc` stopped.
-    FenceFailed { inc: Incarnation },
+    /// The arbiter confirmed that the target is not processing.
+    PeerStopped { target: FenceTarget },
+    /// The arbiter could not confirm that the target stopped.
+    FenceFailed { target: FenceTarget },
     /// A message from incarnation `from` of the peer.
     Message { from: Incarnation, msg: Message },
     /// Client appends, in order.
@@ -152,20 +156,13 @@ pub enum Command {
     WriteRecords(Vec<Record>),
     /// Cut the local journal after `keep_upto`, keeping the cut records aside
     /// (quarantined, reported, never silently dropped), durably, before going on.
-    TruncateLog {
-        keep_upto: u64,
-        reason: DiscardReason,
-    },
+    TruncateLog { keep_upto: u64, reason: DiscardReason },
     /// Send a message to incarnation `to` of the peer; dropped if the channel now leads to
     /// another incarnation.
     Send { to: Incarnation, msg: Message },
     /// Read records `from..=upto` from the local journal and send them as one
     /// [`Message::Records`] to incarnation `to`.
-    SendRecords {
-        to: Incarnation,
-        from: u64,
-        upto: u64,
-    },
+    SendRecords { to: Incarnation, from: u64, upto: u64 },
     /// Tell the client its append is durable at `index`.
     AckAppend { req: ReqId, index: u64 },
     /// Tell the client its append was refused.
@@ -174,8 +171,8 @@ pub enum Command {
     StartService,
     /// Stop the group's service.
     StopService,
-    /// Fence incarnation `inc` of the peer and report `PeerStopped` or `FenceFailed`.
-    FencePeer { inc: Incarnation },
+    /// Fence the peer and report `PeerStopped` or `FenceFailed` for the same target.
+    FencePeer { target: FenceTarget },
     /// Tell the operator.
     Report(Report),
 }
@@ -243,6 +240,8 @@ pub enum RefuseReason {
     DecisionPossible,
     /// The peer is up but its state is not known yet, or it is still settling.
     PeerSettling,
+    /// A force start is already waiting for the peer to be fenced.
+    AlreadyForcing,
 }
 
 /// Things the operator should hear about.
@@ -261,6 +260,9 @@ pub enum Report {
         peer_up: bool,
     },
     ForceStartRefused(RefuseReason),
+    /// The peer came up while the force start was fencing it: the force start was
+    /// dropped and the two nodes decide as usual.
+    ForceStartCancelled,
     /// This node cut records while rejoining; they were quarantined.
     Discarded {
         count: u64,
@@ -271,10 +273,10 @@ pub enum Report {
         inc: Incarnation,
     },
     FenceRequested {
-        inc: Incarnation,
+        target: FenceTarget,
     },
     FenceFailed {
-        inc: Incarnation,
+        target: FenceTarget,
     },
     /// Both nodes were active at once; the one with the older epoch stops.
     TwoActives {
@@ -298,8 +300,8 @@ pub struct GroupStatus {
     pub sl_durable: Option<u64>,
     /// Appends waiting for their acknowledgement.
     pub pending_appends: usize,
-    /// The incarnation being fenced, if any.
-    pub fencing: Option<Incarnation>,
+    /// What is being fenced, if anything.
+    pub fencing: Option<FenceTarget>,
     pub waiting: Option<WaitReason>,
     /// On an SL: whether its active confirmed the sync (it may take over).
     pub sl_confirmed: bool,
@@ -309,16 +311,8 @@ pub struct GroupStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerStatus {
     Unknown,
-    Up {
-        inc: Incarnation,
-        role: Option<Role>,
-        priority: Option<Priority>,
-        last_index: Option<u64>,
-    },
-    Down {
-        inc: Incarnation,
-        stopped: bool,
-    },
+    Up { inc: Incarnation, role: Option<Role>, priority: Option<Priority>, last_index: Option<u64> },
+    Down { inc: Incarnation, stopped: bool },
 }
 
 /// One node's half of a group's role machine. See the module docs for the contract.
@@ -354,19 +348,18 @@ enum PeerView {
     /// Nothing heard since boot.
     Unknown,
     /// Connected to incarnation `inc`; `state` is its last State message.
-    Up {
-        inc: Incarnation,
-        state: Option<PeerState>,
-    },
+    Up { inc: Incarnation, state: Option<PeerState> },
     /// Incarnation `inc` was declared down; `stopped` once known not processing.
     Down { inc: Incarnation, stopped: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RoleState {
+    /// `forcing`: a force start waits for the peer node to be fenced.
     X {
         phase: XPhase,
         waiting: Option<WaitReason>,
+        forcing: bool,
     },
     Sl(Slave),
     Active(Active),
@@ -418,7 +411,7 @@ struct SlLink {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Fence {
-    inc: Incarnation,
+    target: FenceTarget,
     retry_at: Option<Instant>,
 }
 
@@ -439,10 +432,7 @@ impl Group {
             incarnation,
             durable,
             log,
-            role: RoleState::X {
-                phase: XPhase::Booting { until },
-                waiting: None,
-            },
+            role: RoleState::X { phase: XPhase::Booting { until }, waiting: None, forcing: false },
             peer: PeerView::Unknown,
             fence: None,
             out: VecDeque::new(),
@@ -474,8 +464,8 @@ impl Group {
         match event {
             Event::PeerConnected { inc } => self.on_peer_connected(now, inc),
             Event::PeerDown { inc } => self.on_peer_down(now, inc),
-            Event::PeerStopped { inc } => self.on_peer_stopped(now, inc),
-            Event::FenceFailed { inc } => self.on_fence_failed(now, inc),
+            Event::PeerStopped { target } => self.on_peer_stopped(now, target),
+            Event::FenceFailed { target } => self.on_fence_failed(now, target),
             Event::Message { from, msg } => self.on_message(now, from, msg),
             Event::Append { entries } => self.on_append(entries),
             Event::ForceStart => self.on_force_start(now),
@@ -492,10 +482,7 @@ impl Group {
     /// When to call `handle(now, Event::Timeout)`.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let boot = match self.role {
-            RoleState::X {
-                phase: XPhase::Booting { until },
-                ..
-            } => Some(until),
+            RoleState::X { phase: XPhase::Booting { until }, .. } => Some(until),
             _ => None,
         };
         let fence = self.fence.and_then(|it| it.retry_at);
@@ -556,10 +543,7 @@ impl Group {
                 priority: state.as_ref().map(|it| it.priority),
                 last_index: state.as_ref().map(|it| it.log.last_index()),
             },
-            PeerView::Down { inc, stopped } => PeerStatus::Down {
-                inc: *inc,
-                stopped: *stopped,
-            },
+            PeerView::Down { inc, stopped } => PeerStatus::Down { inc: *inc, stopped: *stopped },
         };
         let (sl_durable, pending_appends, waiting, sl_confirmed) = match &self.role {
             RoleState::X { waiting, .. } => (None, 0, *waiting, false),
@@ -573,7 +557,7 @@ impl Group {
             peer,
             sl_durable,
             pending_appends,
-            fencing: self.fence.map(|it| it.inc),
+            fencing: self.fence.map(|it| it.target),
             waiting,
             sl_confirmed,
         }
@@ -596,19 +580,12 @@ impl Group {
         if let Some(p) = self.role().priority_on_entry()
             && self.durable.priority != p
         {
-            return Err(format!(
-                "role {} with priority {}",
-                self.role(),
-                self.durable.priority
-            ));
+            return Err(format!("role {} with priority {}", self.role(), self.durable.priority));
         }
         if let Some(last) = self.log.last_epoch()
             && last > self.durable.epoch
         {
-            return Err(format!(
-                "log epoch {last} above durable epoch {}",
-                self.durable.epoch
-            ));
+            return Err(format!("log epoch {last} above durable epoch {}", self.durable.epoch));
         }
         if let RoleState::Active(a) = &self.role {
             if a.local_acked_upto > self.log.last_index() {
@@ -617,12 +594,7 @@ impl Group {
             if let Some(sl) = a.sl
                 && (sl.durable > sl.sent || sl.sent > self.log.last_index())
             {
-                return Err(format!(
-                    "SL link durable {} sent {} last {}",
-                    sl.durable,
-                    sl.sent,
-                    self.log.last_index()
-                ));
+                return Err(format!("SL link durable {} sent {} last {}", sl.durable, sl.sent, self.log.last_index()));
             }
             if a.lost_sl.is_some() && (!a.master || a.sl.is_some()) {
                 return Err("lost SL outside M".into());
@@ -685,21 +657,18 @@ impl Group {
             PeerView::Up { inc: cur, .. } | PeerView::Down { inc: cur, .. } if cur > inc => return,
             PeerView::Up { inc: cur, .. } => {
                 // A newer run of the peer proves the older one has stopped.
-                self.peer = PeerView::Down {
-                    inc: cur,
-                    stopped: true,
-                };
+                self.peer = PeerView::Down { inc: cur, stopped: true };
                 self.peer_lost(now, cur, true);
             }
             PeerView::Down { inc: cur, stopped } if cur < inc => {
                 if !stopped {
-                    self.on_peer_stopped(now, cur);
+                    self.run_stopped(now, cur);
                 }
             }
             PeerView::Down { stopped, .. } => {
                 // The same run is back after being declared down. Once it was confirmed
                 // stopped, or while a fence is deciding its fate, it is not trusted again.
-                if stopped || self.fence.is_some_and(|it| it.inc == inc) {
+                if stopped || self.fence.is_some_and(|it| it.target == FenceTarget::Run(inc)) {
                     return;
                 }
             }
@@ -714,10 +683,7 @@ impl Group {
             PeerView::Up { inc: cur, .. } if cur == inc => {}
             _ => return,
         }
-        self.peer = PeerView::Down {
-            inc,
-            stopped: false,
-        };
+        self.peer = PeerView::Down { inc, stopped: false };
         self.peer_lost(now, inc, false);
     }
 
@@ -734,7 +700,7 @@ impl Group {
                 }
             }
             RoleState::Active(a) => {
-                if !a.sl.is_some_and(|it| it.inc == inc) {
+                if a.sl.is_none_or(|it| it.inc != inc) {
                     return;
                 }
                 a.sl = None;
@@ -753,44 +719,76 @@ impl Group {
     /// Asks the arbiter whether `inc` stopped, unless that is already known.
     fn arbitrate(&mut self, now: Instant, inc: Incarnation, stopped: bool) {
         if stopped || self.cfg.arbiter == Arbiter::UnsafeAssumeCrashStop {
-            self.on_peer_stopped(now, inc);
+            self.run_stopped(now, inc);
             return;
         }
-        if self.fence.is_some_and(|it| it.inc == inc) {
-            return;
-        }
-        self.fence = Some(Fence {
-            inc,
-            retry_at: None,
-        });
-        self.emit(Command::FencePeer { inc });
-        self.report(Report::FenceRequested { inc });
+        self.request_fence(FenceTarget::Run(inc));
     }
 
-    fn on_peer_stopped(&mut self, now: Instant, inc: Incarnation) {
-        if self.fence.is_some_and(|it| it.inc == inc) {
+    fn request_fence(&mut self, target: FenceTarget) {
+        if self.fence.is_some_and(|it| it.target == target) {
+            return;
+        }
+        self.fence = Some(Fence { target, retry_at: None });
+        self.emit(Command::FencePeer { target });
+        self.report(Report::FenceRequested { target });
+    }
+
+    fn on_peer_stopped(&mut self, now: Instant, target: FenceTarget) {
+        if self.fence.is_some_and(|it| it.target == target) {
             self.fence = None;
         }
+        match target {
+            FenceTarget::Run(inc) => self.run_stopped(now, inc),
+            FenceTarget::Node { known } => {
+                // The node was powered off after the request: every run known then is
+                // stopped. A newer run booted after the power-off and is left alone.
+                let covered = |inc: Incarnation| known.is_some_and(|it| inc <= it);
+                match self.peer {
+                    PeerView::Up { inc, .. } if covered(inc) => {
+                        self.peer = PeerView::Down { inc, stopped: true };
+                        self.peer_lost(now, inc, true);
+                    }
+                    PeerView::Down { inc, stopped: false } if covered(inc) => self.run_stopped(now, inc),
+                    _ => {}
+                }
+                if let RoleState::X { forcing, .. } = &mut self.role
+                    && *forcing
+                {
+                    if matches!(self.peer, PeerView::Up { .. }) {
+                        // A run of the peer booted after the power-off and is up: the
+                        // peer is no longer gone, so the normal decision applies.
+                        *forcing = false;
+                        self.report(Report::ForceStartCancelled);
+                        self.try_decide(now);
+                    } else {
+                        self.finish_force_start(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run `inc` of the peer is known not to be processing.
+    fn run_stopped(&mut self, now: Instant, inc: Incarnation) {
         if let PeerView::Down { inc: cur, stopped } = &mut self.peer
             && *cur == inc
         {
             *stopped = true;
         }
         match &self.role {
-            RoleState::Sl(s) if s.master == inc && s.taking_over => {
-                self.become_sm(now, Cause::Takeover)
-            }
+            RoleState::Sl(s) if s.master == inc && s.taking_over => self.become_sm(now, Cause::Takeover),
             RoleState::Active(a) if a.lost_sl == Some(inc) => self.become_sm(now, Cause::SlaveLost),
             _ => {}
         }
     }
 
-    fn on_fence_failed(&mut self, now: Instant, inc: Incarnation) {
+    fn on_fence_failed(&mut self, now: Instant, target: FenceTarget) {
         if let Some(fence) = &mut self.fence
-            && fence.inc == inc
+            && fence.target == target
         {
             fence.retry_at = Some(now.after(self.cfg.fence_retry));
-            self.report(Report::FenceFailed { inc });
+            self.report(Report::FenceFailed { target });
         }
     }
 
@@ -806,9 +804,9 @@ impl Group {
             && fence.retry_at.is_some_and(|at| at <= now)
         {
             fence.retry_at = None;
-            let inc = fence.inc;
-            self.emit(Command::FencePeer { inc });
-            self.report(Report::FenceRequested { inc });
+            let target = fence.target;
+            self.emit(Command::FencePeer { target });
+            self.report(Report::FenceRequested { target });
         }
     }
 
@@ -824,10 +822,7 @@ impl Group {
                 *state = Some(peer_state);
                 self.on_peer_state(now, from);
             }
-            Message::Join {
-                from_index,
-                from_epoch,
-            } => self.on_join(from, from_index, from_epoch),
+            Message::Join { from_index, from_epoch } => self.on_join(from, from_index, from_epoch),
             Message::Records(records) => self.on_records(from, records),
             Message::Ack { upto } => self.on_ack(from, upto),
             Message::Promoted => {
@@ -862,10 +857,7 @@ impl Group {
             RoleState::Active(a) => {
                 if peer_role.is_active() {
                     let own = self.durable.epoch;
-                    self.report(Report::TwoActives {
-                        own,
-                        peer: peer_epoch,
-                    });
+                    self.report(Report::TwoActives { own, peer: peer_epoch });
                     if own < peer_epoch {
                         self.emit(Command::StopService);
                         self.enter_x(now, Cause::YieldToNewerEpoch);
@@ -886,17 +878,10 @@ impl Group {
             return;
         }
         if from_index > self.log.last_index() || self.log.epoch_at(from_index) != from_epoch {
-            self.report(Report::MalformedMessage {
-                what: "join position not in the active's log",
-            });
+            self.report(Report::MalformedMessage { what: "join position not in the active's log" });
             return;
         }
-        a.sl = Some(SlLink {
-            inc: from,
-            joined: true,
-            durable: from_index,
-            sent: from_index,
-        });
+        a.sl = Some(SlLink { inc: from, joined: true, durable: from_index, sent: from_index });
         self.continue_catch_up();
         self.check_promotion();
     }
@@ -953,9 +938,7 @@ impl Group {
             return;
         }
         if upto > sl.sent {
-            self.report(Report::MalformedMessage {
-                what: "acknowledgement past what was sent",
-            });
+            self.report(Report::MalformedMessage { what: "acknowledgement past what was sent" });
             return;
         }
         sl.durable = sl.durable.max(upto);
@@ -994,22 +977,14 @@ impl Group {
             return;
         };
         let Some(sl) = a.sl else { return };
-        if a.master
-            || !sl.joined
-            || sl.sent != self.log.last_index()
-            || sl.durable < a.local_acked_upto
-        {
+        if a.master || !sl.joined || sl.sent != self.log.last_index() || sl.durable < a.local_acked_upto {
             return;
         }
         a.master = true;
         self.durable.priority = Priority::P2;
         self.durable.role = Role::M;
         self.emit(Command::Persist(self.durable));
-        self.report(Report::Transition {
-            from: Role::Sm,
-            to: Role::M,
-            cause: Cause::Synchronised,
-        });
+        self.report(Report::Transition { from: Role::Sm, to: Role::M, cause: Cause::Synchronised });
         self.send(Message::Promoted);
         self.send_state();
     }
@@ -1022,10 +997,7 @@ impl Group {
         let mutant = self.mutant();
         let RoleState::Active(a) = &mut self.role else {
             for (req, _) in entries {
-                self.emit(Command::RejectAppend {
-                    req,
-                    reason: RejectReason::NotActive { role },
-                });
+                self.emit(Command::RejectAppend { req, reason: RejectReason::NotActive { role } });
             }
             return;
         };
@@ -1039,9 +1011,7 @@ impl Group {
         self.log.push(epoch, records.len() as u64);
         let last = self.log.last_index();
         // Live streaming: the SL already has (or was sent) everything before these.
-        let live =
-            a.sl.filter(|it| it.joined && it.sent == first - 1)
-                .map(|it| it.inc);
+        let live = a.sl.filter(|it| it.joined && it.sent == first - 1).map(|it| it.inc);
         if let Some(sl) = &mut a.sl
             && live.is_some()
         {
@@ -1050,21 +1020,13 @@ impl Group {
         let ack_early = a.master && mutant == Mutant::AckBeforeSlHasRecord;
         let wait_for_sl = (a.master || live.is_some()) && !ack_early;
         if wait_for_sl {
-            a.pending.extend(
-                entries
-                    .iter()
-                    .zip(first..)
-                    .map(|((req, _), index)| (index, *req)),
-            );
+            a.pending.extend(entries.iter().zip(first..).map(|((req, _), index)| (index, *req)));
         } else {
             a.local_acked_upto = last;
         }
         self.out.push_back(Command::WriteRecords(records.clone()));
         if let Some(to) = live {
-            self.out.push_back(Command::Send {
-                to,
-                msg: Message::Records(records),
-            });
+            self.out.push_back(Command::Send { to, msg: Message::Records(records) });
         }
         if !wait_for_sl {
             for ((req, _), index) in entries.iter().zip(first..) {
@@ -1075,18 +1037,15 @@ impl Group {
 
     fn on_force_start(&mut self, now: Instant) {
         let refuse = match &self.role {
+            RoleState::X { forcing: true, .. } => Some(RefuseReason::AlreadyForcing),
             RoleState::X { .. } => match &self.peer {
                 PeerView::Up { state: None, .. } => Some(RefuseReason::PeerSettling),
-                PeerView::Up {
-                    state: Some(ps), ..
-                } => match ps.role {
+                PeerView::Up { state: Some(ps), .. } => match ps.role {
                     Role::Sm | Role::M => Some(RefuseReason::PeerActive),
                     Role::Sl => Some(RefuseReason::PeerSettling),
                     Role::X => {
                         let both_join_only = self.durable.join_only && ps.join_only;
-                        let equal = !self.durable.join_only
-                            && !ps.join_only
-                            && self.durable.priority == ps.priority;
+                        let equal = !self.durable.join_only && !ps.join_only && self.durable.priority == ps.priority;
                         (!both_join_only && !equal).then_some(RefuseReason::DecisionPossible)
                     }
                 },
@@ -1098,26 +1057,38 @@ impl Group {
             self.report(Report::ForceStartRefused(reason));
             return;
         }
+        // The peer may be running unseen (not heard yet, cut off, or about to be forced
+        // by another operator): it is fenced first, as Pacemaker's startup fencing does,
+        // unless the unsafe arbiter is configured.
+        if self.cfg.arbiter == Arbiter::UnsafeAssumeCrashStop {
+            self.finish_force_start(now);
+        } else {
+            if let RoleState::X { forcing, .. } = &mut self.role {
+                *forcing = true;
+            }
+            let known = match self.peer {
+                PeerView::Up { inc, .. } | PeerView::Down { inc, .. } => Some(inc),
+                PeerView::Unknown => None,
+            };
+            self.request_fence(FenceTarget::Node { known });
+        }
+    }
+
+    fn finish_force_start(&mut self, now: Instant) {
         let peer_up = matches!(self.peer, PeerView::Up { .. });
         self.become_sm(now, Cause::ForceStart);
-        self.report(Report::ForceStarted {
-            peer: self.cfg.peer,
-            peer_up,
-        });
+        self.report(Report::ForceStarted { peer: self.cfg.peer, peer_up });
     }
 
     /// The seed's decision for a node in X (F0.4, F0.5), taken whenever facts change.
     fn try_decide(&mut self, now: Instant) {
-        let RoleState::X { phase, .. } = self.role else {
+        let RoleState::X { phase, forcing: false, .. } = self.role else {
             return;
         };
         let booting = matches!(phase, XPhase::Booting { until } if until > now);
         let own = self.durable.priority;
         match &self.peer {
-            PeerView::Up {
-                inc,
-                state: Some(ps),
-            } => {
+            PeerView::Up { inc, state: Some(ps) } => {
                 let inc = *inc;
                 // A peer that already follows this very run decided by the same
                 // comparison; it counts as a peer in X.
@@ -1131,12 +1102,8 @@ impl Group {
                             (true, true) => self.wait(WaitReason::BothJoinOnly),
                             (true, false) => self.wait(WaitReason::JoinOnly),
                             (false, true) => self.become_sm(now, Cause::PeerJoinOnly),
-                            (false, false) if own < peer => {
-                                self.become_sm(now, Cause::HigherPriority { own, peer })
-                            }
-                            (false, false) if own > peer => {
-                                self.become_sl(inc, Cause::LowerPriority { own, peer })
-                            }
+                            (false, false) if own < peer => self.become_sm(now, Cause::HigherPriority { own, peer }),
+                            (false, false) if own > peer => self.become_sl(inc, Cause::LowerPriority { own, peer }),
                             (false, false) => self.wait(WaitReason::EqualPriorities { both: own }),
                         }
                     }
@@ -1170,35 +1137,24 @@ impl Group {
     /// epoch and priority 1 are made durable before anything else happens.
     fn become_sm(&mut self, _now: Instant, cause: Cause) {
         let from = self.role();
-        let known = [
-            Some(self.durable.epoch),
-            self.log.last_epoch(),
-            self.peer_state().map(|it| it.epoch),
-        ];
-        let counter = known
-            .iter()
-            .flatten()
-            .map(|it| it.counter)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let known = [Some(self.durable.epoch), self.log.last_epoch(), self.peer_state().map(|it| it.epoch)];
+        let counter = known.iter().flatten().map(|it| it.counter).max().unwrap_or(0) + 1;
         self.durable = GroupDurable {
             priority: Priority::P1,
+            // Entering SM because the operator overrode the seed's rule (a force start, or a
+            // peer held back by --join-only) may abandon acknowledged records: such
+            // epochs are marked so that what they discard is counted apart.
             epoch: Epoch {
                 counter,
                 node: self.cfg.me.0,
-                forced: cause == Cause::ForceStart,
+                forced: matches!(cause, Cause::ForceStart | Cause::PeerJoinOnly),
             },
             role: Role::Sm,
             join_only: false,
         };
         let persist_at = self.out.len();
         self.emit(Command::Persist(self.durable));
-        self.report(Report::Transition {
-            from,
-            to: Role::Sm,
-            cause,
-        });
+        self.report(Report::Transition { from, to: Role::Sm, cause });
         let last = self.log.last_index();
         match &mut self.role {
             RoleState::Active(a) => {
@@ -1253,17 +1209,8 @@ impl Group {
             join_only: false,
         };
         self.emit(Command::Persist(self.durable));
-        self.report(Report::Transition {
-            from,
-            to: Role::Sl,
-            cause,
-        });
-        self.role = RoleState::Sl(Slave {
-            master,
-            joined: false,
-            confirmed: false,
-            taking_over: false,
-        });
+        self.report(Report::Transition { from, to: Role::Sl, cause });
+        self.role = RoleState::Sl(Slave { master, joined: false, confirmed: false, taking_over: false });
         self.send_state();
         self.try_join();
     }
@@ -1275,19 +1222,14 @@ impl Group {
         if s.joined {
             return;
         }
-        let PeerView::Up {
-            inc,
-            state: Some(ps),
-        } = &self.peer
-        else {
+        let PeerView::Up { inc, state: Some(ps) } = &self.peer else {
             return;
         };
         if *inc != s.master || !ps.role.is_active() {
             return;
         }
         let (active_epoch, common) = (ps.epoch, self.log.common_prefix(&ps.log));
-        let forced = ps.log.forced_after(common)
-            || (ps.epoch.forced && ps.log.last_epoch() != Some(ps.epoch));
+        let forced = ps.log.forced_after(common) || (ps.epoch.forced && ps.log.last_epoch() != Some(ps.epoch));
         if active_epoch > self.durable.epoch {
             // The SL adopts the active's epoch before it acknowledges anything of it, so
             // its own next epoch is created above it.
@@ -1296,43 +1238,23 @@ impl Group {
         }
         let last = self.log.last_index();
         if common < last {
-            let reason = if forced {
-                DiscardReason::ForceStart
-            } else {
-                DiscardReason::Unreplicated
-            };
-            self.emit(Command::TruncateLog {
-                keep_upto: common,
-                reason,
-            });
-            self.report(Report::Discarded {
-                count: last - common,
-                reason,
-            });
+            let reason = if forced { DiscardReason::ForceStart } else { DiscardReason::Unreplicated };
+            self.emit(Command::TruncateLog { keep_upto: common, reason });
+            self.report(Report::Discarded { count: last - common, reason });
             self.log.truncate(common);
         }
         if let RoleState::Sl(s) = &mut self.role {
             s.joined = true;
         }
         let from_epoch = self.log.epoch_at(common);
-        self.send(Message::Join {
-            from_index: common,
-            from_epoch,
-        });
+        self.send(Message::Join { from_index: common, from_epoch });
     }
 
     /// Leaves SL or an active role for X. The priority stays as it is (F0.3).
     fn enter_x(&mut self, now: Instant, cause: Cause) {
         let from = self.role();
-        self.role = RoleState::X {
-            phase: XPhase::Ready,
-            waiting: None,
-        };
-        self.report(Report::Transition {
-            from,
-            to: Role::X,
-            cause,
-        });
+        self.role = RoleState::X { phase: XPhase::Ready, waiting: None, forcing: false };
+        self.report(Report::Transition { from, to: Role::X, cause });
         self.send_state();
         self.try_decide(now);
     }

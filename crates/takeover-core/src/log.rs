@@ -27,12 +27,7 @@ impl Record {
     /// A record with its checksum computed.
     pub fn new(epoch: Epoch, index: u64, payload: Vec<u8>) -> Record {
         let checksum = record_checksum(epoch, index, &payload);
-        Record {
-            epoch,
-            index,
-            checksum,
-            payload,
-        }
+        Record { epoch, index, checksum, payload }
     }
 
     /// Whether the stored checksum matches epoch, index and payload.
@@ -86,9 +81,7 @@ impl LogMeta {
 
     /// Builds the metadata from records in log order, as the shell finds them on disk.
     /// Returns `None` if the indices are not 1, 2, 3, … or epochs go backwards.
-    pub fn from_records<'a>(
-        records: impl IntoIterator<Item = (Epoch, u64)> + 'a,
-    ) -> Option<LogMeta> {
+    pub fn from_records<'a>(records: impl IntoIterator<Item = (Epoch, u64)> + 'a) -> Option<LogMeta> {
         let mut meta = LogMeta::empty();
         for (epoch, index) in records {
             if index != meta.last_index + 1 {
@@ -142,10 +135,7 @@ impl LogMeta {
         }
         match self.epochs.last() {
             Some(last) if last.epoch == epoch => {}
-            _ => self.epochs.push(EpochStart {
-                epoch,
-                first_index: self.last_index + 1,
-            }),
+            _ => self.epochs.push(EpochStart { epoch, first_index: self.last_index + 1 }),
         }
         self.last_index += n;
     }
@@ -180,9 +170,7 @@ impl LogMeta {
     /// Whether some forced epoch of this log began after `index`: then the records another
     /// log holds past `index` were abandoned by a force start.
     pub fn forced_after(&self, index: u64) -> bool {
-        self.epochs
-            .iter()
-            .any(|it| it.epoch.forced && it.first_index > index)
+        self.epochs.iter().any(|it| it.epoch.forced && it.first_index > index)
     }
 }
 
@@ -192,11 +180,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ep(counter: u64, node: u16) -> Epoch {
-        Epoch {
-            counter,
-            node,
-            forced: false,
-        }
+        Epoch { counter, node, forced: false }
     }
 
     fn meta(runs: &[(Epoch, u64)]) -> LogMeta {
@@ -269,21 +253,14 @@ mod tests {
 
     #[test]
     fn from_records_rejects_gaps_and_backward_epochs() {
-        assert_eq!(
-            LogMeta::from_records([(ep(1, 0), 1), (ep(1, 0), 2)]),
-            Some(meta(&[(ep(1, 0), 2)]))
-        );
+        assert_eq!(LogMeta::from_records([(ep(1, 0), 1), (ep(1, 0), 2)]), Some(meta(&[(ep(1, 0), 2)])));
         assert_eq!(LogMeta::from_records([(ep(1, 0), 1), (ep(1, 0), 3)]), None);
         assert_eq!(LogMeta::from_records([(ep(2, 0), 1), (ep(1, 0), 2)]), None);
     }
 
     #[test]
     fn forced_after_names_a_force_start_past_the_cut() {
-        let forced = Epoch {
-            counter: 5,
-            node: 1,
-            forced: true,
-        };
+        let forced = Epoch { counter: 5, node: 1, forced: true };
         let m = meta(&[(ep(1, 0), 3), (forced, 2)]);
         assert!(m.forced_after(3));
         assert!(!m.forced_after(4));

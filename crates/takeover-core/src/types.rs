@@ -48,11 +48,7 @@ pub struct Epoch {
 
 impl Epoch {
     /// The epoch before any node ever processed.
-    pub const ZERO: Epoch = Epoch {
-        counter: 0,
-        node: 0,
-        forced: false,
-    };
+    pub const ZERO: Epoch = Epoch { counter: 0, node: 0, forced: false };
 }
 
 impl fmt::Display for Epoch {

@@ -1,0 +1,552 @@
+//! The model of a two-node cluster around the production [`Group`] machines.
+//!
+//! Each node is a disk (durable state, journal, incarnation counter) and, while it runs,
+//! the production `takeover_core::group::Group` plus the queue of commands it emitted and
+//! that the "shell" has not executed yet. Every step of the model is one of:
+//! executing one queued command, delivering one message, one peer or fence event, one
+//! timer, one client append, one operator force start, a crash or a (re)start.
+//! A crash may fall between any two steps: it loses the command queue and everything
+//! not yet on the disk. A peer learns of a crash only through a later `PeerDown`,
+//! possibly after the crashed node already restarted with a higher incarnation.
+//!
+//! The peer channel is a FIFO stream per pair of runs, like TCP: a message is delivered
+//! only once the receiver is connected to the sender's run, and dropped once the receiver
+//! has moved on from that run.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use takeover_core::group::{
+    Arbiter, Command, Event, FenceTarget, Group, GroupConfig, GroupDurable, Message, Mutant, PeerStatus,
+};
+use takeover_core::log::{LogMeta, Record};
+use takeover_core::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};
+
+/// How much of each kind of fault (and client work) one exploration allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Crashes of a single node.
+    pub crashes: u8,
+    /// Crashes of both nodes in one step (power loss of the whole cluster).
+    pub crash_both: u8,
+    /// Client appends.
+    pub appends: u8,
+    /// Operator force starts.
+    pub force_starts: u8,
+}
+
+/// One step of the model; replaying the same steps from the initial world gives the same
+/// worlds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Node starts (first start or restart after a crash).
+    Boot(u8),
+    /// Node's peer channel connects to the peer's current run.
+    Connect(u8),
+    /// Node's failure detector declares the peer's run down (it crashed).
+    Down(u8),
+    /// The first message the peer sent to this node arrives (or is dropped).
+    Deliver(u8),
+    /// Node's shell executes the first queued command.
+    Exec(u8),
+    /// Node's fence action powers the target off (if it is still up).
+    FenceKill(u8),
+    /// Node's fence action reports success.
+    FenceConfirm(u8),
+    /// Node's timer fires.
+    Timer(u8),
+    /// A client appends a record on this node.
+    Append(u8),
+    /// The operator force-starts this node.
+    Force(u8),
+    /// Node crashes.
+    Crash(u8),
+    /// Both nodes crash at once.
+    CrashBoth,
+}
+
+impl Step {
+    /// Steps the environment takes at will (faults, operator, starts), as opposed to the
+    /// steps that make progress on their own.
+    pub fn is_environment(self) -> bool {
+        matches!(self, Step::Boot(_) | Step::Force(_) | Step::Crash(_) | Step::CrashBoth)
+    }
+}
+
+/// The instant every event but a timer carries: deadlines are relative to it, which
+/// keeps the state space finite.
+const NOW: Instant = Instant(0);
+
+/// The whole cluster plus the ghost variables the properties need.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct World {
+    pub nodes: [Node; 2],
+    /// `chan[i]`: messages sent by node `i`, oldest first.
+    pub chan: [VecDeque<Packet>; 2],
+    pub ghost: Ghost,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Node {
+    pub disk: Disk,
+    pub run: Option<Run>,
+}
+
+/// What survives a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Disk {
+    pub durable: GroupDurable,
+    pub log: Vec<Record>,
+    pub incarnation: u64,
+    pub quarantined: u16,
+}
+
+/// A running agent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Run {
+    pub inc: Incarnation,
+    pub core: Group,
+    /// Commands emitted by the core, not executed yet.
+    pub queue: VecDeque<Command>,
+    /// The service is running (StartService executed, StopService not yet).
+    pub processing: bool,
+    /// A fence action in flight against the peer, and whether it has already powered
+    /// the target off.
+    pub fence: Option<(FenceTarget, bool)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Packet {
+    pub from: Incarnation,
+    pub to: Incarnation,
+    pub msg: Message,
+}
+
+/// Facts about the history that no node can see, kept for the properties.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Ghost {
+    pub crashes_left: u8,
+    pub crash_both_left: u8,
+    pub appends_left: u8,
+    pub force_left: u8,
+    pub next_req: u8,
+    /// Every record acknowledged to a client, as `(epoch, index)`.
+    pub acked: BTreeSet<(Epoch, u64)>,
+    /// Acknowledged records a force start continued without (counted apart, F0.6).
+    pub discarded: u8,
+    /// A force start happened: Propositions 1 and 2 no longer apply.
+    pub forced: bool,
+    /// The node that most recently made an active role (SM or M) durable.
+    pub last_processor: Option<u8>,
+    /// After a force start, the operator starts the other node with `--join-only` until
+    /// it has rejoined (the warning the force start prints).
+    pub must_join_only: [bool; 2],
+    /// How the pair entered (SL SM)/(SM SL): from (X X) [1] or from (X SM)/(SM X) [3].
+    pub sync_origin: u8,
+}
+
+impl World {
+    /// Both nodes down with their initial disks: node 0 preferred (priority 2), node 1
+    /// priority 3.
+    pub fn initial(bounds: Bounds) -> World {
+        let disk = |preferred| Disk {
+            durable: GroupDurable::initial(preferred),
+            log: Vec::new(),
+            incarnation: 0,
+            quarantined: 0,
+        };
+        World {
+            nodes: [Node { disk: disk(true), run: None }, Node { disk: disk(false), run: None }],
+            chan: [VecDeque::new(), VecDeque::new()],
+            ghost: Ghost {
+                crashes_left: bounds.crashes,
+                crash_both_left: bounds.crash_both,
+                appends_left: bounds.appends,
+                force_left: bounds.force_starts,
+                next_req: 0,
+                acked: BTreeSet::new(),
+                discarded: 0,
+                forced: false,
+                last_processor: None,
+                must_join_only: [false, false],
+                sync_origin: 0,
+            },
+        }
+    }
+
+    /// Every step that could be taken here.
+    pub fn steps() -> impl Iterator<Item = Step> {
+        (0..2u8)
+            .flat_map(|i| {
+                [
+                    Step::Exec(i),
+                    Step::Deliver(i),
+                    Step::Connect(i),
+                    Step::Down(i),
+                    Step::FenceKill(i),
+                    Step::FenceConfirm(i),
+                    Step::Timer(i),
+                    Step::Append(i),
+                    Step::Boot(i),
+                    Step::Force(i),
+                    Step::Crash(i),
+                ]
+            })
+            .chain([Step::CrashBoth])
+    }
+
+    /// The world after `step`, or `None` if the step is not enabled here. `Err` when a
+    /// command could not be executed because the core asked for something impossible.
+    pub fn apply(&self, step: Step, mutant: Mutant) -> Result<Option<World>, String> {
+        let mut w = self.clone();
+        let ok = match step {
+            Step::Boot(i) => w.boot(i as usize, mutant),
+            Step::Connect(i) => w.connect(i as usize),
+            Step::Down(i) => w.down(i as usize),
+            Step::Deliver(i) => w.deliver(i as usize),
+            Step::Exec(i) => w.exec(i as usize)?,
+            Step::FenceKill(i) => w.fence_kill(i as usize),
+            Step::FenceConfirm(i) => w.fence_confirm(i as usize),
+            Step::Timer(i) => w.timer(i as usize),
+            Step::Append(i) => w.append(i as usize),
+            Step::Force(i) => w.force(i as usize),
+            Step::Crash(i) => w.crash(i as usize),
+            Step::CrashBoth => w.crash_both(),
+        };
+        Ok(ok.then_some(w))
+    }
+
+    fn peer_of(i: usize) -> usize {
+        1 - i
+    }
+
+    fn config(i: usize) -> GroupConfig {
+        GroupConfig {
+            me: NodeId(i as u16),
+            peer: NodeId(Self::peer_of(i) as u16),
+            arbiter: Arbiter::Fence,
+            startup_wait: Duration::from_secs(1),
+            fence_retry: Duration::from_secs(1),
+            catch_up_window: 1,
+        }
+    }
+
+    /// Feeds an event to node `i`'s core and queues what it emits.
+    fn feed(&mut self, i: usize, now: Instant, event: Event) {
+        let run = self.nodes[i].run.as_mut().expect("feeding a stopped node");
+        let was_active = run.core.role().is_active();
+        run.core.handle(now, event);
+        drain(&mut run.core, &mut run.queue);
+        if !was_active && run.core.role().is_active() && run.core.durable().epoch.forced {
+            // A force start continues from this node's log: acknowledged records it does
+            // not hold are discarded by the force start, not lost.
+            let log = &self.nodes[i].disk.log;
+            let before = self.ghost.acked.len();
+            self.ghost.acked.retain(|&(epoch, index)| log.get(index as usize - 1).is_some_and(|r| r.epoch == epoch));
+            self.ghost.discarded += (before - self.ghost.acked.len()) as u8;
+            // From here Propositions 1 and 2 no longer hold, and the operator starts the
+            // other node with `--join-only` until it has rejoined (the force start's
+            // warning).
+            self.ghost.forced = true;
+            self.ghost.must_join_only[Self::peer_of(i)] = true;
+        }
+    }
+
+    fn boot(&mut self, i: usize, mutant: Mutant) -> bool {
+        let node = &mut self.nodes[i];
+        if node.run.is_some() {
+            return false;
+        }
+        node.disk.incarnation += 1;
+        let inc = Incarnation(node.disk.incarnation);
+        let meta = LogMeta::from_records(node.disk.log.iter().map(|r| (r.epoch, r.index)))
+            .expect("the model's disks hold consecutive records");
+        let join_only = self.ghost.must_join_only[i];
+        let mut core = Group::boot(Self::config(i), inc, node.disk.durable, meta, join_only, NOW);
+        core.set_mutant(mutant);
+        let mut queue = VecDeque::new();
+        drain(&mut core, &mut queue);
+        node.run = Some(Run { inc, core, queue, processing: false, fence: None });
+        true
+    }
+
+    fn peer_status(&self, i: usize) -> Option<PeerStatus> {
+        self.nodes[i].run.as_ref().map(|it| it.core.status().peer)
+    }
+
+    fn connect(&mut self, i: usize) -> bool {
+        let Some(peer_inc) = self.nodes[Self::peer_of(i)].run.as_ref().map(|it| it.inc) else { return false };
+        match self.peer_status(i) {
+            None => return false,
+            Some(PeerStatus::Up { inc, .. }) if inc == peer_inc => return false,
+            Some(PeerStatus::Down { inc, .. }) if inc >= peer_inc => return false,
+            Some(_) => {}
+        }
+        self.feed(i, NOW, Event::PeerConnected { inc: peer_inc });
+        true
+    }
+
+    fn down(&mut self, i: usize) -> bool {
+        let Some(PeerStatus::Up { inc, .. }) = self.peer_status(i) else { return false };
+        let peer_running = self.nodes[Self::peer_of(i)].run.as_ref().map(|it| it.inc);
+        if peer_running == Some(inc) {
+            return false; // Crash-stop: a running peer is never declared down.
+        }
+        self.feed(i, NOW, Event::PeerDown { inc });
+        true
+    }
+
+    fn deliver(&mut self, i: usize) -> bool {
+        let j = Self::peer_of(i);
+        let Some(packet) = self.chan[j].front() else { return false };
+        let receiver = self.nodes[i].run.as_ref().map(|it| it.inc);
+        if receiver != Some(packet.to) {
+            self.chan[j].pop_front(); // The receiving run is gone: the stream is gone.
+            return true;
+        }
+        let from = packet.from;
+        match self.peer_status(i) {
+            Some(PeerStatus::Up { inc, .. }) if inc == from => {
+                let packet = self.chan[j].pop_front().expect("checked above");
+                self.feed(i, NOW, Event::Message { from, msg: packet.msg });
+                true
+            }
+            Some(PeerStatus::Up { inc, .. } | PeerStatus::Down { inc, .. }) if inc >= from => {
+                self.chan[j].pop_front(); // The receiver moved on from that run.
+                true
+            }
+            _ => false, // Not connected to that run yet: the stream waits.
+        }
+    }
+
+    fn exec(&mut self, i: usize) -> Result<bool, String> {
+        let j = Self::peer_of(i);
+        let peer_inc = self.nodes[j].run.as_ref().map(|it| it.inc);
+        let node = &mut self.nodes[i];
+        let Some(run) = node.run.as_mut() else { return Ok(false) };
+        let Some(command) = run.queue.pop_front() else { return Ok(false) };
+        let from = run.inc;
+        match command {
+            Command::Persist(durable) => {
+                node.disk.durable = durable;
+                if durable.role.is_active() {
+                    self.ghost.last_processor = Some(i as u8);
+                }
+                if durable.role == Role::Sl {
+                    self.ghost.must_join_only[i] = false;
+                }
+            }
+            Command::WriteRecords(records) => {
+                for record in records {
+                    if record.index != node.disk.log.len() as u64 + 1 || !record.verify() {
+                        return Err(format!(
+                            "node {i} asked to write record {} after {}",
+                            record.index,
+                            node.disk.log.len()
+                        ));
+                    }
+                    node.disk.log.push(record);
+                }
+            }
+            Command::TruncateLog { keep_upto, .. } => {
+                let keep = keep_upto as usize;
+                if keep < node.disk.log.len() {
+                    node.disk.quarantined += (node.disk.log.len() - keep) as u16;
+                    node.disk.log.truncate(keep);
+                }
+            }
+            Command::Send { to, msg } => {
+                if peer_inc == Some(to) {
+                    self.chan[i].push_back(Packet { from, to, msg });
+                }
+            }
+            Command::SendRecords { to, from: first, upto } => {
+                let records: Vec<Record> = node
+                    .disk
+                    .log
+                    .get(first as usize - 1..upto as usize)
+                    .ok_or_else(|| format!("node {i} asked to send records {first}..={upto} it does not hold"))?
+                    .to_vec();
+                if peer_inc == Some(to) {
+                    self.chan[i].push_back(Packet { from, to, msg: Message::Records(records) });
+                }
+            }
+            Command::AckAppend { req, index } => {
+                let record = node.disk.log.get(index as usize - 1).ok_or_else(|| {
+                    format!("node {i} acknowledged request {} at index {index}, which is not on its disk", req.0)
+                })?;
+                if record.payload != [req.0 as u8] {
+                    return Err(format!("node {i} acknowledged request {} with another record at {index}", req.0));
+                }
+                self.ghost.acked.insert((record.epoch, index));
+            }
+            Command::RejectAppend { .. } | Command::Report(_) => {}
+            Command::StartService => run.processing = true,
+            Command::StopService => run.processing = false,
+            Command::FencePeer { target } => run.fence = Some((target, false)),
+        }
+        Ok(true)
+    }
+
+    /// A fence is a power-off: if the target is still up, it is now down.
+    fn fence_kill(&mut self, i: usize) -> bool {
+        let Some(run) = self.nodes[i].run.as_mut() else { return false };
+        let Some((target, false)) = run.fence else { return false };
+        run.fence = Some((target, true));
+        let j = Self::peer_of(i);
+        let hit = match target {
+            FenceTarget::Run(inc) => self.nodes[j].run.as_ref().is_some_and(|it| it.inc == inc),
+            FenceTarget::Node { .. } => true,
+        };
+        if hit && self.nodes[j].run.is_some() {
+            self.nodes[j].run = None;
+            self.chan[i].clear();
+        }
+        true
+    }
+
+    fn fence_confirm(&mut self, i: usize) -> bool {
+        let Some(run) = self.nodes[i].run.as_mut() else { return false };
+        let Some((target, true)) = run.fence else { return false };
+        run.fence = None;
+        self.feed(i, NOW, Event::PeerStopped { target });
+        true
+    }
+
+    fn timer(&mut self, i: usize) -> bool {
+        let Some(at) = self.nodes[i].run.as_ref().and_then(|it| it.core.poll_timeout()) else { return false };
+        self.feed(i, at, Event::Timeout);
+        true
+    }
+
+    fn append(&mut self, i: usize) -> bool {
+        let Some(run) = &self.nodes[i].run else { return false };
+        if self.ghost.appends_left == 0 || !run.core.role().is_active() {
+            return false;
+        }
+        self.ghost.appends_left -= 1;
+        let req = self.ghost.next_req;
+        self.ghost.next_req += 1;
+        self.feed(i, NOW, Event::Append { entries: vec![(ReqId(req as u64), vec![req])] });
+        true
+    }
+
+    fn force(&mut self, i: usize) -> bool {
+        let Some(run) = &self.nodes[i].run else { return false };
+        if self.ghost.force_left == 0 || run.core.role() != Role::X {
+            return false;
+        }
+        self.feed(i, NOW, Event::ForceStart);
+        let core = &self.nodes[i].run.as_ref().expect("running").core;
+        if core.role() != Role::Sm && !matches!(core.status().fencing, Some(FenceTarget::Node { .. })) {
+            return false; // Refused: nothing happened worth exploring.
+        }
+        self.ghost.force_left -= 1;
+        // The operator was told to keep the peer fenced or start it with --join-only.
+        self.ghost.must_join_only[Self::peer_of(i)] = true;
+        true
+    }
+
+    fn crash(&mut self, i: usize) -> bool {
+        if self.ghost.crashes_left == 0 || self.nodes[i].run.is_none() {
+            return false;
+        }
+        self.ghost.crashes_left -= 1;
+        self.nodes[i].run = None;
+        self.chan[Self::peer_of(i)].clear();
+        true
+    }
+
+    fn crash_both(&mut self) -> bool {
+        if self.ghost.crash_both_left == 0 || self.nodes.iter().any(|it| it.run.is_none()) {
+            return false;
+        }
+        self.ghost.crash_both_left -= 1;
+        for node in &mut self.nodes {
+            node.run = None;
+        }
+        self.chan = [VecDeque::new(), VecDeque::new()];
+        true
+    }
+
+    /// The running nodes' roles as their cores see them.
+    pub fn core_role(&self, i: usize) -> Option<Role> {
+        self.nodes[i].run.as_ref().map(|it| it.core.role())
+    }
+
+    pub fn priority(&self, i: usize) -> Priority {
+        self.nodes[i].disk.durable.priority
+    }
+
+    /// One line per node for traces.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let d = node.disk.durable;
+            let log: Vec<String> = node.disk.log.iter().map(|r| format!("{}@{}", r.index, r.epoch)).collect();
+            let run = match &node.run {
+                None => "down".to_string(),
+                Some(run) => format!(
+                    "inc {} role {}{}{} queue [{}]",
+                    run.inc.0,
+                    run.core.role(),
+                    if run.processing { " SERVING" } else { "" },
+                    run.core.following().map(|(m, c)| format!(" follows {} confirmed={c}", m.0)).unwrap_or_default(),
+                    run.queue.iter().map(short_command).collect::<Vec<_>>().join(", "),
+                ),
+            };
+            out.push_str(&format!(
+                "    node {i}: disk prio {} epoch {} join_only {} log [{}] | {run}\n",
+                d.priority,
+                d.epoch,
+                d.join_only,
+                log.join(" ")
+            ));
+        }
+        let acked: Vec<String> = self.ghost.acked.iter().map(|(e, i)| format!("{i}@{e}")).collect();
+        out.push_str(&format!(
+            "    acked [{}]  in flight 0→1: {}  1→0: {}\n",
+            acked.join(" "),
+            self.chan[0].len(),
+            self.chan[1].len()
+        ));
+        out
+    }
+}
+
+/// Moves the core's commands to the shell's queue. Reports change nothing in the model,
+/// so they are consumed here rather than being a step of their own (fewer interleavings,
+/// same behaviours).
+fn drain(core: &mut Group, queue: &mut VecDeque<Command>) {
+    while let Some(command) = core.poll_command() {
+        if !matches!(command, Command::Report(_)) {
+            queue.push_back(command);
+        }
+    }
+}
+
+fn short_command(command: &Command) -> String {
+    match command {
+        Command::Persist(d) => format!("Persist({}, {})", d.priority, d.role),
+        Command::WriteRecords(r) => format!("Write({})", r.len()),
+        Command::TruncateLog { keep_upto, .. } => format!("Truncate({keep_upto})"),
+        Command::Send { msg, .. } => format!("Send({})", message_name(msg)),
+        Command::SendRecords { from, upto, .. } => format!("SendRecords({from}..={upto})"),
+        Command::AckAppend { index, .. } => format!("Ack({index})"),
+        Command::RejectAppend { .. } => "Reject".into(),
+        Command::StartService => "Start".into(),
+        Command::StopService => "Stop".into(),
+        Command::FencePeer { target } => format!("Fence({target:?})"),
+        Command::Report(_) => "Report".into(),
+    }
+}
+
+pub fn message_name(msg: &Message) -> &'static str {
+    match msg {
+        Message::State(_) => "State",
+        Message::Join { .. } => "Join",
+        Message::Records(_) => "Records",
+        Message::Ack { .. } => "Ack",
+        Message::Promoted => "Promoted",
+    }
+}
