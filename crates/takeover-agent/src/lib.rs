@@ -1,1 +1,7 @@
-//! placeholder
+//! The shell side of takeover that touches the disk: durable state files and the
+//! per-group journal. The decisions live in `takeover-core`; this crate makes them durable.
+//!
+//! - [`store`]: atomically written, checksummed state files (group state, incarnation,
+//!   pid file).
+
+pub mod store;
