@@ -341,13 +341,7 @@ fn parse_checked<'a>(
     keys: &[&str],
 ) -> Result<Vec<&'a str>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
-    let Some(body) = text.strip_suffix('\n') else {
-        return Err("truncated: no final newline".into());
-    };
-    // The crc line is the last line; it covers every byte before it.
-    let crc_start = body.rfind('\n').map_or(0, |i| i + 1);
-    let (covered, crc_line) = body.split_at(crc_start);
-    let header = covered.lines().next().unwrap_or("");
+    let header = text.split('\n').next().unwrap_or("");
     if header != file.header() {
         let prefix = file.header().trim_end_matches("v1");
         return Err(match header.strip_prefix(prefix) {
@@ -357,6 +351,12 @@ fn parse_checked<'a>(
             None => format!("not a {file}: first line is {header:?}"),
         });
     }
+    let Some(body) = text.strip_suffix('\n') else {
+        return Err("truncated: no final newline".into());
+    };
+    // The crc line is the last line; it covers every byte before it.
+    let crc_start = body.rfind('\n').map_or(0, |i| i + 1);
+    let (covered, crc_line) = body.split_at(crc_start);
     let Some(crc_text) = crc_line.strip_prefix("crc32 = ") else {
         return Err("truncated: the crc32 line is missing".into());
     };
@@ -367,7 +367,8 @@ fn parse_checked<'a>(
             "crc mismatch: the file says {stored:08x}, its content gives {actual:08x}"
         ));
     }
-    let mut lines = covered.lines().skip(1);
+    // Not `lines()`, which would also accept "\r\n": only the form takeover writes.
+    let mut lines = covered.split_terminator('\n').skip(1);
     let mut values = Vec::with_capacity(keys.len());
     for key in keys {
         let line = lines.next().ok_or(format!("the {key} line is missing"))?;
@@ -720,6 +721,11 @@ mod tests {
         )
         .unwrap();
         assert_corrupt(next_incarnation(&path), "negative");
+        for text in ["5\r", "05", "+5", " 5"] {
+            let body = format!("takeover node-state v1\nincarnation = {text}\n");
+            fs::write(&path, with_crc(&body)).unwrap();
+            assert_corrupt(next_incarnation(&path), &format!("{text:?}"));
+        }
         let max = format!("takeover node-state v1\nincarnation = {}\n", u64::MAX);
         fs::write(&path, with_crc(&max)).unwrap();
         assert_corrupt(next_incarnation(&path), "at maximum");
