@@ -3,5 +3,8 @@
 //!
 //! - [`store`]: atomically written, checksummed state files (group state, incarnation,
 //!   pid file).
+//! - [`journal`]: the append-only journal of handover records, with torn-tail recovery
+//!   and quarantine of cut records.
 
+pub mod journal;
 pub mod store;
