@@ -25,7 +25,8 @@
 //! `<stem>.<first>-<last>.<reason>.<seq>.quarantine`, where `<stem>` is the journal's file
 //! name without extension and `<seq>` a number above every earlier quarantine file of the
 //! same journal. A cut torn tail goes to `<stem>.torn-at-<offset>.<seq>.quarantine`. A
-//! quarantine file is the journal header followed by the cut bytes, verbatim.
+//! quarantine file is the journal header followed by the cut bytes, verbatim. Journals
+//! that share a quarantine directory must have distinct stems.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
