@@ -1525,6 +1525,21 @@ nodes = ["b", "a"]
     }
 
     #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../../examples/two-nodes.toml");
+        let c = parse(text, "examples/two-nodes.toml").unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.groups.len(), 2);
+    }
+
+    #[test]
+    fn load_reads_the_example_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/two-nodes.toml");
+        let c = load(&path).unwrap();
+        assert_eq!(c.name, "demo");
+    }
+
+    #[test]
     fn load_of_a_missing_file_names_the_file() {
         let path = Path::new("/nonexistent/takeover/cluster.toml");
         let errors: Vec<_> = load(path).unwrap_err().into_iter().collect();
