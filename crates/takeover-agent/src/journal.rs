@@ -93,12 +93,7 @@ pub enum JournalError {
          --join-only so that it copies the history back from the peer",
         .path.display()
     )]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        index: u64,
-        detail: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, index: u64, detail: String },
     /// An append that would break the journal's rules; nothing was written.
     #[error("refusing to append to journal {}: {detail}; nothing was written", .path.display())]
     Rejected { path: PathBuf, detail: String },
@@ -109,11 +104,7 @@ pub enum JournalError {
          not to read)",
         .path.display()
     )]
-    QuarantineUnreadable {
-        path: PathBuf,
-        offset: u64,
-        detail: String,
-    },
+    QuarantineUnreadable { path: PathBuf, offset: u64, detail: String },
     #[error(
         "journal {} is already open (is another takeover agent running on this node?)",
         .path.display()
@@ -163,26 +154,14 @@ impl Journal {
             }
             Err(err) => return Err(io_err("open journal")(err)),
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_err("open journal"))?;
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err("open journal"))?;
         file.try_lock().map_err(|err| match err {
-            fs::TryLockError::WouldBlock => JournalError::Locked {
-                path: path.to_owned(),
-            },
+            fs::TryLockError::WouldBlock => JournalError::Locked { path: path.to_owned() },
             fs::TryLockError::Error(source) => io_err("lock journal")(source),
         })?;
         let file_len = file.metadata().map_err(io_err("stat journal"))?.len();
-        check_header(&file, file_len).map_err(|detail| JournalError::BadHeader {
-            path: path.to_owned(),
-            detail,
-        })?;
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        check_header(&file, file_len).map_err(|detail| JournalError::BadHeader { path: path.to_owned(), detail })?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut journal = Journal {
             path: path.to_owned(),
             quarantine_dir: quarantine_dir.to_owned(),
@@ -222,11 +201,7 @@ impl Journal {
         if records.is_empty() {
             return Ok(());
         }
-        self.check_continues(records)
-            .map_err(|detail| JournalError::Rejected {
-                path: self.path.clone(),
-                detail,
-            })?;
+        self.check_continues(records).map_err(|detail| JournalError::Rejected { path: self.path.clone(), detail })?;
         let mut buf = Vec::new();
         let mut offsets = Vec::with_capacity(records.len());
         for record in records {
@@ -261,9 +236,7 @@ impl Journal {
         let start = self.offset_of(from);
         let stop = self.offset_of(upto + 1);
         let mut buf = vec![0; (stop - start) as usize];
-        self.file
-            .read_exact_at(&mut buf, start)
-            .map_err(self.io_err("read journal"))?;
+        self.file.read_exact_at(&mut buf, start).map_err(self.io_err("read journal"))?;
         let mut records = Vec::with_capacity((upto - from + 1) as usize);
         let mut pos = 0;
         for index in from..=upto {
@@ -286,12 +259,7 @@ impl Journal {
     /// Records from `from` on, at most `max_records` of them and at most `max_bytes` of
     /// frames (payload plus 31 bytes each), but at least one record if `from` exists and
     /// `max_records > 0`, so that a reader always makes progress past a large record.
-    pub fn read_limited(
-        &self,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>, JournalError> {
+    pub fn read_limited(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, JournalError> {
         let from = from.max(1);
         if from > self.last_index() || max_records == 0 {
             return Ok(Vec::new());
@@ -324,11 +292,8 @@ impl Journal {
         let cut_at = self.offset_of(first_index);
         let label = format!("{first_index}-{last_index}.{}", reason_name(reason));
         let quarantine = self.quarantine(&label, cut_at, self.end - cut_at)?;
-        let truncated = self
-            .file
-            .set_len(cut_at)
-            .and_then(|()| self.file.sync_all())
-            .map_err(self.io_err("truncate journal"));
+        let truncated =
+            self.file.set_len(cut_at).and_then(|()| self.file.sync_all()).map_err(self.io_err("truncate journal"));
         if let Err(err) = truncated {
             self.poisoned = true;
             return Err(err);
@@ -336,21 +301,12 @@ impl Journal {
         self.offsets.truncate(keep_upto as usize);
         self.meta.truncate(keep_upto);
         self.end = cut_at;
-        Ok(Some(QuarantineInfo {
-            path: quarantine,
-            count: last_index - keep_upto,
-            first_index,
-            last_index,
-            reason,
-        }))
+        Ok(Some(QuarantineInfo { path: quarantine, count: last_index - keep_upto, first_index, last_index, reason }))
     }
 
     /// The file offset of the frame of record `index`, or the end for `last_index + 1`.
     fn offset_of(&self, index: u64) -> u64 {
-        self.offsets
-            .get((index - 1) as usize)
-            .copied()
-            .unwrap_or(self.end)
+        self.offsets.get((index - 1) as usize).copied().unwrap_or(self.end)
     }
 
     fn io_err(&self, op: &'static str) -> impl FnOnce(io::Error) -> JournalError + use<> {
@@ -360,9 +316,7 @@ impl Journal {
 
     fn check_usable(&self) -> Result<(), JournalError> {
         if self.poisoned {
-            return Err(JournalError::Poisoned {
-                path: self.path.clone(),
-            });
+            return Err(JournalError::Poisoned { path: self.path.clone() });
         }
         Ok(())
     }
@@ -411,10 +365,7 @@ impl Journal {
         let mut damage = None;
         while offset < file_len {
             let index = self.last_index() + 1;
-            let (record, len) = match window
-                .frame_at(offset)
-                .map_err(self.io_err("read journal"))?
-            {
+            let (record, len) = match window.frame_at(offset).map_err(self.io_err("read journal"))? {
                 Ok(frame) => frame,
                 Err(why) => {
                     damage = Some(why);
@@ -438,20 +389,13 @@ impl Journal {
             offset += len;
         }
         self.end = offset;
-        let mut report = OpenReport {
-            records: self.last_index(),
-            torn_bytes_cut: 0,
-            torn_records_cut: 0,
-            quarantine_file: None,
-        };
+        let mut report =
+            OpenReport { records: self.last_index(), torn_bytes_cut: 0, torn_records_cut: 0, quarantine_file: None };
         let Some(why) = damage else {
             return Ok(report);
         };
         let index = self.last_index() + 1;
-        if let Some((at, record)) = window
-            .find_valid_frame(offset + 1)
-            .map_err(self.io_err("read journal"))?
-        {
+        if let Some((at, record)) = window.find_valid_frame(offset + 1).map_err(self.io_err("read journal"))? {
             let detail = format!(
                 "{why}, yet a valid frame (record {}) follows at byte {at}, so this is \
                  damage, not a tail torn by a crash",
@@ -459,9 +403,7 @@ impl Journal {
             );
             return Err(self.corrupt(offset, index, detail));
         }
-        report.torn_records_cut = window
-            .frames_begun(offset)
-            .map_err(self.io_err("read journal"))?;
+        report.torn_records_cut = window.frames_begun(offset).map_err(self.io_err("read journal"))?;
         report.torn_bytes_cut = file_len - offset;
         let label = format!("torn-at-{offset}");
         report.quarantine_file = Some(self.quarantine(&label, offset, file_len - offset)?);
@@ -473,12 +415,7 @@ impl Journal {
     }
 
     fn corrupt(&self, offset: u64, index: u64, detail: String) -> JournalError {
-        JournalError::Corrupt {
-            path: self.path.clone(),
-            offset,
-            index,
-            detail,
-        }
+        JournalError::Corrupt { path: self.path.clone(), offset, index, detail }
     }
 
     /// Copies `len` bytes of the journal from `from` into a new quarantine file after a
@@ -492,18 +429,15 @@ impl Journal {
         fs::create_dir_all(dir).map_err(qerr("create quarantine directory"))?;
         // The directory may be new: make its entry in the parent durable too.
         sync_dir(parent_dir(dir)).map_err(qerr("fsync the parent directory of"))?;
-        let (path, mut file) = create_quarantine_file(dir, &self.stem, label)
-            .map_err(qerr("create a quarantine file in"))?;
+        let (path, mut file) =
+            create_quarantine_file(dir, &self.stem, label).map_err(qerr("create a quarantine file in"))?;
         let copied = (|| {
             let mut src = self.file.try_clone()?;
             src.seek(SeekFrom::Start(from))?;
             file.write_all(&HEADER)?;
             let copied = io::copy(&mut src.take(len), &mut file)?;
             if copied != len {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the journal ended early",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the journal ended early"));
             }
             file.sync_all()?;
             sync_dir(dir)
@@ -511,11 +445,7 @@ impl Journal {
         if let Err(source) = copied {
             // Not a usable quarantine: remove it, the journal is left as it was.
             let _ = fs::remove_file(&path);
-            return Err(JournalError::Io {
-                path,
-                op: "write quarantine file",
-                source,
-            });
+            return Err(JournalError::Io { path, op: "write quarantine file", source });
         }
         Ok(path)
     }
@@ -534,13 +464,7 @@ pub fn list_quarantine(quarantine_dir: &Path, stem: &str) -> Vec<QuarantineInfo>
             let (first_index, last_index) = (first.parse().ok()?, last.parse().ok()?);
             (first_index >= 1 && last_index >= first_index).then_some((
                 seq,
-                QuarantineInfo {
-                    path,
-                    count: last_index - first_index + 1,
-                    first_index,
-                    last_index,
-                    reason,
-                },
+                QuarantineInfo { path, count: last_index - first_index + 1, first_index, last_index, reason },
             ))
         })
         .collect();
@@ -611,21 +535,16 @@ const fn header() -> [u8; HEADER_LEN as usize] {
 
 fn check_header(file: &File, file_len: u64) -> Result<(), String> {
     if file_len < HEADER_LEN {
-        return Err(format!(
-            "the file is {file_len} bytes long, shorter than a journal header"
-        ));
+        return Err(format!("the file is {file_len} bytes long, shorter than a journal header"));
     }
     let mut found = [0; HEADER_LEN as usize];
-    file.read_exact_at(&mut found, 0)
-        .map_err(|err| format!("cannot read the header: {err}"))?;
+    file.read_exact_at(&mut found, 0).map_err(|err| format!("cannot read the header: {err}"))?;
     if found[..MAGIC.len()] != MAGIC[..] {
         return Err("the file does not begin with \"takeover journal\"".into());
     }
     let version = u32::from_le_bytes(found[MAGIC.len()..].try_into().unwrap());
     if version != VERSION {
-        return Err(format!(
-            "format version {version}, this build reads {VERSION}"
-        ));
+        return Err(format!("format version {version}, this build reads {VERSION}"));
     }
     Ok(())
 }
@@ -650,9 +569,7 @@ fn encode_frame(record: &Record, out: &mut Vec<u8>) {
 fn plausible_body_len(frame_header: &[u8]) -> Result<usize, String> {
     let len = u32::from_le_bytes(frame_header[..4].try_into().unwrap()) as usize;
     if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&len) {
-        return Err(format!(
-            "frame length {len} is outside {BODY_FIXED_LEN}..={MAX_BODY_LEN}"
-        ));
+        return Err(format!("frame length {len} is outside {BODY_FIXED_LEN}..={MAX_BODY_LEN}"));
     }
     Ok(len)
 }
@@ -661,18 +578,12 @@ fn plausible_body_len(frame_header: &[u8]) -> Result<usize, String> {
 /// frame's length. The error says what is wrong, for the operator.
 fn decode_frame(bytes: &[u8]) -> Result<(Record, usize), String> {
     if bytes.len() < FRAME_HEADER_LEN {
-        return Err(format!(
-            "incomplete frame header ({} of {FRAME_HEADER_LEN} bytes)",
-            bytes.len()
-        ));
+        return Err(format!("incomplete frame header ({} of {FRAME_HEADER_LEN} bytes)", bytes.len()));
     }
     let body_len = plausible_body_len(bytes)?;
     let frame_len = FRAME_HEADER_LEN + body_len;
     if bytes.len() < frame_len {
-        return Err(format!(
-            "incomplete frame ({} of {frame_len} bytes)",
-            bytes.len()
-        ));
+        return Err(format!("incomplete frame ({} of {frame_len} bytes)", bytes.len()));
     }
     let stored_crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
     let body = &bytes[FRAME_HEADER_LEN..frame_len];
@@ -707,9 +618,7 @@ fn reason_name(reason: DiscardReason) -> &'static str {
 }
 
 fn reason_from_name(name: &str) -> Option<DiscardReason> {
-    [DiscardReason::Unreplicated, DiscardReason::ForceStart]
-        .into_iter()
-        .find(|r| reason_name(*r) == name)
+    [DiscardReason::Unreplicated, DiscardReason::ForceStart].into_iter().find(|r| reason_name(*r) == name)
 }
 
 /// Every `<stem>.<label>.<seq>.quarantine` in `dir`, as `(path, label, seq)`.
@@ -731,11 +640,7 @@ fn quarantine_names(dir: &Path, stem: &str) -> Vec<(PathBuf, String, u64)> {
 /// Creates a new quarantine file with a sequence number above every existing one of this
 /// stem, so that no earlier quarantine is ever overwritten and the names sort by age.
 fn create_quarantine_file(dir: &Path, stem: &str, label: &str) -> io::Result<(PathBuf, File)> {
-    let mut seq = quarantine_names(dir, stem)
-        .into_iter()
-        .map(|(_, _, seq)| seq + 1)
-        .max()
-        .unwrap_or(0);
+    let mut seq = quarantine_names(dir, stem).into_iter().map(|(_, _, seq)| seq + 1).max().unwrap_or(0);
     loop {
         let path = dir.join(format!("{stem}.{label}.{seq}.quarantine"));
         match OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -758,19 +663,13 @@ impl<'a> Window<'a> {
     const CHUNK: usize = 1 << 20;
 
     fn new(file: &'a File, file_len: u64) -> Window<'a> {
-        Window {
-            file,
-            file_len,
-            start: 0,
-            buf: Vec::new(),
-        }
+        Window { file, file_len, start: 0, buf: Vec::new() }
     }
 
     /// Up to `n` bytes from `offset` (fewer at the end of the file).
     fn bytes(&mut self, offset: u64, n: usize) -> io::Result<&[u8]> {
         let n = n.min((self.file_len - offset) as usize);
-        let buffered =
-            offset >= self.start && offset + n as u64 <= self.start + self.buf.len() as u64;
+        let buffered = offset >= self.start && offset + n as u64 <= self.start + self.buf.len() as u64;
         if !buffered {
             let len = n.max(Self::CHUNK).min((self.file_len - offset) as usize);
             self.buf.resize(len, 0);
@@ -794,9 +693,7 @@ impl<'a> Window<'a> {
         // Checked before reading, so that a damaged length costs no read.
         let remaining = self.file_len - offset;
         if want as u64 > remaining {
-            return Ok(Err(format!(
-                "incomplete frame ({remaining} of {want} bytes)"
-            )));
+            return Ok(Err(format!("incomplete frame ({remaining} of {want} bytes)")));
         }
         let bytes = self.bytes(offset, want)?;
         Ok(decode_frame(bytes).map(|(record, len)| (record, len as u64)))
@@ -820,9 +717,7 @@ impl<'a> Window<'a> {
         while offset < self.file_len {
             count += 1;
             let header = self.bytes(offset, FRAME_HEADER_LEN)?;
-            let Some(Ok(body_len)) =
-                (header.len() == FRAME_HEADER_LEN).then(|| plausible_body_len(header))
-            else {
+            let Some(Ok(body_len)) = (header.len() == FRAME_HEADER_LEN).then(|| plausible_body_len(header)) else {
                 break;
             };
             offset += (FRAME_HEADER_LEN + body_len) as u64;
@@ -837,18 +732,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn epoch(counter: u64, forced: bool) -> Epoch {
-        Epoch {
-            counter,
-            node: 1,
-            forced,
-        }
+        Epoch { counter, node: 1, forced }
     }
 
     /// Records `first..first + n` in epoch `counter`, with payloads of varied length.
     fn records(first: u64, n: u64, counter: u64) -> Vec<Record> {
-        (first..first + n)
-            .map(|i| Record::new(epoch(counter, false), i, vec![i as u8; (i % 7) as usize]))
-            .collect()
+        (first..first + n).map(|i| Record::new(epoch(counter, false), i, vec![i as u8; (i % 7) as usize])).collect()
     }
 
     struct Fixture {
@@ -857,9 +746,7 @@ mod tests {
 
     impl Fixture {
         fn new() -> Fixture {
-            Fixture {
-                dir: tempfile::tempdir().unwrap(),
-            }
+            Fixture { dir: tempfile::tempdir().unwrap() }
         }
         fn path(&self) -> PathBuf {
             self.dir.path().join("web.journal")
@@ -883,21 +770,14 @@ mod tests {
             let Ok(entries) = fs::read_dir(self.qdir()) else {
                 return Vec::new();
             };
-            let mut names: Vec<String> = entries
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
+            let mut names: Vec<String> = entries.map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
             names.sort();
             names
         }
     }
 
     fn clean_report(records: u64) -> OpenReport {
-        OpenReport {
-            records,
-            torn_bytes_cut: 0,
-            torn_records_cut: 0,
-            quarantine_file: None,
-        }
+        OpenReport { records, torn_bytes_cut: 0, torn_records_cut: 0, quarantine_file: None }
     }
 
     #[test]
@@ -913,10 +793,7 @@ mod tests {
         j.append(&all[1..]).unwrap();
         assert_eq!(j.read(1, 5).unwrap(), all);
         assert_eq!(j.read(2, 4).unwrap(), all[1..4]);
-        assert_eq!(
-            *j.meta(),
-            LogMeta::from_records(all.iter().map(|r| (r.epoch, r.index))).unwrap()
-        );
+        assert_eq!(*j.meta(), LogMeta::from_records(all.iter().map(|r| (r.epoch, r.index))).unwrap());
         assert_eq!(j.meta().epoch_at(4), Some(epoch(2, true)));
     }
 
@@ -935,9 +812,7 @@ mod tests {
     #[test]
     fn read_limited_stops_at_either_limit_but_returns_at_least_one_record() {
         let f = Fixture::new();
-        let all: Vec<Record> = (1..=6)
-            .map(|i| Record::new(epoch(1, false), i, vec![0; 100]))
-            .collect();
+        let all: Vec<Record> = (1..=6).map(|i| Record::new(epoch(1, false), i, vec![0; 100])).collect();
         f.with(&all);
         let (j, _) = f.open().unwrap();
         let frame = FRAME_HEADER_LEN + BODY_FIXED_LEN + 100;
@@ -959,10 +834,7 @@ mod tests {
         let (mut j, report) = f.open().unwrap();
         assert_eq!(report, clean_report(8));
         assert_eq!(j.read(1, 8).unwrap(), all);
-        assert_eq!(
-            *j.meta(),
-            LogMeta::from_records(all.iter().map(|r| (r.epoch, r.index))).unwrap()
-        );
+        assert_eq!(*j.meta(), LogMeta::from_records(all.iter().map(|r| (r.epoch, r.index))).unwrap());
         j.append(&records(9, 1, 4)).unwrap();
         drop(j);
         let (j, report) = f.open().unwrap();
@@ -1029,10 +901,7 @@ mod tests {
         let body = offsets[2] as usize + FRAME_HEADER_LEN;
         bad[body..offsets[4] as usize].fill(0);
         fs::write(f.path(), &bad).unwrap();
-        assert!(matches!(
-            f.open(),
-            Err(JournalError::Corrupt { index: 3, .. })
-        ));
+        assert!(matches!(f.open(), Err(JournalError::Corrupt { index: 3, .. })));
         assert_eq!(f.bytes(), bad);
     }
 
@@ -1047,9 +916,7 @@ mod tests {
             &[0; 4096],
             &[0xff; 100],
             b"not a frame at all",
-            &[
-                40, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-            ],
+            &[40, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
         ];
         for garbage in patterns {
             let mut bytes = good.clone();
@@ -1101,14 +968,8 @@ mod tests {
         bad[offsets[1] as usize + 12] ^= 1;
         fs::write(f.path(), &bad).unwrap();
         let message = f.open().unwrap_err().to_string();
-        assert!(
-            message.contains(&f.path().display().to_string()),
-            "{message}"
-        );
-        assert!(
-            message.contains(&format!("byte {}", offsets[1])),
-            "{message}"
-        );
+        assert!(message.contains(&f.path().display().to_string()), "{message}");
+        assert!(message.contains(&format!("byte {}", offsets[1])), "{message}");
         assert!(message.contains("record 2"), "{message}");
         assert!(message.contains("--join-only"), "{message}");
     }
@@ -1123,18 +984,12 @@ mod tests {
         let mut dup = good.clone();
         dup.extend_from_slice(&good[offsets[2] as usize..]);
         fs::write(f.path(), &dup).unwrap();
-        assert!(matches!(
-            f.open(),
-            Err(JournalError::Corrupt { index: 4, .. })
-        ));
+        assert!(matches!(f.open(), Err(JournalError::Corrupt { index: 4, .. })));
         // An epoch going backwards.
         let mut back = good.clone();
         encode_frame(&Record::new(epoch(0, false), 4, vec![]), &mut back);
         fs::write(f.path(), &back).unwrap();
-        assert!(matches!(
-            f.open(),
-            Err(JournalError::Corrupt { index: 4, .. })
-        ));
+        assert!(matches!(f.open(), Err(JournalError::Corrupt { index: 4, .. })));
     }
 
     #[test]
@@ -1183,17 +1038,10 @@ mod tests {
             gap,
             records(3, 1, 4),
             bad_checksum,
-            vec![Record::new(
-                epoch(5, false),
-                3,
-                vec![0; MAX_PAYLOAD_LEN + 1],
-            )],
+            vec![Record::new(epoch(5, false), 3, vec![0; MAX_PAYLOAD_LEN + 1])],
         ];
         for case in cases {
-            assert!(matches!(
-                j.append(&case),
-                Err(JournalError::Rejected { .. })
-            ));
+            assert!(matches!(j.append(&case), Err(JournalError::Rejected { .. })));
             assert_eq!(f.bytes(), before);
             assert_eq!(j.last_index(), 2);
         }
@@ -1209,10 +1057,7 @@ mod tests {
         all.extend(records(5, 4, 2));
         let offsets = f.with(&all);
         let (mut j, _) = f.open().unwrap();
-        let info = j
-            .truncate_quarantine(3, DiscardReason::Unreplicated)
-            .unwrap()
-            .unwrap();
+        let info = j.truncate_quarantine(3, DiscardReason::Unreplicated).unwrap().unwrap();
         assert_eq!(
             (info.first_index, info.last_index, info.count, info.reason),
             (4, 8, 5, DiscardReason::Unreplicated)
@@ -1220,20 +1065,11 @@ mod tests {
         assert_eq!(read_quarantine(&info.path).unwrap(), all[3..]);
         assert_eq!(j.read(1, 100).unwrap(), all[..3]);
         assert_eq!(j.last_index(), 3);
-        assert_eq!(
-            *j.meta(),
-            LogMeta::from_records(all[..3].iter().map(|r| (r.epoch, r.index))).unwrap()
-        );
+        assert_eq!(*j.meta(), LogMeta::from_records(all[..3].iter().map(|r| (r.epoch, r.index))).unwrap());
         assert_eq!(fs::metadata(f.path()).unwrap().len(), offsets[3]);
         // Nothing after the cut: nothing to do, no file.
-        assert_eq!(
-            j.truncate_quarantine(3, DiscardReason::ForceStart).unwrap(),
-            None
-        );
-        assert_eq!(
-            j.truncate_quarantine(9, DiscardReason::ForceStart).unwrap(),
-            None
-        );
+        assert_eq!(j.truncate_quarantine(3, DiscardReason::ForceStart).unwrap(), None);
+        assert_eq!(j.truncate_quarantine(9, DiscardReason::ForceStart).unwrap(), None);
         // The log goes on after the cut, in a new epoch, and survives a reopen.
         j.append(&records(4, 2, 3)).unwrap();
         drop(j);
@@ -1253,10 +1089,7 @@ mod tests {
         // The quarantine directory cannot be created: a file stands in its place.
         fs::write(f.qdir(), b"in the way").unwrap();
         let (mut j, _) = f.open().unwrap();
-        assert!(matches!(
-            j.truncate_quarantine(1, DiscardReason::ForceStart),
-            Err(JournalError::Io { .. })
-        ));
+        assert!(matches!(j.truncate_quarantine(1, DiscardReason::ForceStart), Err(JournalError::Io { .. })));
         assert_eq!(f.bytes(), before);
         assert_eq!(j.read(1, 3).unwrap(), all);
         // Nothing was written to the journal, so it stays usable.
@@ -1280,20 +1113,11 @@ mod tests {
         let f = Fixture::new();
         let (mut j, _) = f.open().unwrap();
         j.append(&records(1, 3, 1)).unwrap();
-        let first = j
-            .truncate_quarantine(2, DiscardReason::Unreplicated)
-            .unwrap()
-            .unwrap();
+        let first = j.truncate_quarantine(2, DiscardReason::Unreplicated).unwrap().unwrap();
         // The same range again, and a cut to nothing.
         j.append(&records(3, 1, 2)).unwrap();
-        let second = j
-            .truncate_quarantine(2, DiscardReason::Unreplicated)
-            .unwrap()
-            .unwrap();
-        let third = j
-            .truncate_quarantine(0, DiscardReason::ForceStart)
-            .unwrap()
-            .unwrap();
+        let second = j.truncate_quarantine(2, DiscardReason::Unreplicated).unwrap().unwrap();
+        let third = j.truncate_quarantine(0, DiscardReason::ForceStart).unwrap().unwrap();
         assert_ne!(first.path, second.path);
         assert_eq!(read_quarantine(&first.path).unwrap(), records(3, 1, 1));
         assert_eq!(read_quarantine(&second.path).unwrap(), records(3, 1, 2));
@@ -1322,10 +1146,7 @@ mod tests {
             .collect::<Vec<_>>()
         );
         assert!(torn.ends_with("web.torn-at-20.3.quarantine"));
-        assert!(matches!(
-            read_quarantine(&torn),
-            Err(JournalError::QuarantineUnreadable { offset: 20, .. })
-        ));
+        assert!(matches!(read_quarantine(&torn), Err(JournalError::QuarantineUnreadable { offset: 20, .. })));
         assert_eq!(list_quarantine(&f.qdir(), "web"), [first, second, third]);
         assert_eq!(list_quarantine(&f.qdir(), "web.other").len(), 1);
         assert_eq!(list_quarantine(&f.dir.path().join("absent"), "web"), []);

@@ -1,10 +1,12 @@
-//! The shell side of takeover that touches the disk: durable state files and the
-//! per-group journal. The decisions live in `takeover-core`; this crate makes them durable.
+//! The shell of takeover: everything that touches the disk, the network and processes.
+//! The decisions live in `takeover-core`; this crate performs them.
 //!
+//! - [`config`]: the cluster configuration file, with file:line:column errors.
 //! - [`store`]: atomically written, checksummed state files (group state, incarnation,
 //!   pid file).
 //! - [`journal`]: the append-only journal of handover records, with torn-tail recovery
 //!   and quarantine of cut records.
 
+pub mod config;
 pub mod journal;
 pub mod store;

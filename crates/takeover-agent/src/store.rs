@@ -84,11 +84,7 @@ impl fmt::Display for StateFile {
 pub enum StoreError {
     /// The file exists but its content cannot be trusted.
     #[error("{file} {} is corrupt ({detail}): {}", .path.display(), .file.advice())]
-    Corrupt {
-        file: StateFile,
-        path: PathBuf,
-        detail: String,
-    },
+    Corrupt { file: StateFile, path: PathBuf, detail: String },
     /// The file could not be read or written.
     #[error("cannot {op} {file} {}: {source}", .path.display())]
     Io {
@@ -119,17 +115,9 @@ pub fn load_group_state(path: &Path) -> Result<Option<GroupDurable>, StoreError>
     let Some(bytes) = read_if_exists(StateFile::Group, path)? else {
         return Ok(None);
     };
-    let corrupt = |detail: String| StoreError::Corrupt {
-        file: StateFile::Group,
-        path: path.to_owned(),
-        detail,
-    };
-    let values = parse_checked(
-        StateFile::Group,
-        &bytes,
-        &["priority", "epoch", "epoch_forced", "role", "join_only"],
-    )
-    .map_err(corrupt)?;
+    let corrupt = |detail: String| StoreError::Corrupt { file: StateFile::Group, path: path.to_owned(), detail };
+    let values = parse_checked(StateFile::Group, &bytes, &["priority", "epoch", "epoch_forced", "role", "join_only"])
+        .map_err(corrupt)?;
     let state = parse_group_values(&values).map_err(corrupt)?;
     // Different text can name the same number ("05", "+5"); only the one spelling that
     // save_group_state writes is accepted, so a file maps to exactly one state.
@@ -158,32 +146,15 @@ pub fn next_incarnation(path: &Path) -> Result<Incarnation, StoreError> {
         path: path.to_owned(),
         detail: "the incarnation is at its maximum".into(),
     })?;
-    write_atomic(
-        path,
-        &render(StateFile::Node, &[("incarnation", next.to_string())]),
-    )
-    .map_err(|source| StoreError::Io {
-        file: StateFile::Node,
-        path: path.to_owned(),
-        op: "write",
-        source,
-    })?;
+    write_atomic(path, &render(StateFile::Node, &[("incarnation", next.to_string())]))
+        .map_err(|source| StoreError::Io { file: StateFile::Node, path: path.to_owned(), op: "write", source })?;
     Ok(Incarnation(next))
 }
 
 /// Writes the agent's pid file atomically: its pid and its start time from
 /// [`proc_starttime`], which together name one process even after the pid is reused.
 pub fn write_pidfile(path: &Path, pid: u32, starttime: u64) -> io::Result<()> {
-    write_atomic(
-        path,
-        &render(
-            StateFile::Pid,
-            &[
-                ("pid", pid.to_string()),
-                ("starttime", starttime.to_string()),
-            ],
-        ),
-    )
+    write_atomic(path, &render(StateFile::Pid, &[("pid", pid.to_string()), ("starttime", starttime.to_string())]))
 }
 
 /// Reads the pid file at `path`: `Ok(None)` if absent, else `(pid, starttime)`.
@@ -212,11 +183,7 @@ pub fn proc_starttime(pid: u32) -> Option<u64> {
 /// after the last `)`, which is where field 3 begins.
 fn parse_stat_starttime(stat: &str) -> Option<u64> {
     let (_, after_comm) = stat.rsplit_once(')')?;
-    after_comm
-        .split_ascii_whitespace()
-        .nth(22 - 3)?
-        .parse()
-        .ok()
+    after_comm.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// One step of [`write_atomic`], reported to tests so they can check the order and look
@@ -228,11 +195,7 @@ enum AtomicStep {
     DirSynced,
 }
 
-fn write_atomic_observed(
-    path: &Path,
-    bytes: &[u8],
-    observe: &mut dyn FnMut(AtomicStep),
-) -> io::Result<()> {
+fn write_atomic_observed(path: &Path, bytes: &[u8], observe: &mut dyn FnMut(AtomicStep)) -> io::Result<()> {
     let dir = parent_dir(path);
     let (tmp_path, mut tmp) = create_tmp(path)?;
     let written = tmp.write_all(bytes).and_then(|()| tmp.sync_all());
@@ -270,9 +233,7 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 /// reused.
 fn create_tmp(path: &Path) -> io::Result<(PathBuf, File)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let dir = parent_dir(path);
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -280,11 +241,7 @@ fn create_tmp(path: &Path) -> io::Result<(PathBuf, File)> {
         tmp_name.push(name);
         tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
         let tmp_path = dir.join(tmp_name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-        {
+        match OpenOptions::new().write(true).create_new(true).open(&tmp_path) {
             Ok(file) => return Ok((tmp_path, file)),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(err) => return Err(err),
@@ -296,12 +253,7 @@ fn read_if_exists(file: StateFile, path: &Path) -> Result<Option<Vec<u8>>, Store
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StoreError::Io {
-            file,
-            path: path.to_owned(),
-            op: "read",
-            source,
-        }),
+        Err(source) => Err(StoreError::Io { file, path: path.to_owned(), op: "read", source }),
     }
 }
 
@@ -322,10 +274,7 @@ fn render_group(state: &GroupDurable) -> Vec<u8> {
         StateFile::Group,
         &[
             ("priority", state.priority.to_string()),
-            (
-                "epoch",
-                format!("{}.{}", state.epoch.counter, state.epoch.node),
-            ),
+            ("epoch", format!("{}.{}", state.epoch.counter, state.epoch.node)),
             ("epoch_forced", state.epoch.forced.to_string()),
             ("role", state.role.as_str().to_string()),
             ("join_only", state.join_only.to_string()),
@@ -335,19 +284,13 @@ fn render_group(state: &GroupDurable) -> Vec<u8> {
 
 /// Checks the header, the crc line and that the lines are exactly `keys` in order;
 /// returns the values. The error is the detail for [`StoreError::Corrupt`].
-fn parse_checked<'a>(
-    file: StateFile,
-    bytes: &'a [u8],
-    keys: &[&str],
-) -> Result<Vec<&'a str>, String> {
+fn parse_checked<'a>(file: StateFile, bytes: &'a [u8], keys: &[&str]) -> Result<Vec<&'a str>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
     let header = text.split('\n').next().unwrap_or("");
     if header != file.header() {
         let prefix = file.header().trim_end_matches("v1");
         return Err(match header.strip_prefix(prefix) {
-            Some(version) => format!(
-                "unknown format version {version:?}, written by another version of takeover?"
-            ),
+            Some(version) => format!("unknown format version {version:?}, written by another version of takeover?"),
             None => format!("not a {file}: first line is {header:?}"),
         });
     }
@@ -363,9 +306,7 @@ fn parse_checked<'a>(
     let stored = parse_hex_u32(crc_text).ok_or("malformed crc32 line")?;
     let actual = crc32fast::hash(covered.as_bytes());
     if stored != actual {
-        return Err(format!(
-            "crc mismatch: the file says {stored:08x}, its content gives {actual:08x}"
-        ));
+        return Err(format!("crc mismatch: the file says {stored:08x}, its content gives {actual:08x}"));
     }
     // Not `lines()`, which would also accept "\r\n": only the form takeover writes.
     let mut lines = covered.split_terminator('\n').skip(1);
@@ -386,10 +327,7 @@ fn parse_checked<'a>(
 
 /// Exactly eight lowercase hex digits, as [`render`] writes them.
 fn parse_hex_u32(text: &str) -> Option<u32> {
-    let canonical = text.len() == 8
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let canonical = text.len() == 8 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !canonical {
         return None;
     }
@@ -398,14 +336,12 @@ fn parse_hex_u32(text: &str) -> Option<u32> {
 
 /// A decimal number as [`render`] writes it: digits only, no sign, no leading zero.
 fn parse_decimal(key: &str, text: &str) -> Result<u64, String> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
     if !canonical {
         return Err(format!("{key} {text:?} is not a number"));
     }
-    text.parse()
-        .map_err(|_| format!("{key} {text:?} is out of range"))
+    text.parse().map_err(|_| format!("{key} {text:?} is out of range"))
 }
 
 fn parse_bool(key: &str, text: &str) -> Result<bool, String> {
@@ -425,9 +361,7 @@ fn parse_group_values(values: &[&str]) -> Result<GroupDurable, String> {
         .ok()
         .and_then(Priority::from_number)
         .ok_or(format!("priority {priority} is not 1, 2 or 3"))?;
-    let (counter, node) = epoch
-        .split_once('.')
-        .ok_or(format!("epoch {epoch:?} is not COUNTER.NODE"))?;
+    let (counter, node) = epoch.split_once('.').ok_or(format!("epoch {epoch:?} is not COUNTER.NODE"))?;
     let counter = parse_decimal("epoch counter", counter)?;
     let node = parse_decimal("epoch node", node)?;
     let node = u16::try_from(node).map_err(|_| format!("epoch node {node} is out of range"))?;
@@ -437,35 +371,14 @@ fn parse_group_values(values: &[&str]) -> Result<GroupDurable, String> {
         .find(|r| r.as_str() == role)
         .ok_or(format!("role {role:?} is not X, SL, SM or M"))?;
     let join_only = parse_bool("join_only", join_only)?;
-    Ok(GroupDurable {
-        priority,
-        epoch: Epoch {
-            counter,
-            node,
-            forced,
-        },
-        role,
-        join_only,
-    })
+    Ok(GroupDurable { priority, epoch: Epoch { counter, node, forced }, role, join_only })
 }
 
 /// Parses a file whose fields are all decimal numbers, refusing any non-canonical text.
-fn parse_u64_file(
-    file: StateFile,
-    path: &Path,
-    bytes: &[u8],
-    keys: &[&str],
-) -> Result<Vec<u64>, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        file,
-        path: path.to_owned(),
-        detail,
-    };
+fn parse_u64_file(file: StateFile, path: &Path, bytes: &[u8], keys: &[&str]) -> Result<Vec<u64>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt { file, path: path.to_owned(), detail };
     let values = parse_checked(file, bytes, keys).map_err(corrupt)?;
-    keys.iter()
-        .zip(values)
-        .map(|(key, value)| parse_decimal(key, value).map_err(corrupt))
-        .collect()
+    keys.iter().zip(values).map(|(key, value)| parse_decimal(key, value).map_err(corrupt)).collect()
 }
 
 #[cfg(test)]
@@ -475,21 +388,15 @@ mod tests {
     fn sample_group() -> GroupDurable {
         GroupDurable {
             priority: Priority::P2,
-            epoch: Epoch {
-                counter: 5,
-                node: 1,
-                forced: false,
-            },
+            epoch: Epoch { counter: 5, node: 1, forced: false },
             role: Role::M,
             join_only: false,
         }
     }
 
     fn dir_entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         names
     }
@@ -521,23 +428,12 @@ mod tests {
         // old before the rename and new from it on.
         write_atomic_observed(&path, b"new", &mut |step| {
             let content = fs::read(&path).unwrap();
-            let expected: &[u8] = if step == AtomicStep::TmpSynced {
-                b"old"
-            } else {
-                b"new"
-            };
+            let expected: &[u8] = if step == AtomicStep::TmpSynced { b"old" } else { b"new" };
             assert_eq!(content, expected, "content at {step:?}");
             steps.push(step);
         })
         .unwrap();
-        assert_eq!(
-            steps,
-            [
-                AtomicStep::TmpSynced,
-                AtomicStep::Renamed,
-                AtomicStep::DirSynced
-            ]
-        );
+        assert_eq!(steps, [AtomicStep::TmpSynced, AtomicStep::Renamed, AtomicStep::DirSynced]);
         assert_eq!(dir_entries(dir.path()), ["f"]);
     }
 
@@ -583,11 +479,7 @@ mod tests {
             for priority in [Priority::P1, Priority::P2, Priority::P3] {
                 let state = GroupDurable {
                     priority,
-                    epoch: Epoch {
-                        counter: u64::MAX,
-                        node: u16::MAX,
-                        forced: true,
-                    },
+                    epoch: Epoch { counter: u64::MAX, node: u16::MAX, forced: true },
                     role,
                     join_only: true,
                 };
@@ -715,11 +607,7 @@ mod tests {
             fs::write(&path, &good[..len]).unwrap();
             assert_corrupt(next_incarnation(&path), &format!("truncated to {len}"));
         }
-        fs::write(
-            &path,
-            with_crc("takeover node-state v1\nincarnation = -1\n"),
-        )
-        .unwrap();
+        fs::write(&path, with_crc("takeover node-state v1\nincarnation = -1\n")).unwrap();
         assert_corrupt(next_incarnation(&path), "negative");
         for text in ["5\r", "05", "+5", " 5"] {
             let body = format!("takeover node-state v1\nincarnation = {text}\n");
@@ -749,10 +637,7 @@ mod tests {
             fs::write(&path, &bad).unwrap();
             assert_corrupt(read_pidfile(&path), &format!("flip {i}"));
         }
-        let big = format!(
-            "takeover agent-pid v1\npid = {}\nstarttime = 1\n",
-            1u64 << 32
-        );
+        let big = format!("takeover agent-pid v1\npid = {}\nstarttime = 1\n", 1u64 << 32);
         fs::write(&path, with_crc(&big)).unwrap();
         assert_corrupt(read_pidfile(&path), "pid out of range");
     }
@@ -760,10 +645,7 @@ mod tests {
     #[test]
     fn proc_starttime_reads_field_22_after_the_last_paren() {
         // Field 22 is the 20th field after the command name.
-        let tail = (3..=30)
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let tail = (3..=30).map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
         for comm in ["sh", "a b", "x) 7 (y", "))", "("] {
             let line = format!("123 ({comm}) {tail}\n");
             assert_eq!(parse_stat_starttime(&line), Some(22), "comm {comm:?}");

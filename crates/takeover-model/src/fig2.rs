@@ -28,7 +28,10 @@ use Seed::{M, Sl, Sm, X};
 /// Every transition of Fig. 2, by label: (A B) before → (A B) after, A = node 0.
 /// (SL SM)→(SL M) is 1-1-2 or 3-1-2 depending on how (SL SM) was entered (same for the
 /// mirror), which [`label`] resolves from the world's ghost.
-pub const FIG2: [(&str, (Seed, Seed), (Seed, Seed)); 22] = [
+/// The seed states of (node 0, node 1).
+pub type Pair = (Seed, Seed);
+
+pub const FIG2: [(&str, Pair, Pair); 22] = [
     ("1-1-1", (X, X), (Sl, Sm)),
     ("1-1-2", (Sl, Sm), (Sl, M)),
     ("1-2-1", (X, X), (Sm, Sl)),
@@ -86,13 +89,13 @@ pub fn seed_state(w: &World, i: usize) -> Seed {
 }
 
 /// The pair's seed state.
-pub fn pair(w: &World) -> (Seed, Seed) {
+pub fn pair(w: &World) -> Pair {
     (seed_state(w, 0), seed_state(w, 1))
 }
 
 /// The Fig. 2 label of the move `before → after`, `None` if it is not a transition of
 /// Fig. 2. `origin` says how the pair entered (SL SM)/(SM SL): 1 from (X X), 3 otherwise.
-pub fn label(before: (Seed, Seed), after: (Seed, Seed), origin: u8) -> Option<&'static str> {
+pub fn label(before: Pair, after: Pair, origin: u8) -> Option<&'static str> {
     let mut candidates = FIG2.iter().filter(|(_, b, a)| *b == before && *a == after).map(|it| it.0);
     let first = candidates.next()?;
     match candidates.next() {

@@ -1,0 +1,1926 @@
+//! The cluster configuration file: one TOML file, identical on every node of a cluster.
+//!
+//! [`parse`] (or [`load`]) turns the text into a [`ClusterConfig`] of plain typed values,
+//! or into [`ConfigErrors`]: every problem found, each pointing at the offending value
+//! with its file, line and column and a snippet of the line, in the style of rustc:
+//!
+//! ```text
+//! error: cluster.dead_after (200ms) must be at least 3 × heartbeat_interval (100ms), or a busy machine will declare a healthy peer dead
+//!   --> cluster.toml:4:14
+//!    |
+//!  4 | dead_after = "200ms"
+//!    |              ^^^^^^^
+//! ```
+//!
+//! A syntax error stops at the first problem (the TOML parser cannot go on); once the
+//! file is well-formed TOML with the right shape, every semantic rule is checked and all
+//! failures are reported together. Unknown keys are errors: a typo must not be silently
+//! ignored and leave a setting at its default.
+//!
+//! The file (see `examples/two-nodes.toml` in the repository for a commented one):
+//!
+//! ```toml
+//! [cluster]
+//! name = "demo"
+//! heartbeat_interval = "100ms"  # default 100ms
+//! dead_after = "500ms"          # default 500ms; every link silent this long = peer failed
+//! startup_wait = "3s"           # default 3s (F0.5)
+//! arbiter = "fence"             # default; or "unsafe-assume-crash-stop"
+//! fence_retry = "1s"            # default 1s
+//! catch_up_window = 4096        # default 4096 records per catch-up batch
+//!
+//! [fence]                       # required when arbiter = "fence"
+//! command = ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
+//! timeout = "10s"               # default 10s
+//!
+//! [[node]]                      # NodeId = position in this list, from 0
+//! name = "alpha"
+//! state_dir = "/var/lib/takeover/alpha"
+//! api = "unix:/run/takeover/alpha.sock"    # or "tcp:127.0.0.1:7400" (loopback only)
+//! links = ["127.0.0.1:7101", "127.0.0.2:7101"]  # link k of every node is on network k
+//!
+//! [[node]]
+//! name = "beta"
+//! state_dir = "/var/lib/takeover/beta"
+//! api = "unix:/run/takeover/beta.sock"
+//! links = ["127.0.0.1:7102", "127.0.0.2:7102"]
+//!
+//! [[group]]
+//! name = "web"
+//! nodes = ["alpha", "beta"]     # a pair; the first is preferred (initial priority 2)
+//! service = ["/usr/bin/python3", "-m", "http.server", "8080"]  # optional
+//! stop_timeout = "5s"           # default 5s
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use takeover_core::group::{Arbiter, GroupConfig as CoreGroupConfig};
+use takeover_core::types::NodeId;
+use toml::{Spanned, Value};
+
+/// Default of `cluster.heartbeat_interval`.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// Default of `cluster.dead_after`.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_millis(500);
+/// Default of `cluster.startup_wait`.
+pub const DEFAULT_STARTUP_WAIT: Duration = Duration::from_secs(3);
+/// Default of `cluster.fence_retry`.
+pub const DEFAULT_FENCE_RETRY: Duration = Duration::from_secs(1);
+/// Default of `cluster.catch_up_window`.
+pub const DEFAULT_CATCH_UP_WINDOW: u64 = 4096;
+/// Default of `fence.timeout`.
+pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `group.stop_timeout`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest accepted `cluster.heartbeat_interval`.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+/// `cluster.dead_after` must be at least this many heartbeat intervals.
+pub const MIN_HEARTBEATS_BEFORE_DEAD: u32 = 3;
+/// The placeholder in `fence.command` replaced by the name of the node to fence.
+pub const FENCE_NODE_PLACEHOLDER: &str = "{node}";
+
+/// Longest path a Unix socket can bind to (`sun_path` is 108 bytes with the final NUL).
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+// ------------------------------------------------------------------------------------
+// The validated configuration
+// ------------------------------------------------------------------------------------
+
+/// A validated cluster configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `cluster.name`.
+    pub name: String,
+    /// How often a heartbeat is sent on every link.
+    pub heartbeat_interval: Duration,
+    /// A peer is declared failed when every link has been silent this long.
+    pub dead_after: Duration,
+    /// How long a recovering node waits for its peer before deciding alone (F0.5).
+    pub startup_wait: Duration,
+    /// What authorises acting on a lost peer.
+    pub arbiter: Arbiter,
+    /// How long after a failed fence the fence is tried again.
+    pub fence_retry: Duration,
+    /// How many records one catch-up batch may carry.
+    pub catch_up_window: u64,
+    /// The `[fence]` table; always present when `arbiter` is [`Arbiter::Fence`].
+    pub fence: Option<FenceConfig>,
+    /// The `[[node]]` tables in file order; a node's [`NodeId`] is its index here.
+    pub nodes: Vec<NodeConfig>,
+    /// The `[[group]]` tables in file order.
+    pub groups: Vec<GroupConfig>,
+}
+
+/// The `[fence]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceConfig {
+    /// The argv of the fence command; `{node}` in any argument stands for the name of the
+    /// node to fence (see [`ClusterConfig::fence_argv`]). Never empty.
+    pub command: Vec<String>,
+    /// How long the fence command may run before the fence counts as failed.
+    pub timeout: Duration,
+}
+
+/// One `[[node]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Where the node keeps its durable state; unique per node.
+    pub state_dir: PathBuf,
+    /// Where the node's agent serves its local API.
+    pub api: ApiAddr,
+    /// One address per network: link k of every node is on network k. Never empty, and
+    /// every node has the same number of links.
+    pub links: Vec<SocketAddr>,
+}
+
+/// The address of a node's local API.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ApiAddr {
+    /// `unix:/path/to/socket`.
+    Unix(PathBuf),
+    /// `tcp:127.0.0.1:7400`; always a loopback address.
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for ApiAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ApiAddr::Tcp(addr) => write!(f, "tcp:{addr}"),
+        }
+    }
+}
+
+/// One `[[group]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupConfig {
+    pub name: String,
+    /// The pair of nodes running the group, two distinct declared nodes; `nodes[0]` is
+    /// the preferred one (initial priority 2).
+    pub nodes: [String; 2],
+    /// The argv of the application; `None` when the group runs nothing. Never empty.
+    pub service: Option<Vec<String>>,
+    /// How long the service may take to stop.
+    pub stop_timeout: Duration,
+}
+
+impl GroupConfig {
+    /// The preferred node of the pair (the first listed).
+    pub fn preferred(&self) -> &str {
+        &self.nodes[0]
+    }
+
+    /// Whether `node` is a member of this group.
+    pub fn has_node(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| n == node)
+    }
+
+    /// The other node of the pair, or `None` if `me` is not a member.
+    pub fn peer_of(&self, me: &str) -> Option<&str> {
+        if self.nodes[0] == me {
+            Some(&self.nodes[1])
+        } else if self.nodes[1] == me {
+            Some(&self.nodes[0])
+        } else {
+            None
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The id of the node called `name`: its index in the `[[node]]` list.
+    pub fn node_id(&self, name: &str) -> Option<NodeId> {
+        let index = self.nodes.iter().position(|n| n.name == name)?;
+        // Validation caps the node count at u16::MAX + 1.
+        u16::try_from(index).ok().map(NodeId)
+    }
+
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The groups `node_name` is a member of, in file order.
+    pub fn groups_of<'a>(&'a self, node_name: &'a str) -> impl Iterator<Item = &'a GroupConfig> {
+        self.groups.iter().filter(move |g| g.has_node(node_name))
+    }
+
+    /// The core's settings for `group` as run on node `me`.
+    ///
+    /// # Panics
+    /// If `me` is not a member of `group`, or `group` does not come from this
+    /// configuration (one of its nodes is not declared).
+    pub fn group_core_config(&self, group: &GroupConfig, me: &str) -> CoreGroupConfig {
+        let peer = group.peer_of(me).unwrap_or_else(|| {
+            panic!("node `{me}` is not a member of group `{}` ({} and {})", group.name, group.nodes[0], group.nodes[1])
+        });
+        let id = |name: &str| {
+            self.node_id(name).unwrap_or_else(|| panic!("group `{}` names undeclared node `{name}`", group.name))
+        };
+        CoreGroupConfig {
+            me: id(me),
+            peer: id(peer),
+            arbiter: self.arbiter,
+            startup_wait: self.startup_wait,
+            fence_retry: self.fence_retry,
+            catch_up_window: self.catch_up_window,
+        }
+    }
+
+    /// The fence command's argv for fencing `node_to_fence`, with `{node}` replaced by
+    /// its name in every argument. Empty when there is no `[fence]` table (only possible
+    /// with `arbiter = "unsafe-assume-crash-stop"`).
+    pub fn fence_argv(&self, node_to_fence: &str) -> Vec<String> {
+        self.fence
+            .as_ref()
+            .map(|f| f.command.iter().map(|arg| arg.replace(FENCE_NODE_PLACEHOLDER, node_to_fence)).collect())
+            .unwrap_or_default()
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Errors
+// ------------------------------------------------------------------------------------
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name as given to [`parse`], or the path given to [`load`].
+    pub file: String,
+    /// 1-based line of the offending value; 0 when the error is not about a place in the
+    /// file (it could not be read).
+    pub line: usize,
+    /// 1-based column, in characters, of the offending value; 0 like `line`.
+    pub column: usize,
+    /// What is wrong and what to do about it.
+    pub message: String,
+    /// The offending line and how much of it to underline; `None` when `line` is 0.
+    pub snippet: Option<Snippet>,
+}
+
+/// The source line of a [`ConfigError`] and the extent of the offending value on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snippet {
+    /// The whole line, without its line ending.
+    pub source_line: String,
+    /// How many characters, from [`ConfigError::column`], to underline (at least 1).
+    pub caret_len: usize,
+}
+
+impl ConfigError {
+    /// The error at byte range `span` of `text`.
+    fn at(file: &str, text: &str, span: Range<usize>, message: String) -> ConfigError {
+        let start = floor_char_boundary(text, span.start.min(text.len()));
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let source_line = text[line_start..line_end].trim_end_matches('\r');
+        let visible_end = line_start + source_line.len();
+        let end = floor_char_boundary(text, span.end.clamp(start, visible_end.max(start)));
+        ConfigError {
+            file: file.to_string(),
+            line: text[..start].matches('\n').count() + 1,
+            column: text[line_start..start].chars().count() + 1,
+            message,
+            snippet: Some(Snippet {
+                source_line: source_line.to_string(),
+                caret_len: text[start..end].chars().count().max(1),
+            }),
+        }
+    }
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.message)?;
+        let Some(snippet) = &self.snippet else {
+            return write!(f, "\n  --> {}", self.file);
+        };
+        let number = self.line.to_string();
+        let w = number.len() + 1;
+        write!(f, "\n{:w$}--> {}:{}:{}", "", self.file, self.line, self.column)?;
+        write!(f, "\n{:w$} |", "")?;
+        if snippet.source_line.is_empty() {
+            write!(f, "\n{number:>w$} |")?;
+        } else {
+            write!(f, "\n{number:>w$} | {}", snippet.source_line)?;
+        }
+        // Reproduce tabs before the caret so it lines up under the value.
+        let pad: String = snippet
+            .source_line
+            .chars()
+            .take(self.column.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        write!(f, "\n{:w$} | {pad}{}", "", "^".repeat(snippet.caret_len))
+    }
+}
+
+/// Every problem found in a configuration file; never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    fn one(error: ConfigError) -> ConfigErrors {
+        ConfigErrors { errors: vec![error] }
+    }
+
+    /// The errors, in the order of their position in the file.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.errors
+    }
+
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Always false: there is at least one error.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+impl IntoIterator for ConfigErrors {
+    type Item = ConfigError;
+    type IntoIter = std::vec::IntoIter<ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.into_iter()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ------------------------------------------------------------------------------------
+// Entry points
+// ------------------------------------------------------------------------------------
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<ClusterConfig, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(ConfigError {
+            message: format!("cannot read the configuration file {file}: {e}"),
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            snippet: None,
+        })
+    })?;
+    parse(&text, &file)
+}
+
+/// Validates the configuration `text`; `file_name` is only used in error messages.
+pub fn parse(text: &str, file_name: &str) -> Result<ClusterConfig, ConfigErrors> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = explain_toml_error(text, &e, &span);
+        ConfigErrors::one(ConfigError::at(file_name, text, span, message))
+    })?;
+    let mut checker = Checker { text, errors: Vec::new() };
+    let config = checker.check(raw);
+    if checker.errors.is_empty()
+        && let Some(config) = config
+    {
+        return Ok(config);
+    }
+    if checker.errors.is_empty() {
+        // Not reachable: every rule that leaves a value unset reports an error.
+        checker.error(0..0, "internal error: the configuration was rejected without a reason");
+    }
+    checker.errors.sort_by_key(|(span, _)| span.start);
+    Err(ConfigErrors {
+        errors: checker
+            .errors
+            .into_iter()
+            .map(|(span, message)| ConfigError::at(file_name, text, span, message))
+            .collect(),
+    })
+}
+
+/// The toml crate's message, with a hint for the mistakes it cannot explain well.
+fn explain_toml_error(text: &str, e: &toml::de::Error, span: &Range<usize>) -> String {
+    let message = e.message().trim_end().to_string();
+    let spanned = text.get(span.clone()).unwrap_or("");
+    if message == "missing field `cluster`" {
+        return "the file has no [cluster] table; start it with `[cluster]` and `name = \"...\"`".to_string();
+    }
+    if message.contains("expected a sequence") && spanned.starts_with('[') && !spanned.starts_with("[[") {
+        let table = spanned.trim_matches(|c| c == '[' || c == ']');
+        return format!("{message}: write [[{table}]] with double brackets; each [[{table}]] table adds one {table}");
+    }
+    message
+}
+
+// ------------------------------------------------------------------------------------
+// Durations
+// ------------------------------------------------------------------------------------
+
+/// Parses a duration written as a number and a unit: `"250ms"`, `"2s"`, `"1.5s"`,
+/// `"1m"`. Units: `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`. The error says what is wrong.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("it is empty".to_string());
+    }
+    if t.starts_with('-') {
+        return Err("durations cannot be negative".to_string());
+    }
+    let number_len = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(number_len);
+    let unit = unit.trim_start();
+    if number.is_empty() {
+        return Err("it does not start with a number".to_string());
+    }
+    let (whole, fraction) = match number.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (number, ""),
+    };
+    if whole.is_empty() || number.ends_with('.') || fraction.contains('.') {
+        return Err(format!("`{number}` is not a number"));
+    }
+    let unit_nanos: u128 = match unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" => return Err("it has no unit".to_string()),
+        other => return Err(format!("`{other}` is not a unit")),
+    };
+    let too_large = || "it is too large".to_string();
+    let whole: u128 = whole.parse().map_err(|_| too_large())?;
+    if fraction.len() > 18 {
+        return Err("it has more than 18 decimals".to_string());
+    }
+    let scale = 10u128.pow(fraction.len() as u32);
+    let fraction: u128 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| too_large())? };
+    if !(fraction * unit_nanos).is_multiple_of(scale) {
+        return Err("it is finer than a nanosecond".to_string());
+    }
+    let nanos = whole
+        .checked_mul(unit_nanos)
+        .and_then(|n| n.checked_add(fraction * unit_nanos / scale))
+        .ok_or_else(too_large)?;
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_large())?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// Writes a duration the way the configuration file does: `100ms`, `2s`, `1.5s`, `1m`.
+/// [`parse_duration`] reads it back to the same value.
+pub fn format_duration(d: Duration) -> String {
+    const MS: u128 = 1_000_000;
+    const S: u128 = 1_000_000_000;
+    const M: u128 = 60 * S;
+    const H: u128 = 60 * M;
+    let n = d.as_nanos();
+    let decimal = |unit: u128, suffix: &str| {
+        let whole = n / unit;
+        let rest = n % unit;
+        if rest == 0 {
+            return format!("{whole}{suffix}");
+        }
+        let digits = unit.ilog10() as usize;
+        let fraction = format!("{rest:0digits$}");
+        format!("{whole}.{}{suffix}", fraction.trim_end_matches('0'))
+    };
+    if n == 0 {
+        "0s".to_string()
+    } else if n.is_multiple_of(H) {
+        format!("{}h", n / H)
+    } else if n.is_multiple_of(M) {
+        format!("{}m", n / M)
+    } else if n >= S {
+        decimal(S, "s")
+    } else if n >= MS {
+        decimal(MS, "ms")
+    } else if n.is_multiple_of(1_000) {
+        format!("{}us", n / 1_000)
+    } else {
+        format!("{n}ns")
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// The file as deserialized, before validation
+// ------------------------------------------------------------------------------------
+
+type RawStrings = Spanned<Vec<Spanned<String>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    cluster: Spanned<RawCluster>,
+    fence: Option<Spanned<RawFence>>,
+    #[serde(default)]
+    node: Vec<Spanned<RawNode>>,
+    #[serde(default)]
+    group: Vec<Spanned<RawGroup>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    // Durations and counts are read as any value so that a wrong type is reported with
+    // the other semantic errors instead of stopping the parse.
+    heartbeat_interval: Option<Spanned<Value>>,
+    dead_after: Option<Spanned<Value>>,
+    startup_wait: Option<Spanned<Value>>,
+    arbiter: Option<Spanned<String>>,
+    fence_retry: Option<Spanned<Value>>,
+    catch_up_window: Option<Spanned<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFence {
+    command: RawStrings,
+    timeout: Option<Spanned<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    state_dir: Spanned<String>,
+    api: Spanned<String>,
+    links: RawStrings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Spanned<String>,
+    nodes: RawStrings,
+    service: Option<RawStrings>,
+    stop_timeout: Option<Spanned<Value>>,
+}
+
+// ------------------------------------------------------------------------------------
+// Validation
+// ------------------------------------------------------------------------------------
+
+/// A setting after validation: `value` is `None` when it was invalid (and reported);
+/// `span` is `None` when the key was absent and the default applies.
+struct Setting<T> {
+    value: Option<T>,
+    span: Option<Range<usize>>,
+}
+
+struct Checker<'t> {
+    text: &'t str,
+    errors: Vec<(Range<usize>, String)>,
+}
+
+fn ordinal(k: usize) -> String {
+    let n = k + 1;
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("is empty".to_string());
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        .map(|c| format!("`{name}` contains {c:?}"))
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push((span, message.into()));
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let start = span.start.min(self.text.len());
+        self.text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    /// A duration key: absent → `default`; zero is never meaningful in this file.
+    fn duration(&mut self, key: &str, raw: &Option<Spanned<Value>>, default: Duration) -> Setting<Duration> {
+        let Some(raw) = raw else {
+            return Setting { value: Some(default), span: None };
+        };
+        let span = raw.span();
+        let example = format_duration(default);
+        let value = match raw.get_ref() {
+            Value::String(s) => match parse_duration(s) {
+                Ok(d) if d.is_zero() => {
+                    self.error(
+                        span.clone(),
+                        format!(
+                            "{key} is zero, which is meaningless here; give a positive duration such as \"{example}\" (the default)"
+                        ),
+                    );
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(reason) => {
+                    self.error(
+                        span.clone(),
+                        format!(
+                            "{key} = {s:?} is not a duration: {reason}; write a number followed by a unit (ms, s, m or h), e.g. \"100ms\", \"1.5s\" or \"1m\""
+                        ),
+                    );
+                    None
+                }
+            },
+            Value::Integer(n) => {
+                self.error(
+                    span.clone(),
+                    format!("{key} = {n} has no unit; durations are strings with a unit, e.g. \"{n}ms\" or \"{n}s\""),
+                );
+                None
+            }
+            other => {
+                self.error(
+                    span.clone(),
+                    format!("{key} must be a duration string such as \"{example}\", not a {}", other.type_str()),
+                );
+                None
+            }
+        };
+        Setting { value, span: Some(span) }
+    }
+
+    /// A name of a node or group: non-empty, `[A-Za-z0-9_-]+`.
+    fn name(&mut self, what: &str, name: &Spanned<String>) -> bool {
+        match name_problem(name.get_ref()) {
+            None => true,
+            Some(problem) => {
+                self.error(name.span(), format!("{what} name {problem}; use only ASCII letters, digits, `_` and `-`"));
+                false
+            }
+        }
+    }
+
+    /// An argv: non-empty, with a non-empty program.
+    fn argv(&mut self, key: &str, raw: &RawStrings, what_to_do: &str) -> Option<Vec<String>> {
+        let Some(program) = raw.get_ref().first() else {
+            self.error(raw.span(), format!("{key} is empty; {what_to_do}"));
+            return None;
+        };
+        if program.get_ref().trim().is_empty() {
+            self.error(program.span(), format!("{key}: the program (first element) is empty; {what_to_do}"));
+            return None;
+        }
+        Some(raw.get_ref().iter().map(|a| a.get_ref().clone()).collect())
+    }
+
+    fn check(&mut self, raw: RawFile) -> Option<ClusterConfig> {
+        let cluster_span = raw.cluster.span();
+        let cluster = raw.cluster.into_inner();
+
+        if cluster.name.get_ref().trim().is_empty() {
+            self.error(cluster.name.span(), "cluster.name is empty; give the cluster a name");
+        }
+
+        // ---- timings ----
+        let heartbeat =
+            self.duration("cluster.heartbeat_interval", &cluster.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+        let dead_after = self.duration("cluster.dead_after", &cluster.dead_after, DEFAULT_DEAD_AFTER);
+        let startup_wait = self.duration("cluster.startup_wait", &cluster.startup_wait, DEFAULT_STARTUP_WAIT);
+        let fence_retry = self.duration("cluster.fence_retry", &cluster.fence_retry, DEFAULT_FENCE_RETRY);
+        // A rule between two settings points at the first one if it is written in the
+        // file, else at the second, else at the [cluster] header.
+        let place = |a: &Setting<Duration>, b: &Setting<Duration>| {
+            a.span.clone().or_else(|| b.span.clone()).unwrap_or_else(|| cluster_span.clone())
+        };
+        if let Some(hb) = heartbeat.value
+            && hb < MIN_HEARTBEAT_INTERVAL
+        {
+            self.error(
+                place(&heartbeat, &heartbeat),
+                format!(
+                    "cluster.heartbeat_interval ({}) must be at least {}: a shorter interval only burns CPU and makes scheduling hiccups look like failures",
+                    format_duration(hb),
+                    format_duration(MIN_HEARTBEAT_INTERVAL)
+                ),
+            );
+        }
+        if let (Some(hb), Some(dead)) = (heartbeat.value, dead_after.value)
+            && dead < hb * MIN_HEARTBEATS_BEFORE_DEAD
+        {
+            self.error(
+                place(&dead_after, &heartbeat),
+                format!(
+                    "cluster.dead_after ({}) must be at least {MIN_HEARTBEATS_BEFORE_DEAD} × heartbeat_interval ({}), or a busy machine will declare a healthy peer dead",
+                    format_duration(dead),
+                    format_duration(hb)
+                ),
+            );
+        }
+        if let (Some(wait), Some(dead)) = (startup_wait.value, dead_after.value)
+            && wait < dead
+        {
+            self.error(
+                place(&startup_wait, &dead_after),
+                format!(
+                    "cluster.startup_wait ({}) must be at least cluster.dead_after ({}): a recovering node would decide alone before it could hear a live peer; raise startup_wait",
+                    format_duration(wait),
+                    format_duration(dead)
+                ),
+            );
+        }
+
+        // ---- catch_up_window ----
+        let catch_up_window = match &cluster.catch_up_window {
+            None => Some(DEFAULT_CATCH_UP_WINDOW),
+            Some(raw) => match raw.get_ref() {
+                Value::Integer(n) if *n > 0 => Some(*n as u64),
+                other => {
+                    self.error(
+                        raw.span(),
+                        format!(
+                            "cluster.catch_up_window = {other} must be a positive whole number of records, e.g. {DEFAULT_CATCH_UP_WINDOW} (the default)"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
+        // ---- arbiter and [fence] ----
+        let arbiter = match &cluster.arbiter {
+            None => Some(Arbiter::Fence),
+            Some(raw) => match raw.get_ref().as_str() {
+                "fence" => Some(Arbiter::Fence),
+                "unsafe-assume-crash-stop" => Some(Arbiter::UnsafeAssumeCrashStop),
+                other => {
+                    self.error(
+                        raw.span(),
+                        format!(
+                            "cluster.arbiter {other:?} is not an arbiter; use \"fence\" (with a [fence] table) or \"unsafe-assume-crash-stop\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let fence = match &raw.fence {
+            None => {
+                if arbiter == Some(Arbiter::Fence) {
+                    let span = cluster.arbiter.as_ref().map_or(cluster_span.clone(), |a| a.span());
+                    self.error(
+                        span,
+                        "arbiter = \"fence\" (the default) needs a [fence] table whose `command` fences a node, e.g. command = [\"takeover\", \"fence-local\", \"--pidfile\", \"/run/{node}.pid\"]; or set arbiter = \"unsafe-assume-crash-stop\", which is unsafe under partitions and pauses",
+                    );
+                }
+                None
+            }
+            Some(raw_fence) => {
+                let f = raw_fence.get_ref();
+                let command = self.argv(
+                    "fence.command",
+                    &f.command,
+                    "give the argv of a command that stops a node, with {node} standing for its name",
+                );
+                let timeout = self.duration("fence.timeout", &f.timeout, DEFAULT_FENCE_TIMEOUT);
+                match (command, timeout.value) {
+                    (Some(command), Some(timeout)) => Some(FenceConfig { command, timeout }),
+                    _ => None,
+                }
+            }
+        };
+
+        // ---- nodes ----
+        let nodes = self.check_nodes(&raw.node, &cluster_span);
+
+        // ---- groups ----
+        let groups = self.check_groups(&raw.group, &raw.node);
+
+        Some(ClusterConfig {
+            name: cluster.name.into_inner(),
+            heartbeat_interval: heartbeat.value?,
+            dead_after: dead_after.value?,
+            startup_wait: startup_wait.value?,
+            arbiter: arbiter?,
+            fence_retry: fence_retry.value?,
+            catch_up_window: catch_up_window?,
+            fence: match (arbiter?, fence) {
+                (Arbiter::Fence, None) => return None,
+                (_, fence) => fence,
+            },
+            nodes: nodes?,
+            groups: groups?,
+        })
+    }
+
+    fn check_nodes(&mut self, raw_nodes: &[Spanned<RawNode>], cluster_span: &Range<usize>) -> Option<Vec<NodeConfig>> {
+        let mut ok = true;
+        match raw_nodes.len() {
+            0 => {
+                self.error(
+                    cluster_span.clone(),
+                    "the cluster declares no node; add a [[node]] table for each of at least 2 machines",
+                );
+                ok = false;
+            }
+            1 => {
+                self.error(
+                    raw_nodes[0].span(),
+                    "the cluster declares only 1 node; add a [[node]] table for the second machine (at least 2 are needed)",
+                );
+                ok = false;
+            }
+            n if n > usize::from(u16::MAX) + 1 => {
+                self.error(
+                    raw_nodes[usize::from(u16::MAX) + 1].span(),
+                    format!("the cluster declares {n} nodes; at most 65536 are supported"),
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut state_dirs: HashMap<PathBuf, (&str, usize)> = HashMap::new();
+        let mut apis: HashMap<ApiAddr, (&str, usize)> = HashMap::new();
+        // Every TCP address a node binds: links and tcp APIs.
+        let mut addresses: HashMap<SocketAddr, (String, usize)> = HashMap::new();
+        // The first node with links: the reference for the count and the families.
+        let mut reference: Option<(&str, Vec<Option<SocketAddr>>)> = None;
+        let mut nodes = Vec::new();
+
+        for raw_node in raw_nodes {
+            let node = raw_node.get_ref();
+            let name = node.name.get_ref().as_str();
+            let mut node_ok = self.name("node", &node.name);
+            if let Some(&first) = names.get(name) {
+                self.error(
+                    node.name.span(),
+                    format!("node name `{name}` is already used (line {first}); node names must be unique"),
+                );
+                node_ok = false;
+            } else {
+                names.insert(name, self.line_of(&node.name.span()));
+            }
+
+            // state_dir
+            let state_dir = PathBuf::from(node.state_dir.get_ref());
+            if node.state_dir.get_ref().trim().is_empty() {
+                self.error(
+                    node.state_dir.span(),
+                    format!(
+                        "node `{name}`: state_dir is empty; give the directory where this node keeps its durable state"
+                    ),
+                );
+                node_ok = false;
+            } else if let Some((other, line)) = state_dirs.get(&state_dir) {
+                self.error(
+                    node.state_dir.span(),
+                    format!(
+                        "node `{name}`: state_dir {:?} is already the state_dir of node `{other}` (line {line}); every node needs its own",
+                        node.state_dir.get_ref()
+                    ),
+                );
+                node_ok = false;
+            } else {
+                state_dirs.insert(state_dir.clone(), (name, self.line_of(&node.state_dir.span())));
+            }
+
+            // api
+            let api = self.api(name, &node.api);
+            if let Some(api) = &api {
+                let line = self.line_of(&node.api.span());
+                if let Some((other, first)) = apis.get(api) {
+                    self.error(
+                        node.api.span(),
+                        format!(
+                            "node `{name}`: api `{api}` is already the api of node `{other}` (line {first}); every node needs its own"
+                        ),
+                    );
+                    node_ok = false;
+                } else if let ApiAddr::Tcp(addr) = api
+                    && let Some((owner, first)) = addresses.get(addr)
+                {
+                    self.error(
+                        node.api.span(),
+                        format!(
+                            "node `{name}`: api `{api}` is already used by {owner} (line {first}); the api needs an address:port of its own"
+                        ),
+                    );
+                    node_ok = false;
+                } else {
+                    apis.insert(api.clone(), (name, line));
+                    if let ApiAddr::Tcp(addr) = api {
+                        addresses.insert(*addr, (format!("the api of node `{name}`"), line));
+                    }
+                }
+            } else {
+                node_ok = false;
+            }
+
+            // links
+            let links = self.links(name, &node.links, &mut addresses);
+            if links.iter().any(Option::is_none) || links.is_empty() {
+                node_ok = false;
+            }
+            match &reference {
+                None if !links.is_empty() => reference = Some((name, links.clone())),
+                Some((ref_name, ref_links)) if !links.is_empty() => {
+                    if ref_links.len() != links.len() {
+                        self.error(
+                            node.links.span(),
+                            format!(
+                                "node `{name}` has {} but node `{ref_name}` has {}; link k of every node is on network k, so every node needs the same number of links",
+                                plural(links.len(), "link"),
+                                plural(ref_links.len(), "link")
+                            ),
+                        );
+                        node_ok = false;
+                    }
+                    for (k, (mine, theirs)) in links.iter().zip(ref_links).enumerate() {
+                        if let (Some(mine), Some(theirs)) = (mine, theirs)
+                            && mine.is_ipv4() != theirs.is_ipv4()
+                        {
+                            let family = |a: &SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+                            self.error(
+                                node.links.get_ref()[k].span(),
+                                format!(
+                                    "node `{name}`: the {} link ({mine}) is {} but the {} link of node `{ref_name}` ({theirs}) is {}; link k of every node is on network k, so they must use the same address family",
+                                    ordinal(k),
+                                    family(mine),
+                                    ordinal(k),
+                                    family(theirs)
+                                ),
+                            );
+                            node_ok = false;
+                        }
+                    }
+                }
+                _ => {}
+            }
+
+            if let (true, Some(api)) = (node_ok, api) {
+                nodes.push(NodeConfig {
+                    name: name.to_string(),
+                    state_dir,
+                    api,
+                    links: links.into_iter().flatten().collect(),
+                });
+            } else {
+                ok = false;
+            }
+        }
+        ok.then_some(nodes)
+    }
+
+    fn api(&mut self, node: &str, raw: &Spanned<String>) -> Option<ApiAddr> {
+        let text = raw.get_ref();
+        let span = raw.span();
+        let usage = "write \"unix:/path/to/socket\" or \"tcp:127.0.0.1:PORT\"";
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                self.error(span, format!("node `{node}`: api \"unix:\" has no socket path; {usage}"));
+                return None;
+            }
+            if path.len() > MAX_UNIX_SOCKET_PATH {
+                self.error(
+                    span,
+                    format!(
+                        "node `{node}`: api socket path is {} bytes long, but a Unix socket path can have at most {MAX_UNIX_SOCKET_PATH}; choose a shorter path",
+                        path.len()
+                    ),
+                );
+                return None;
+            }
+            return Some(ApiAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = text.strip_prefix("tcp:") {
+            let Ok(addr) = addr.parse::<SocketAddr>() else {
+                self.error(
+                    span,
+                    format!("node `{node}`: api {text:?} is not tcp:IP:PORT (host names are not resolved); {usage}"),
+                );
+                return None;
+            };
+            if !addr.ip().is_loopback() {
+                self.error(
+                    span,
+                    format!(
+                        "node `{node}`: api {text:?} is not a loopback address; the local API must not be reachable from other machines: use 127.0.0.1 or [::1], or a unix: socket"
+                    ),
+                );
+                return None;
+            }
+            if addr.port() == 0 {
+                self.error(
+                    span,
+                    format!("node `{node}`: api {text:?} has port 0; give the fixed port clients connect to"),
+                );
+                return None;
+            }
+            return Some(ApiAddr::Tcp(addr));
+        }
+        self.error(span, format!("node `{node}`: api {text:?} is neither unix: nor tcp:; {usage}"));
+        None
+    }
+
+    /// The links of one node; an invalid one is reported and becomes `None`.
+    fn links(
+        &mut self,
+        node: &str,
+        raw: &RawStrings,
+        addresses: &mut HashMap<SocketAddr, (String, usize)>,
+    ) -> Vec<Option<SocketAddr>> {
+        if raw.get_ref().is_empty() {
+            self.error(
+                raw.span(),
+                format!(
+                    "node `{node}` has no link; give one IP:PORT per network the nodes share, e.g. links = [\"192.0.2.1:7101\"]"
+                ),
+            );
+            return Vec::new();
+        }
+        let mut links = Vec::new();
+        for (k, link) in raw.get_ref().iter().enumerate() {
+            let text = link.get_ref();
+            let span = link.span();
+            let line = self.line_of(&span);
+            let addr = match text.parse::<SocketAddr>() {
+                Err(_) => {
+                    self.error(
+                        span,
+                        format!(
+                            "node `{node}`: link {text:?} is not IP:PORT such as \"192.0.2.1:7101\" or \"[2001:db8::1]:7101\" (host names are not resolved)"
+                        ),
+                    );
+                    None
+                }
+                Ok(addr) if addr.ip().is_unspecified() || addr.ip().is_multicast() => {
+                    self.error(
+                        span,
+                        format!(
+                            "node `{node}`: link {text:?} is not an address the peer can send to; give this node's own address on the {} network",
+                            ordinal(k)
+                        ),
+                    );
+                    None
+                }
+                Ok(addr) if addr.port() == 0 => {
+                    self.error(
+                        span,
+                        format!("node `{node}`: link {text:?} has port 0; give the fixed port the peer sends to"),
+                    );
+                    None
+                }
+                Ok(addr) => {
+                    if let Some((owner, first)) = addresses.get(&addr) {
+                        self.error(
+                            span,
+                            format!(
+                                "node `{node}`: link {text:?} is already used by {owner} (line {first}); every link needs its own address:port"
+                            ),
+                        );
+                        None
+                    } else {
+                        addresses.insert(addr, (format!("the {} link of node `{node}`", ordinal(k)), line));
+                        Some(addr)
+                    }
+                }
+            };
+            links.push(addr);
+        }
+        links
+    }
+
+    fn check_groups(
+        &mut self,
+        raw_groups: &[Spanned<RawGroup>],
+        raw_nodes: &[Spanned<RawNode>],
+    ) -> Option<Vec<GroupConfig>> {
+        let mut declared: Vec<&str> = Vec::new();
+        for n in raw_nodes {
+            let name = n.get_ref().name.get_ref().as_str();
+            if !declared.contains(&name) {
+                declared.push(name);
+            }
+        }
+        let declared_list = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+
+        let mut ok = true;
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut groups = Vec::new();
+        for raw_group in raw_groups {
+            let group = raw_group.get_ref();
+            let name = group.name.get_ref().as_str();
+            let mut group_ok = self.name("group", &group.name);
+            if let Some(&first) = names.get(name) {
+                self.error(
+                    group.name.span(),
+                    format!("group name `{name}` is already used (line {first}); group names must be unique"),
+                );
+                group_ok = false;
+            } else {
+                names.insert(name, self.line_of(&group.name.span()));
+            }
+
+            let members = group.nodes.get_ref();
+            if members.len() != 2 {
+                self.error(
+                    group.nodes.span(),
+                    format!(
+                        "group `{name}` lists {}; a group is a pair: give exactly 2 node names, the preferred one first",
+                        plural(members.len(), "node")
+                    ),
+                );
+                group_ok = false;
+            }
+            for (i, member) in members.iter().enumerate() {
+                let m = member.get_ref().as_str();
+                if !declared.contains(&m) {
+                    self.error(
+                        member.span(),
+                        format!("unknown node `{m}` in group `{name}`; declared nodes: {declared_list}"),
+                    );
+                    group_ok = false;
+                } else if members[..i].iter().any(|earlier| earlier.get_ref() == m) {
+                    self.error(
+                        member.span(),
+                        format!("group `{name}` lists node `{m}` twice; a group is a pair of two different nodes"),
+                    );
+                    group_ok = false;
+                }
+            }
+
+            let service = match &group.service {
+                None => Some(None),
+                Some(raw) => self
+                    .argv(
+                        &format!("group `{name}`: service"),
+                        raw,
+                        "give the program and its arguments, or remove `service` if the group runs nothing",
+                    )
+                    .map(Some),
+            };
+            let stop_timeout =
+                self.duration(&format!("group `{name}`: stop_timeout"), &group.stop_timeout, DEFAULT_STOP_TIMEOUT);
+
+            match (group_ok, service, stop_timeout.value) {
+                (true, Some(service), Some(stop_timeout)) if members.len() == 2 => {
+                    groups.push(GroupConfig {
+                        name: name.to_string(),
+                        nodes: [members[0].get_ref().clone(), members[1].get_ref().clone()],
+                        service,
+                        stop_timeout,
+                    });
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(groups)
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid file using every key. Line numbers matter: tests replace whole lines.
+    const FULL: &str = r#"[cluster]
+name = "demo"
+heartbeat_interval = "100ms"
+dead_after = "500ms"
+startup_wait = "3s"
+arbiter = "fence"
+fence_retry = "1s"
+catch_up_window = 4096
+
+[fence]
+command = ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
+timeout = "10s"
+
+[[node]]
+name = "alpha"
+state_dir = "/var/lib/takeover/alpha"
+api = "unix:/run/takeover/alpha.sock"
+links = ["127.0.0.1:7101", "127.0.0.2:7101"]
+
+[[node]]
+name = "beta"
+state_dir = "/var/lib/takeover/beta"
+api = "tcp:127.0.0.1:7400"
+links = ["127.0.0.1:7102", "127.0.0.2:7102"]
+
+[[group]]
+name = "web"
+nodes = ["alpha", "beta"]
+service = ["/usr/bin/python3", "-m", "http.server", "8080"]
+stop_timeout = "5s"
+"#;
+
+    /// FULL with line `n` (1-based) replaced by `text` (which may span several lines
+    /// or be empty); the lines before `n` keep their numbers.
+    fn with(n: usize, text: &str) -> String {
+        with_lines(&[(n, text)])
+    }
+
+    fn with_lines(changes: &[(usize, &str)]) -> String {
+        FULL.lines()
+            .enumerate()
+            .map(|(i, line)| changes.iter().find(|(n, _)| *n == i + 1).map_or(line, |(_, text)| *text))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn errors_of(text: &str) -> Vec<ConfigError> {
+        match parse(text, "cluster.toml") {
+            Ok(_) => panic!("expected errors, the file parsed:\n{text}"),
+            Err(e) => e.into_iter().collect(),
+        }
+    }
+
+    /// The only error of `text`, as (line, column, caret length, message).
+    fn single(text: &str) -> (usize, usize, usize, String) {
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+        let e = &errors[0];
+        let caret = e.snippet.as_ref().map_or(0, |s| s.caret_len);
+        (e.line, e.column, caret, e.message.clone())
+    }
+
+    fn assert_single(text: &str, line: usize, column: usize, message_part: &str) {
+        let (l, c, _, message) = single(text);
+        assert_eq!((l, c), (line, column), "position of: {message}");
+        assert!(message.contains(message_part), "message {message:?} does not contain {message_part:?}");
+    }
+
+    #[test]
+    fn full_file_parses_with_every_value() {
+        let c = parse(FULL, "cluster.toml").unwrap();
+        assert_eq!(c.name, "demo");
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
+        assert_eq!(c.dead_after, Duration::from_millis(500));
+        assert_eq!(c.startup_wait, Duration::from_secs(3));
+        assert_eq!(c.arbiter, Arbiter::Fence);
+        assert_eq!(c.fence_retry, Duration::from_secs(1));
+        assert_eq!(c.catch_up_window, 4096);
+        let fence = c.fence.as_ref().unwrap();
+        assert_eq!(fence.command, ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]);
+        assert_eq!(fence.timeout, Duration::from_secs(10));
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(
+            c.nodes[0],
+            NodeConfig {
+                name: "alpha".into(),
+                state_dir: "/var/lib/takeover/alpha".into(),
+                api: ApiAddr::Unix("/run/takeover/alpha.sock".into()),
+                links: vec!["127.0.0.1:7101".parse().unwrap(), "127.0.0.2:7101".parse().unwrap()],
+            }
+        );
+        assert_eq!(c.nodes[1].name, "beta");
+        assert_eq!(c.nodes[1].api, ApiAddr::Tcp("127.0.0.1:7400".parse().unwrap()));
+        assert_eq!(
+            c.groups,
+            [GroupConfig {
+                name: "web".into(),
+                nodes: ["alpha".into(), "beta".into()],
+                service: Some(vec!["/usr/bin/python3".into(), "-m".into(), "http.server".into(), "8080".into()]),
+                stop_timeout: Duration::from_secs(5),
+            }]
+        );
+    }
+
+    #[test]
+    fn absent_keys_take_their_defaults() {
+        let text = r#"
+[cluster]
+name = "minimal"
+
+[fence]
+command = ["fence-it", "{node}"]
+
+[[node]]
+name = "a"
+state_dir = "/s/a"
+api = "unix:/r/a.sock"
+links = ["10.0.0.1:7100"]
+
+[[node]]
+name = "b"
+state_dir = "/s/b"
+api = "unix:/r/b.sock"
+links = ["10.0.0.2:7100"]
+
+[[group]]
+name = "g"
+nodes = ["b", "a"]
+"#;
+        let c = parse(text, "t.toml").unwrap();
+        assert_eq!(c.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
+        assert_eq!(c.dead_after, Duration::from_millis(500));
+        assert_eq!(c.startup_wait, Duration::from_secs(3));
+        assert_eq!(c.arbiter, Arbiter::Fence);
+        assert_eq!(c.fence_retry, Duration::from_secs(1));
+        assert_eq!(c.catch_up_window, 4096);
+        assert_eq!(c.fence.as_ref().unwrap().timeout, Duration::from_secs(10));
+        assert_eq!(c.groups[0].stop_timeout, Duration::from_secs(5));
+        assert_eq!(c.groups[0].service, None);
+        assert_eq!(c.groups[0].preferred(), "b");
+    }
+
+    #[test]
+    fn unsafe_arbiter_needs_no_fence_table() {
+        let text = with_lines(&[(6, r#"arbiter = "unsafe-assume-crash-stop""#), (10, ""), (11, ""), (12, "")]);
+        let c = parse(&text, "cluster.toml").unwrap();
+        assert_eq!(c.arbiter, Arbiter::UnsafeAssumeCrashStop);
+        assert_eq!(c.fence, None);
+        assert!(c.fence_argv("beta").is_empty());
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../../examples/two-nodes.toml");
+        let c = parse(text, "examples/two-nodes.toml").unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.groups.len(), 2);
+    }
+
+    #[test]
+    fn load_reads_the_example_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/two-nodes.toml");
+        let c = load(&path).unwrap();
+        assert_eq!(c.name, "demo");
+    }
+
+    #[test]
+    fn load_of_a_missing_file_names_the_file() {
+        let path = Path::new("/nonexistent/takeover/cluster.toml");
+        let errors: Vec<_> = load(path).unwrap_err().into_iter().collect();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].file, "/nonexistent/takeover/cluster.toml");
+        assert_eq!((errors[0].line, errors[0].column), (0, 0));
+        assert!(errors[0].message.contains("cannot read the configuration file /nonexistent/takeover/cluster.toml"));
+        let shown = errors[0].to_string();
+        assert!(shown.ends_with("\n  --> /nonexistent/takeover/cluster.toml"), "{shown}");
+    }
+
+    // ---- helpers of ClusterConfig ----
+
+    #[test]
+    fn node_ids_are_positions_in_the_node_list() {
+        let c = parse(FULL, "cluster.toml").unwrap();
+        assert_eq!(c.node_id("alpha"), Some(NodeId(0)));
+        assert_eq!(c.node_id("beta"), Some(NodeId(1)));
+        assert_eq!(c.node_id("gamma"), None);
+        assert_eq!(c.node("beta").unwrap().state_dir, Path::new("/var/lib/takeover/beta"));
+        assert!(c.node("gamma").is_none());
+    }
+
+    #[test]
+    fn groups_of_lists_the_groups_of_a_node() {
+        let text = format!("{FULL}\n[[group]]\nname = \"db\"\nnodes = [\"beta\", \"alpha\"]\n");
+        let c = parse(&text, "cluster.toml").unwrap();
+        let names = |node| c.groups_of(node).map(|g| g.name.as_str()).collect::<Vec<_>>();
+        assert_eq!(names("alpha"), ["web", "db"]);
+        assert_eq!(names("beta"), ["web", "db"]);
+        assert!(names("gamma").is_empty());
+        assert_eq!(c.group("db").unwrap().peer_of("beta"), Some("alpha"));
+    }
+
+    #[test]
+    fn group_core_config_maps_me_and_peer_to_node_ids() {
+        let text = with_lines(&[(5, r#"startup_wait = "4s""#), (8, "catch_up_window = 17")]);
+        let c = parse(&text, "cluster.toml").unwrap();
+        let web = c.group("web").unwrap();
+        let on_beta = c.group_core_config(web, "beta");
+        assert_eq!(
+            on_beta,
+            CoreGroupConfig {
+                me: NodeId(1),
+                peer: NodeId(0),
+                arbiter: Arbiter::Fence,
+                startup_wait: Duration::from_secs(4),
+                fence_retry: Duration::from_secs(1),
+                catch_up_window: 17,
+            }
+        );
+        let on_alpha = c.group_core_config(web, "alpha");
+        assert_eq!((on_alpha.me, on_alpha.peer), (NodeId(0), NodeId(1)));
+    }
+
+    #[test]
+    #[should_panic(expected = "node `gamma` is not a member of group `web`")]
+    fn group_core_config_panics_for_a_non_member() {
+        let c = parse(FULL, "cluster.toml").unwrap();
+        let web = c.group("web").unwrap();
+        c.group_core_config(web, "gamma");
+    }
+
+    #[test]
+    fn fence_argv_substitutes_the_node_name() {
+        let c = parse(FULL, "cluster.toml").unwrap();
+        assert_eq!(c.fence_argv("beta"), ["takeover", "fence-local", "--pidfile", "/tmp/x/beta/agent.pid"]);
+    }
+
+    // ---- durations ----
+
+    #[test]
+    fn durations_parse_with_units_and_decimals() {
+        let ok = [
+            ("100ms", Duration::from_millis(100)),
+            ("2s", Duration::from_secs(2)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1m", Duration::from_secs(60)),
+            ("2h", Duration::from_secs(7200)),
+            ("250us", Duration::from_micros(250)),
+            ("7ns", Duration::from_nanos(7)),
+            ("0.25m", Duration::from_secs(15)),
+            ("0s", Duration::ZERO),
+        ];
+        for (text, expected) in ok {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        for bad in ["fast", "", "100", "-1s", "1.s", ".5s", "1.2.3s", "5 sec", "1.5ns", "ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(parse_duration("-1s"), Err("durations cannot be negative".into()));
+    }
+
+    #[test]
+    fn formatted_durations_read_back_unchanged() {
+        for text in ["100ms", "2s", "1.5s", "1m", "2h", "250us", "7ns", "1.001s", "90s", "0s"] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{text}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
+    }
+
+    #[test]
+    fn duration_garbage_is_reported_at_the_value() {
+        let (line, column, caret, message) = single(&with(3, r#"heartbeat_interval = "fast""#));
+        assert_eq!((line, column, caret), (3, 22, 6));
+        assert!(message.starts_with(r#"cluster.heartbeat_interval = "fast" is not a duration"#));
+        assert!(message.contains("e.g. \"100ms\""), "{message}");
+    }
+
+    #[test]
+    fn negative_duration_is_rejected() {
+        assert_single(
+            &with(7, r#"fence_retry = "-1s""#),
+            7,
+            15,
+            "cluster.fence_retry = \"-1s\" is not a duration: durations cannot be negative",
+        );
+    }
+
+    #[test]
+    fn duration_without_unit_is_rejected() {
+        assert_single(
+            &with(4, "dead_after = 500"),
+            4,
+            14,
+            "cluster.dead_after = 500 has no unit; durations are strings with a unit, e.g. \"500ms\"",
+        );
+    }
+
+    #[test]
+    fn zero_duration_is_rejected() {
+        assert_single(
+            &with(7, r#"fence_retry = "0s""#),
+            7,
+            15,
+            "cluster.fence_retry is zero, which is meaningless here",
+        );
+    }
+
+    #[test]
+    fn fence_timeout_zero_is_rejected() {
+        assert_single(&with(12, r#"timeout = "0ms""#), 12, 11, "fence.timeout is zero");
+    }
+
+    #[test]
+    fn group_stop_timeout_is_checked() {
+        assert_single(
+            &with(30, r#"stop_timeout = "soon""#),
+            30,
+            16,
+            "group `web`: stop_timeout = \"soon\" is not a duration",
+        );
+    }
+
+    // ---- timings ----
+
+    #[test]
+    fn dead_after_below_three_heartbeats_is_rejected() {
+        let errors = parse(&with(4, r#"dead_after = "200ms""#), "cluster.toml").unwrap_err();
+        assert_eq!(
+            errors.to_string(),
+            r#"error: cluster.dead_after (200ms) must be at least 3 × heartbeat_interval (100ms), or a busy machine will declare a healthy peer dead
+  --> cluster.toml:4:14
+   |
+ 4 | dead_after = "200ms"
+   |              ^^^^^^^"#
+        );
+    }
+
+    #[test]
+    fn dead_after_rule_points_at_heartbeat_when_dead_after_is_default() {
+        // dead_after absent (500ms default), heartbeat 200ms: 500ms < 600ms.
+        assert_single(
+            &with_lines(&[(3, r#"heartbeat_interval = "200ms""#), (4, "")]),
+            3,
+            22,
+            "cluster.dead_after (500ms) must be at least 3 × heartbeat_interval (200ms)",
+        );
+    }
+
+    #[test]
+    fn heartbeat_below_10ms_is_rejected() {
+        assert_single(
+            &with(3, r#"heartbeat_interval = "5ms""#),
+            3,
+            22,
+            "cluster.heartbeat_interval (5ms) must be at least 10ms",
+        );
+    }
+
+    #[test]
+    fn startup_wait_below_dead_after_is_rejected() {
+        assert_single(
+            &with(5, r#"startup_wait = "400ms""#),
+            5,
+            16,
+            "cluster.startup_wait (400ms) must be at least cluster.dead_after (500ms): a recovering node would decide alone before it could hear a live peer",
+        );
+    }
+
+    #[test]
+    fn catch_up_window_must_be_positive() {
+        assert_single(
+            &with(8, "catch_up_window = 0"),
+            8,
+            19,
+            "cluster.catch_up_window = 0 must be a positive whole number of records",
+        );
+        assert_single(
+            &with(8, r#"catch_up_window = "big""#),
+            8,
+            19,
+            "cluster.catch_up_window = \"big\" must be a positive",
+        );
+    }
+
+    // ---- arbiter and fence ----
+
+    #[test]
+    fn unknown_arbiter_is_rejected() {
+        assert_single(
+            &with(6, r#"arbiter = "quorum""#),
+            6,
+            11,
+            "cluster.arbiter \"quorum\" is not an arbiter; use \"fence\" (with a [fence] table) or \"unsafe-assume-crash-stop\"",
+        );
+    }
+
+    #[test]
+    fn fence_arbiter_requires_a_fence_table() {
+        let text = with_lines(&[(10, ""), (11, ""), (12, "")]);
+        assert_single(&text, 6, 11, "arbiter = \"fence\" (the default) needs a [fence] table");
+        // With arbiter absent (fence by default) the error points at [cluster].
+        let text = with_lines(&[(6, ""), (10, ""), (11, ""), (12, "")]);
+        assert_single(&text, 1, 1, "needs a [fence] table");
+    }
+
+    #[test]
+    fn empty_fence_command_is_rejected() {
+        assert_single(&with(11, "command = []"), 11, 11, "fence.command is empty");
+        assert_single(
+            &with(11, r#"command = ["", "x"]"#),
+            11,
+            12,
+            "fence.command: the program (first element) is empty",
+        );
+    }
+
+    // ---- nodes ----
+
+    #[test]
+    fn node_name_must_use_the_allowed_characters() {
+        let errors = errors_of(&with(15, r#"name = "al pha""#));
+        assert_eq!((errors[0].line, errors[0].column), (15, 8));
+        assert_eq!(errors[0].message, "node name `al pha` contains ' '; use only ASCII letters, digits, `_` and `-`");
+        // The group naming `alpha` now names an unknown node: reported too.
+        assert_eq!(errors.len(), 2);
+        assert!(errors[1].message.starts_with("unknown node `alpha` in group `web`"));
+    }
+
+    #[test]
+    fn node_name_must_not_be_empty() {
+        let errors = errors_of(&with(15, r#"name = """#));
+        assert_eq!((errors[0].line, errors[0].column), (15, 8));
+        assert!(errors[0].message.contains("node name is empty"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn node_names_must_be_unique() {
+        let errors = errors_of(&with(21, r#"name = "alpha""#));
+        let e = &errors[0];
+        assert_eq!((e.line, e.column), (21, 8));
+        assert_eq!(e.message, "node name `alpha` is already used (line 15); node names must be unique");
+    }
+
+    #[test]
+    fn at_least_two_nodes_are_needed() {
+        let one =
+            with_lines(&[(20, ""), (21, ""), (22, ""), (23, ""), (24, ""), (28, r#"nodes = ["alpha", "alpha"]"#)]);
+        let errors = errors_of(&one);
+        assert_eq!((errors[0].line, errors[0].column), (14, 1));
+        assert!(errors[0].message.contains("declares only 1 node"), "{}", errors[0].message);
+
+        let text = "[cluster]\nname = \"x\"\narbiter = \"unsafe-assume-crash-stop\"\n";
+        assert_single(text, 1, 1, "the cluster declares no node");
+    }
+
+    #[test]
+    fn node_needs_a_link() {
+        assert_single(&with(18, "links = []"), 18, 9, "node `alpha` has no link");
+    }
+
+    #[test]
+    fn nodes_need_the_same_number_of_links() {
+        assert_single(
+            &with(24, r#"links = ["127.0.0.1:7102"]"#),
+            24,
+            9,
+            "node `beta` has 1 link but node `alpha` has 2 links; link k of every node is on network k",
+        );
+    }
+
+    #[test]
+    fn link_must_be_ip_and_port() {
+        assert_single(
+            &with(24, r#"links = ["127.0.0.1:7102", "beta.local:7102"]"#),
+            24,
+            28,
+            "node `beta`: link \"beta.local:7102\" is not IP:PORT",
+        );
+        assert_single(&with(24, r#"links = ["127.0.0.1:7102", "127.0.0.2:0"]"#), 24, 28, "has port 0");
+        assert_single(
+            &with(24, r#"links = ["127.0.0.1:7102", "0.0.0.0:7102"]"#),
+            24,
+            28,
+            "is not an address the peer can send to",
+        );
+    }
+
+    #[test]
+    fn link_addresses_must_be_unique_across_nodes() {
+        assert_single(
+            &with(24, r#"links = ["127.0.0.1:7102", "127.0.0.2:7101"]"#),
+            24,
+            28,
+            "node `beta`: link \"127.0.0.2:7101\" is already used by the 2nd link of node `alpha` (line 18)",
+        );
+    }
+
+    #[test]
+    fn links_of_one_network_must_share_an_address_family() {
+        assert_single(
+            &with(24, r#"links = ["[::1]:7102", "127.0.0.2:7102"]"#),
+            24,
+            10,
+            "node `beta`: the 1st link ([::1]:7102) is IPv6 but the 1st link of node `alpha` (127.0.0.1:7101) is IPv4",
+        );
+    }
+
+    #[test]
+    fn state_dirs_must_be_unique() {
+        assert_single(
+            &with(22, r#"state_dir = "/var/lib/takeover/alpha/""#),
+            22,
+            13,
+            "node `beta`: state_dir \"/var/lib/takeover/alpha/\" is already the state_dir of node `alpha` (line 16)",
+        );
+    }
+
+    #[test]
+    fn apis_must_be_unique() {
+        assert_single(
+            &with(23, r#"api = "unix:/run/takeover/alpha.sock""#),
+            23,
+            7,
+            "node `beta`: api `unix:/run/takeover/alpha.sock` is already the api of node `alpha` (line 17)",
+        );
+    }
+
+    #[test]
+    fn tcp_api_must_be_loopback() {
+        assert_single(
+            &with(23, r#"api = "tcp:192.0.2.7:7400""#),
+            23,
+            7,
+            "node `beta`: api \"tcp:192.0.2.7:7400\" is not a loopback address",
+        );
+        let c = parse(&with(23, r#"api = "tcp:[::1]:7400""#), "cluster.toml").unwrap();
+        assert_eq!(c.nodes[1].api, ApiAddr::Tcp("[::1]:7400".parse().unwrap()));
+    }
+
+    #[test]
+    fn api_must_be_unix_or_tcp() {
+        assert_single(
+            &with(23, r#"api = "http://localhost:7400""#),
+            23,
+            7,
+            "node `beta`: api \"http://localhost:7400\" is neither unix: nor tcp:",
+        );
+        assert_single(&with(23, r#"api = "unix:""#), 23, 7, "has no socket path");
+        let long = format!("api = \"unix:/{}\"", "s".repeat(120));
+        assert_single(&with(23, &long), 23, 7, "a Unix socket path can have at most 107");
+    }
+
+    #[test]
+    fn tcp_api_must_not_reuse_a_link_address() {
+        assert_single(
+            &with(23, r#"api = "tcp:127.0.0.1:7101""#),
+            23,
+            7,
+            "node `beta`: api `tcp:127.0.0.1:7101` is already used by the 1st link of node `alpha` (line 18)",
+        );
+        // A later node's link that reuses an earlier tcp api.
+        let text = with_lines(&[(17, r#"api = "tcp:127.0.0.1:7102""#)]);
+        assert_single(
+            &text,
+            24,
+            10,
+            "node `beta`: link \"127.0.0.1:7102\" is already used by the api of node `alpha` (line 17)",
+        );
+    }
+
+    // ---- groups ----
+
+    #[test]
+    fn group_name_must_use_the_allowed_characters() {
+        assert_single(&with(27, r#"name = "web/1""#), 27, 8, "group name `web/1` contains '/'");
+    }
+
+    #[test]
+    fn group_names_must_be_unique() {
+        let text = format!("{FULL}\n[[group]]\nname = \"web\"\nnodes = [\"beta\", \"alpha\"]\n");
+        assert_single(&text, 33, 8, "group name `web` is already used (line 27); group names must be unique");
+    }
+
+    #[test]
+    fn group_needs_exactly_two_nodes() {
+        assert_single(
+            &with(28, r#"nodes = ["alpha"]"#),
+            28,
+            9,
+            "group `web` lists 1 node; a group is a pair: give exactly 2 node names",
+        );
+    }
+
+    #[test]
+    fn group_nodes_must_be_distinct() {
+        assert_single(&with(28, r#"nodes = ["alpha", "alpha"]"#), 28, 19, "group `web` lists node `alpha` twice");
+    }
+
+    #[test]
+    fn group_unknown_node_lists_declared_nodes() {
+        let (line, column, caret, message) = single(&with(28, r#"nodes = ["alpha", "gamma"]"#));
+        assert_eq!((line, column, caret), (28, 19, 7));
+        assert_eq!(message, "unknown node `gamma` in group `web`; declared nodes: alpha, beta");
+    }
+
+    #[test]
+    fn group_service_must_not_be_empty() {
+        assert_single(
+            &with(29, "service = []"),
+            29,
+            11,
+            "group `web`: service is empty; give the program and its arguments, or remove `service`",
+        );
+    }
+
+    // ---- syntax and shape ----
+
+    #[test]
+    fn syntax_error_reports_line_and_column() {
+        let (line, column, _, message) = single(&with(17, r#"api = "unix:/run/alpha.sock"#));
+        assert_eq!((line, column), (17, 28));
+        assert!(message.contains("string"), "{message}");
+
+        let (line, column, _, _) = single(&with(14, "[[node]"));
+        assert_eq!((line, column), (14, 8));
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_position() {
+        let (line, column, caret, message) = single(&with(7, r#"fence_rety = "1s""#));
+        assert_eq!((line, column, caret), (7, 1, 10));
+        assert!(message.starts_with("unknown field `fence_rety`"), "{message}");
+
+        let (line, column, _, message) = single(&with(19, "priority = 2"));
+        assert_eq!((line, column), (19, 1));
+        assert!(message.starts_with("unknown field `priority`"), "{message}");
+
+        let (line, _, _, message) = single(&format!("{FULL}\n[alerts]\nmail = \"x\"\n"));
+        assert_eq!(line, 32);
+        assert!(message.starts_with("unknown field `alerts`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_at_the_value() {
+        assert_single(&with(2, "name = 7"), 2, 8, "invalid type: integer `7`, expected a string");
+    }
+
+    #[test]
+    fn single_bracket_node_table_gets_a_hint() {
+        let text = "[cluster]\nname = \"x\"\n\n[node]\nname = \"a\"\n";
+        assert_single(text, 4, 1, "write [[node]] with double brackets");
+    }
+
+    #[test]
+    fn cluster_name_must_not_be_empty() {
+        assert_single(&with(2, r#"name = " ""#), 2, 8, "cluster.name is empty");
+    }
+
+    #[test]
+    fn missing_cluster_table_is_reported() {
+        assert_single("", 1, 1, "the file has no [cluster] table");
+    }
+
+    #[test]
+    fn multiple_errors_are_all_reported_in_file_order() {
+        let text = with_lines(&[
+            (4, r#"dead_after = "200ms""#),
+            (6, r#"arbiter = "maybe""#),
+            (21, r#"name = "be ta""#),
+            (24, r#"links = ["127.0.0.1:7101", "127.0.0.2:7102"]"#),
+            (28, r#"nodes = ["alpha", "gamma"]"#),
+        ]);
+        let errors = errors_of(&text);
+        let positions: Vec<_> = errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(positions, [(4, 14), (6, 11), (21, 8), (24, 10), (28, 19)], "{errors:#?}");
+        assert!(errors[0].message.contains("dead_after"));
+        assert!(errors[1].message.contains("arbiter"));
+        assert!(errors[2].message.contains("node name `be ta`"));
+        assert!(errors[3].message.contains("already used"));
+        assert!(errors[4].message.contains("unknown node `gamma`"));
+        // Display prints them all, separated by blank lines.
+        let shown = parse(&text, "cluster.toml").unwrap_err().to_string();
+        assert_eq!(shown.matches("error: ").count(), 5);
+        assert!(shown.contains("^^^^^^^\n\nerror: "), "{shown}");
+    }
+
+    #[test]
+    fn caret_lines_up_after_tabs_and_wide_characters() {
+        let text = with(4, "\tdead_after = \"200ms\" # été");
+        let error = &errors_of(&text)[0];
+        assert_eq!((error.line, error.column), (4, 15));
+        let shown = error.to_string();
+        assert!(shown.ends_with("\n   | \t             ^^^^^^^"), "{shown:?}");
+
+        let text = with(2, "name = \"démo\"\nfoo = 1");
+        let (line, column, caret, _) = single(&text);
+        assert_eq!((line, column, caret), (3, 1, 3));
+    }
+}
