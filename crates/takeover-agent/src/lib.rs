@@ -1,2 +1,3 @@
 //! placeholder
+pub mod fence;
 pub mod service;
