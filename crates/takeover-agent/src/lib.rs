@@ -6,7 +6,13 @@
 //!   pid file).
 //! - [`journal`]: the append-only journal of handover records, with torn-tail recovery
 //!   and quarantine of cut records.
+//! - [`service`]: the group's application process: dies with its agent, own process
+//!   group, leftovers killed at start.
+//! - [`fence`]: running fence commands, and `fence-local`, the power-off of a node that
+//!   runs on this machine.
 
 pub mod config;
+pub mod fence;
 pub mod journal;
+pub mod service;
 pub mod store;
