@@ -329,6 +329,9 @@ pub struct Group {
     out: VecDeque<Command>,
     #[cfg(feature = "mutants")]
     mutant: Mutant,
+    /// The priority write a mutant holds back until after the next event's actions.
+    #[cfg(feature = "mutants")]
+    deferred: Option<Command>,
 }
 
 /// Deliberate bugs the model checker must catch (feature `mutants`, for the checker's own
@@ -337,7 +340,8 @@ pub struct Group {
 pub enum Mutant {
     #[default]
     None,
-    /// Enter SM and act (start, acknowledge) before the new priority is durable.
+    /// Enter SM and act in it (start, acknowledge the next appends) before the new
+    /// priority is durable: the write is held back until after the next event.
     ActBeforePersist,
     /// In M, acknowledge an append after the local fsync, before the SL has it.
     AckBeforeSlHasRecord,
@@ -438,6 +442,8 @@ impl Group {
             out: VecDeque::new(),
             #[cfg(feature = "mutants")]
             mutant: Mutant::None,
+            #[cfg(feature = "mutants")]
+            deferred: None,
         };
         if join_only && !group.durable.join_only {
             group.durable.join_only = true;
@@ -461,6 +467,8 @@ impl Group {
 
     /// Feeds one event. Commands queue up for [`Group::poll_command`].
     pub fn handle(&mut self, now: Instant, event: Event) {
+        #[cfg(feature = "mutants")]
+        let held = self.deferred.take();
         match event {
             Event::PeerConnected { inc } => self.on_peer_connected(now, inc),
             Event::PeerDown { inc } => self.on_peer_down(now, inc),
@@ -470,6 +478,10 @@ impl Group {
             Event::Append { entries } => self.on_append(entries),
             Event::ForceStart => self.on_force_start(now),
             Event::Timeout => self.on_timeout(now),
+        }
+        #[cfg(feature = "mutants")]
+        if let Some(persist) = held {
+            self.out.push_back(persist);
         }
         debug_assert_eq!(self.check_invariants(), Ok(()));
     }
@@ -1152,6 +1164,7 @@ impl Group {
             role: Role::Sm,
             join_only: false,
         };
+        #[cfg(feature = "mutants")]
         let persist_at = self.out.len();
         self.emit(Command::Persist(self.durable));
         self.report(Report::Transition { from, to: Role::Sm, cause });
@@ -1179,10 +1192,9 @@ impl Group {
             }
         }
         self.send_state();
-        if self.mutant() == Mutant::ActBeforePersist
-            && let Some(persist) = self.out.remove(persist_at)
-        {
-            self.out.push_back(persist);
+        #[cfg(feature = "mutants")]
+        if self.mutant == Mutant::ActBeforePersist {
+            self.deferred = self.out.remove(persist_at);
         }
     }
 

@@ -16,9 +16,8 @@
 //!   join-only); when both are up it is (SL M)/(M SL) with no append left waiting;
 //! - the core's own invariants, checked after every step.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use takeover_core::group::Mutant;
@@ -64,21 +63,100 @@ impl Outcome {
     }
 }
 
+/// A 128-bit fingerprint of a world, in one pass: two lanes of wyhash-style
+/// multiply-mix over every word the world hashes. Collisions among even 10^8 states are
+/// far less likely than a hardware fault.
 fn fingerprint(w: &World) -> u128 {
-    let mut a = DefaultHasher::new();
-    0u8.hash(&mut a);
-    w.hash(&mut a);
-    let mut b = DefaultHasher::new();
-    1u8.hash(&mut b);
-    w.hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+    let mut hasher = Fingerprint { a: 0x243f_6a88_85a3_08d3, b: 0x1319_8a2e_0370_7344, len: 0 };
+    w.hash(&mut hasher);
+    (u128::from(hasher.a) << 64) | u128::from(hasher.b ^ hasher.len)
 }
+
+struct Fingerprint {
+    a: u64,
+    b: u64,
+    len: u64,
+}
+
+impl Fingerprint {
+    fn mix(x: u64, y: u64) -> u64 {
+        let product = u128::from(x) * u128::from(y);
+        (product as u64) ^ ((product >> 64) as u64)
+    }
+
+    fn word(&mut self, x: u64) {
+        self.a = Self::mix(self.a ^ x, 0xa076_1d64_78bd_642f);
+        self.b = Self::mix(self.b ^ x.rotate_left(29), 0xe703_7ed1_a0b4_28db);
+        self.len += 1;
+    }
+}
+
+impl Hasher for Fingerprint {
+    fn finish(&self) -> u64 {
+        self.a
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.word(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, x: u8) {
+        self.word(u64::from(x));
+    }
+
+    fn write_u16(&mut self, x: u16) {
+        self.word(u64::from(x));
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.word(u64::from(x));
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.word(x);
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.word(x as u64);
+    }
+}
+
+/// The seen-set keys are already uniform fingerprints: hash them by their low bits.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, x: u128) {
+        self.0 = x as u64;
+    }
+}
+
+type SeenSet = HashSet<u128, BuildHasherDefault<IdentityHasher>>;
 
 /// Explores every world reachable within the bounds.
 pub fn explore(opts: Options) -> Outcome {
     let started = Instant::now();
     let initial = World::initial(opts.bounds);
-    let mut seen: HashSet<u128> = HashSet::new();
+    let mut seen = SeenSet::default();
     // For each state id: its parent id and the step from the parent, for traces.
     let mut parents: Vec<(u32, Step)> = Vec::new();
     let mut depth_of: Vec<u32> = Vec::new();
@@ -111,7 +189,17 @@ pub fn explore(opts: Options) -> Outcome {
         let here = fingerprint(&world);
         let mut progress = false;
         for step in World::steps() {
-            let next = match world.apply(step, opts.mutant) {
+            // A panic in the core (a failed assertion) is a counter-example like any other.
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.apply(step, opts.mutant)))
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|it| it.to_string()))
+                        .unwrap_or_default();
+                    Err(format!("the core panicked: {message}"))
+                });
+            let next = match applied {
                 Ok(Some(next)) => next,
                 Ok(None) => continue,
                 Err(problem) => {
@@ -188,7 +276,9 @@ fn replay(initial: &World, steps: &[Step], mutant: Mutant) -> Vec<(Step, String)
     let mut out = Vec::new();
     for &step in steps {
         let before = fig2::pair(&world);
-        match world.apply(step, mutant) {
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.apply(step, mutant)))
+            .unwrap_or_else(|_| Err("the core panicked here".into()));
+        match applied {
             Ok(Some(mut next)) => {
                 let after = fig2::pair(&next);
                 if before != after && matches!(after, (Seed::Sl, Seed::Sm) | (Seed::Sm, Seed::Sl)) {

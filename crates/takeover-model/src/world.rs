@@ -198,6 +198,9 @@ impl World {
     /// The world after `step`, or `None` if the step is not enabled here. `Err` when a
     /// command could not be executed because the core asked for something impossible.
     pub fn apply(&self, step: Step, mutant: Mutant) -> Result<Option<World>, String> {
+        if !self.may_be_enabled(step) {
+            return Ok(None);
+        }
         let mut w = self.clone();
         let ok = match step {
             Step::Boot(i) => w.boot(i as usize, mutant),
@@ -214,6 +217,24 @@ impl World {
             Step::CrashBoth => w.crash_both(),
         };
         Ok(ok.then_some(w))
+    }
+
+    /// A cheap test that rules out most disabled steps before the world is cloned.
+    fn may_be_enabled(&self, step: Step) -> bool {
+        let run = |i: u8| self.nodes[i as usize].run.as_ref();
+        match step {
+            Step::Boot(i) => run(i).is_none(),
+            Step::Connect(i) | Step::Down(i) => run(i).is_some(),
+            Step::Deliver(i) => !self.chan[Self::peer_of(i as usize)].is_empty(),
+            Step::Exec(i) => run(i).is_some_and(|it| !it.queue.is_empty()),
+            Step::FenceKill(i) => run(i).is_some_and(|it| matches!(it.fence, Some((_, false)))),
+            Step::FenceConfirm(i) => run(i).is_some_and(|it| matches!(it.fence, Some((_, true)))),
+            Step::Timer(i) => run(i).is_some_and(|it| it.core.poll_timeout().is_some()),
+            Step::Append(i) => self.ghost.appends_left > 0 && run(i).is_some_and(|it| it.core.role().is_active()),
+            Step::Force(i) => self.ghost.force_left > 0 && run(i).is_some_and(|it| it.core.role() == Role::X),
+            Step::Crash(i) => self.ghost.crashes_left > 0 && run(i).is_some(),
+            Step::CrashBoth => self.ghost.crash_both_left > 0 && self.nodes.iter().all(|it| it.run.is_some()),
+        }
     }
 
     fn peer_of(i: usize) -> usize {
@@ -328,8 +349,13 @@ impl World {
         let from = run.inc;
         match command {
             Command::Persist(durable) => {
+                let previous = node.disk.durable;
                 node.disk.durable = durable;
-                if durable.role.is_active() {
+                // Entering SM (a new epoch) or M (priority 2) makes this node the one that
+                // processed last; re-writing the same role (a --join-only flag) does not.
+                let entered = (durable.role, durable.epoch, durable.priority)
+                    != (previous.role, previous.epoch, previous.priority);
+                if durable.role.is_active() && entered {
                     self.ghost.last_processor = Some(i as u8);
                 }
                 if durable.role == Role::Sl {
