@@ -133,6 +133,9 @@ pub enum Event {
     PeerConnected { inc: Incarnation },
     /// Every link to the peer has been silent for the configured time.
     PeerDown { inc: Incarnation },
+    /// Run `inc` of the peer is gone and known not processing: a newer run of the peer
+    /// exists (its agent kills what the old run left before it announces itself).
+    PeerGone { inc: Incarnation },
     /// The arbiter confirmed that the target is not processing.
     PeerStopped { target: FenceTarget },
     /// The arbiter could not confirm that the target stopped.
@@ -472,6 +475,7 @@ impl Group {
         match event {
             Event::PeerConnected { inc } => self.on_peer_connected(now, inc),
             Event::PeerDown { inc } => self.on_peer_down(now, inc),
+            Event::PeerGone { inc } => self.on_peer_gone(now, inc),
             Event::PeerStopped { target } => self.on_peer_stopped(now, target),
             Event::FenceFailed { target } => self.on_fence_failed(now, target),
             Event::Message { from, msg } => self.on_message(now, from, msg),
@@ -697,6 +701,17 @@ impl Group {
         }
         self.peer = PeerView::Down { inc, stopped: false };
         self.peer_lost(now, inc, false);
+    }
+
+    fn on_peer_gone(&mut self, now: Instant, inc: Incarnation) {
+        match self.peer {
+            PeerView::Up { inc: cur, .. } if cur == inc => {
+                self.peer = PeerView::Down { inc, stopped: true };
+                self.peer_lost(now, inc, true);
+            }
+            PeerView::Down { inc: cur, stopped: false } if cur == inc => self.run_stopped(now, inc),
+            _ => {}
+        }
     }
 
     /// The peer's run `inc` is gone; `stopped` if it is already known not processing.

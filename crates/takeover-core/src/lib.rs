@@ -7,10 +7,13 @@
 //!
 //! - [`group`]: the seed-000 role machine of one service group, with the journal rules.
 //! - [`log`]: journal records and the log metadata the rules work on.
+//! - [`node`]: one node: failure detector over redundant links, peer channel, fencing
+//!   per peer, and the groups' role machines.
 //! - [`types`]: node ids, incarnations, epochs, priorities, roles, time.
 
 pub mod group;
 pub mod log;
+pub mod node;
 pub mod types;
 
 pub use types::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};

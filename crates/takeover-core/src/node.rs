@@ -1,0 +1,606 @@
+//! One node's whole decision core: the failure detector for every peer over every link
+//! (F2.1), the choice of link for the peer channel (F1.7), fencing deduplicated per peer,
+//! and the seed-000 role machines of the node's groups.
+//!
+//! Like [`Group`], a [`Node`] takes events with the current local instant and queues
+//! [`NodeCommand`]s that the shell executes in order, each to completion.
+//!
+//! ```text
+//!  UDP heartbeat (peer, link, incarnation) ──► link up ──► peer alive ─┐
+//!  TCP handshake (peer, incarnation) ───────► channel up ──────────────┴─► groups: PeerConnected
+//!  every link silent ≥ dead_after ──────────► peer dead ──► Disconnect ──► groups: PeerDown
+//!  heartbeat with a newer incarnation ──────► old run gone ────────────► groups: PeerGone
+//!  group FencePeer ──► Fence{peer} (one at a time per peer) ──► FenceResult ──► groups
+//! ```
+//!
+//! A peer is declared dead only when every link has been silent for `dead_after`; losing
+//! one link of several is reported and changes nothing else, except that a channel
+//! carried by that link moves to a link that is up.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::group::{self, Event, FenceTarget, Group, GroupConfig, GroupDurable, GroupStatus, Message};
+use crate::log::LogMeta;
+use crate::types::{Incarnation, Instant, NodeId, ReqId};
+
+/// A group's position in the cluster configuration: the same on every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupIndex(pub u16);
+
+/// The static settings of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub me: NodeId,
+    /// This run's incarnation (durable, raised at every start).
+    pub incarnation: Incarnation,
+    /// The other nodes this node shares a group with.
+    pub peers: Vec<NodeId>,
+    /// How many links (networks) every node has.
+    pub links: usize,
+    pub heartbeat_interval: Duration,
+    pub dead_after: Duration,
+    /// How long the dialing side waits before it retries a failed channel.
+    pub reconnect_backoff: Duration,
+}
+
+/// One group this node takes part in, as found on disk at start.
+#[derive(Clone, Debug)]
+pub struct GroupSetup {
+    pub index: GroupIndex,
+    pub config: GroupConfig,
+    pub durable: GroupDurable,
+    pub log: LogMeta,
+    /// Started with `--join-only`.
+    pub join_only: bool,
+}
+
+/// Inputs of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A heartbeat from `from`'s run `incarnation` arrived on `link`.
+    Heartbeat { from: NodeId, link: usize, incarnation: Incarnation },
+    /// The peer channel to `peer`'s run `incarnation` completed its handshake on `link`.
+    ChannelUp { peer: NodeId, incarnation: Incarnation, link: usize },
+    /// The peer channel to `peer` closed or failed to connect.
+    ChannelDown { peer: NodeId },
+    /// A group message from `peer`'s run `incarnation` on the channel.
+    Message { peer: NodeId, incarnation: Incarnation, group: GroupIndex, msg: Message },
+    /// Client appends to a group.
+    Append { group: GroupIndex, entries: Vec<(ReqId, Vec<u8>)> },
+    /// The operator's force start of a group.
+    ForceStart { group: GroupIndex },
+    /// The fence action against `peer` finished.
+    FenceResult { peer: NodeId, confirmed: bool },
+    /// `now` reached [`Node::poll_timeout`].
+    Timeout,
+}
+
+/// Outputs of a node, executed by the shell in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeCommand {
+    /// Send a heartbeat to every peer on every link.
+    SendHeartbeats,
+    /// Open the peer channel to `peer` over `link` (only the node with the lower id dials).
+    Connect {
+        peer: NodeId,
+        link: usize,
+    },
+    /// Close the peer channel to `peer`.
+    Disconnect {
+        peer: NodeId,
+    },
+    /// A group's command; `peer` is the group's other node (for `Send`/`SendRecords`).
+    Group {
+        group: GroupIndex,
+        peer: NodeId,
+        command: group::Command,
+    },
+    /// Fence (power off) `peer`, then report [`NodeEvent::FenceResult`].
+    Fence {
+        peer: NodeId,
+    },
+    Report(NodeReport),
+}
+
+/// Node-level things the operator should hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeReport {
+    LinkUp {
+        peer: NodeId,
+        link: usize,
+    },
+    /// A link went silent; `links_up` of the peer's links remain.
+    LinkDown {
+        peer: NodeId,
+        link: usize,
+        links_up: usize,
+    },
+    PeerAlive {
+        peer: NodeId,
+        incarnation: Incarnation,
+    },
+    PeerDead {
+        peer: NodeId,
+        incarnation: Incarnation,
+    },
+    PeerRestarted {
+        peer: NodeId,
+        old: Incarnation,
+        new: Incarnation,
+    },
+    ChannelUp {
+        peer: NodeId,
+        link: usize,
+    },
+    ChannelDown {
+        peer: NodeId,
+    },
+    /// A message named a group this node does not share with the sender.
+    UnknownGroup {
+        peer: NodeId,
+        group: GroupIndex,
+    },
+    FenceStarted {
+        peer: NodeId,
+    },
+    FenceFinished {
+        peer: NodeId,
+        confirmed: bool,
+    },
+}
+
+/// A snapshot for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub me: NodeId,
+    pub incarnation: Incarnation,
+    pub peers: Vec<PeerStatus>,
+    pub groups: Vec<(GroupIndex, NodeId, GroupStatus)>,
+}
+
+/// What the node knows of one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub alive: bool,
+    pub incarnation: Option<Incarnation>,
+    pub links: Vec<LinkStatus>,
+    /// The link carrying the peer channel, when it is up.
+    pub channel_link: Option<usize>,
+    pub fencing: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub up: bool,
+    /// Time since the last heartbeat on this link.
+    pub last_heard: Option<Duration>,
+}
+
+/// One node's decision core. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    peers: Vec<Peer>,
+    groups: Vec<Slot>,
+    next_heartbeat: Instant,
+    out: VecDeque<NodeCommand>,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    index: GroupIndex,
+    peer: usize,
+    machine: Group,
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    id: NodeId,
+    links: Vec<Link>,
+    /// The newest run heard of, by heartbeat or handshake.
+    heard: Option<Incarnation>,
+    alive: bool,
+    channel: Channel,
+    /// The run the groups were told is connected (they still see it up).
+    groups_see: Option<Incarnation>,
+    /// The last run the groups were ever told about (up or since declared dead).
+    groups_told: Option<Incarnation>,
+    /// The channel came up since the groups were last told.
+    channel_fresh: bool,
+    /// Groups waiting on the fence in progress, and on the next one.
+    fence_running: Option<Vec<(usize, FenceTarget)>>,
+    fence_queued: Vec<(usize, FenceTarget)>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Link {
+    last_heard: Option<Instant>,
+    up: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Channel {
+    Down { retry_at: Instant },
+    Connecting { link: usize, since: Instant },
+    Up { incarnation: Incarnation, link: usize },
+}
+
+impl Node {
+    /// Starts the node's core after a (re)start; the groups begin in X, waiting for
+    /// their peers (F0.5).
+    pub fn new(cfg: NodeConfig, groups: Vec<GroupSetup>, now: Instant) -> Node {
+        let peers: Vec<Peer> = cfg
+            .peers
+            .iter()
+            .map(|&id| Peer {
+                id,
+                links: vec![Link::default(); cfg.links],
+                heard: None,
+                alive: false,
+                channel: Channel::Down { retry_at: now },
+                groups_see: None,
+                groups_told: None,
+                channel_fresh: false,
+                fence_running: None,
+                fence_queued: Vec::new(),
+            })
+            .collect();
+        let mut node = Node { cfg, peers, groups: Vec::new(), next_heartbeat: now, out: VecDeque::new() };
+        for setup in groups {
+            let peer = node
+                .peers
+                .iter()
+                .position(|it| it.id == setup.config.peer)
+                .expect("every group's peer is one of the node's peers");
+            let machine =
+                Group::boot(setup.config, node.cfg.incarnation, setup.durable, setup.log, setup.join_only, now);
+            node.groups.push(Slot { index: setup.index, peer, machine });
+        }
+        for slot in 0..node.groups.len() {
+            node.drain_group(slot);
+        }
+        node
+    }
+
+    /// Feeds one event. Commands queue up for [`Node::poll_command`].
+    pub fn handle(&mut self, now: Instant, event: NodeEvent) {
+        match event {
+            NodeEvent::Heartbeat { from, link, incarnation } => {
+                if let Some(p) = self.peer_index(from)
+                    && link < self.cfg.links
+                {
+                    self.on_heartbeat(now, p, link, incarnation);
+                }
+            }
+            NodeEvent::ChannelUp { peer, incarnation, link } => {
+                if let Some(p) = self.peer_index(peer) {
+                    self.on_channel_up(now, p, incarnation, link);
+                }
+            }
+            NodeEvent::ChannelDown { peer } => {
+                if let Some(p) = self.peer_index(peer) {
+                    self.on_channel_down(now, p);
+                }
+            }
+            NodeEvent::Message { peer, incarnation, group, msg } => {
+                let slot =
+                    self.peer_index(peer).and_then(|p| self.slot_of(group).filter(|&s| self.groups[s].peer == p));
+                match slot {
+                    Some(slot) => self.feed(slot, now, Event::Message { from: incarnation, msg }),
+                    None => self.report(NodeReport::UnknownGroup { peer, group }),
+                }
+            }
+            NodeEvent::Append { group, entries } => {
+                if let Some(slot) = self.slot_of(group) {
+                    self.feed(slot, now, Event::Append { entries });
+                }
+            }
+            NodeEvent::ForceStart { group } => {
+                if let Some(slot) = self.slot_of(group) {
+                    self.feed(slot, now, Event::ForceStart);
+                }
+            }
+            NodeEvent::FenceResult { peer, confirmed } => {
+                if let Some(p) = self.peer_index(peer) {
+                    self.on_fence_result(now, p, confirmed);
+                }
+            }
+            NodeEvent::Timeout => self.on_timeout(now),
+        }
+    }
+
+    /// The next command to execute, in order.
+    pub fn poll_command(&mut self) -> Option<NodeCommand> {
+        self.out.pop_front()
+    }
+
+    /// When to call `handle(now, NodeEvent::Timeout)`.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let dead_after = self.cfg.dead_after;
+        let links = self.peers.iter().flat_map(|p| {
+            p.links.iter().filter(|it| it.up).filter_map(move |it| it.last_heard.map(|at| at.after(dead_after)))
+        });
+        let channels = self.peers.iter().filter(|p| self.dials(p.id) && p.alive).filter_map(|p| match p.channel {
+            Channel::Down { retry_at } => Some(retry_at),
+            Channel::Connecting { since, .. } => Some(since.after(dead_after)),
+            Channel::Up { .. } => None,
+        });
+        let groups = self.groups.iter().filter_map(|it| it.machine.poll_timeout());
+        std::iter::once(self.next_heartbeat).chain(links).chain(channels).chain(groups).min()
+    }
+
+    /// A snapshot for `status`; durations are measured back from `now`.
+    pub fn status(&self, now: Instant) -> NodeStatus {
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                id: p.id,
+                alive: p.alive,
+                incarnation: p.heard,
+                links: p
+                    .links
+                    .iter()
+                    .map(|it| LinkStatus { up: it.up, last_heard: it.last_heard.map(|at| now.since(at)) })
+                    .collect(),
+                channel_link: match p.channel {
+                    Channel::Up { link, .. } => Some(link),
+                    _ => None,
+                },
+                fencing: p.fence_running.is_some(),
+            })
+            .collect();
+        let groups = self.groups.iter().map(|it| (it.index, self.peers[it.peer].id, it.machine.status())).collect();
+        NodeStatus { me: self.cfg.me, incarnation: self.cfg.incarnation, peers, groups }
+    }
+
+    /// The role machine of a group, for read-only inspection.
+    pub fn group(&self, group: GroupIndex) -> Option<&Group> {
+        self.slot_of(group).map(|slot| &self.groups[slot].machine)
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    fn peer_index(&self, id: NodeId) -> Option<usize> {
+        self.peers.iter().position(|it| it.id == id)
+    }
+
+    fn slot_of(&self, group: GroupIndex) -> Option<usize> {
+        self.groups.iter().position(|it| it.index == group)
+    }
+
+    /// The node with the lower id dials; the other accepts.
+    fn dials(&self, peer: NodeId) -> bool {
+        self.cfg.me < peer
+    }
+
+    fn report(&mut self, report: NodeReport) {
+        self.out.push_back(NodeCommand::Report(report));
+    }
+
+    fn feed(&mut self, slot: usize, now: Instant, event: Event) {
+        self.groups[slot].machine.handle(now, event);
+        self.drain_group(slot);
+    }
+
+    /// Moves a group's commands to the node's queue, turning fence requests into one
+    /// fence per peer at a time.
+    fn drain_group(&mut self, slot: usize) {
+        let (index, p) = (self.groups[slot].index, self.groups[slot].peer);
+        let peer = self.peers[p].id;
+        while let Some(command) = self.groups[slot].machine.poll_command() {
+            match command {
+                group::Command::FencePeer { target } => self.request_fence(p, slot, target),
+                command => self.out.push_back(NodeCommand::Group { group: index, peer, command }),
+            }
+        }
+    }
+
+    fn request_fence(&mut self, p: usize, slot: usize, target: FenceTarget) {
+        let peer = &mut self.peers[p];
+        match &mut peer.fence_running {
+            // A fence already under way may have powered the node off before this request:
+            // the request waits for a fresh one.
+            Some(_) => peer.fence_queued.push((slot, target)),
+            None => {
+                peer.fence_running = Some(vec![(slot, target)]);
+                let id = peer.id;
+                self.out.push_back(NodeCommand::Fence { peer: id });
+                self.report(NodeReport::FenceStarted { peer: id });
+            }
+        }
+    }
+
+    fn on_fence_result(&mut self, now: Instant, p: usize, confirmed: bool) {
+        let Some(waiters) = self.peers[p].fence_running.take() else { return };
+        let id = self.peers[p].id;
+        self.report(NodeReport::FenceFinished { peer: id, confirmed });
+        for (slot, target) in waiters {
+            let event = if confirmed { Event::PeerStopped { target } } else { Event::FenceFailed { target } };
+            self.feed(slot, now, event);
+        }
+        let queued = std::mem::take(&mut self.peers[p].fence_queued);
+        for (slot, target) in queued {
+            self.request_fence(p, slot, target);
+        }
+    }
+
+    /// Notes run `incarnation` of peer `p`; a newer run means the older one is gone.
+    fn observe_run(&mut self, now: Instant, p: usize, incarnation: Incarnation) -> bool {
+        let peer = &mut self.peers[p];
+        match peer.heard {
+            Some(heard) if incarnation < heard => return false,
+            Some(heard) if incarnation > heard => {
+                let id = peer.id;
+                peer.heard = Some(incarnation);
+                self.report(NodeReport::PeerRestarted { peer: id, old: heard, new: incarnation });
+                if matches!(self.peers[p].channel, Channel::Up { incarnation: c, .. } if c < incarnation) {
+                    self.close_channel(now, p);
+                }
+                self.peers[p].groups_see = None;
+                if let Some(told) = self.peers[p].groups_told
+                    && told < incarnation
+                {
+                    self.feed_peer_groups(p, now, Event::PeerGone { inc: told });
+                }
+            }
+            Some(_) => {}
+            None => peer.heard = Some(incarnation),
+        }
+        true
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, p: usize, link: usize, incarnation: Incarnation) {
+        if !self.observe_run(now, p, incarnation) {
+            return; // A late packet from an older run.
+        }
+        let peer = &mut self.peers[p];
+        let id = peer.id;
+        peer.links[link].last_heard = Some(now);
+        if !peer.links[link].up {
+            peer.links[link].up = true;
+            self.report(NodeReport::LinkUp { peer: id, link });
+        }
+        if !self.peers[p].alive {
+            self.peers[p].alive = true;
+            self.report(NodeReport::PeerAlive { peer: id, incarnation });
+            self.try_connect(now, p);
+        }
+        self.tell_groups_connected(now, p);
+    }
+
+    fn on_channel_up(&mut self, now: Instant, p: usize, incarnation: Incarnation, link: usize) {
+        if !self.observe_run(now, p, incarnation) {
+            let id = self.peers[p].id;
+            self.out.push_back(NodeCommand::Disconnect { peer: id });
+            return;
+        }
+        let id = self.peers[p].id;
+        self.peers[p].channel = Channel::Up { incarnation, link };
+        self.peers[p].channel_fresh = true;
+        self.report(NodeReport::ChannelUp { peer: id, link });
+        self.tell_groups_connected(now, p);
+    }
+
+    fn on_channel_down(&mut self, now: Instant, p: usize) {
+        let retry_at = now.after(self.cfg.reconnect_backoff);
+        let was_up = matches!(self.peers[p].channel, Channel::Up { .. });
+        self.peers[p].channel = Channel::Down { retry_at };
+        self.peers[p].channel_fresh = false;
+        if was_up {
+            let id = self.peers[p].id;
+            self.report(NodeReport::ChannelDown { peer: id });
+        }
+    }
+
+    /// Groups learn that the peer is connected once its run is alive on some link and the
+    /// channel to that same run is up; again after every new channel (replication then
+    /// restarts from durable positions).
+    fn tell_groups_connected(&mut self, now: Instant, p: usize) {
+        let peer = &self.peers[p];
+        let Channel::Up { incarnation, .. } = peer.channel else { return };
+        if !peer.alive || peer.heard != Some(incarnation) || !peer.channel_fresh {
+            return;
+        }
+        self.peers[p].channel_fresh = false;
+        self.peers[p].groups_see = Some(incarnation);
+        self.peers[p].groups_told = Some(incarnation);
+        self.feed_peer_groups(p, now, Event::PeerConnected { inc: incarnation });
+    }
+
+    fn feed_peer_groups(&mut self, p: usize, now: Instant, event: Event) {
+        for slot in 0..self.groups.len() {
+            if self.groups[slot].peer == p {
+                self.feed(slot, now, event.clone());
+            }
+        }
+    }
+
+    fn close_channel(&mut self, now: Instant, p: usize) {
+        let id = self.peers[p].id;
+        if !matches!(self.peers[p].channel, Channel::Down { .. }) {
+            self.out.push_back(NodeCommand::Disconnect { peer: id });
+        }
+        self.on_channel_down(now, p);
+        // Retry at once over another link, not after the back-off.
+        self.peers[p].channel = Channel::Down { retry_at: now };
+        self.try_connect(now, p);
+    }
+
+    /// The dialing side opens the channel over the first link that is up.
+    fn try_connect(&mut self, now: Instant, p: usize) {
+        let peer = &self.peers[p];
+        if !self.dials(peer.id) || !peer.alive {
+            return;
+        }
+        let Channel::Down { retry_at } = peer.channel else { return };
+        if retry_at > now {
+            return;
+        }
+        let Some(link) = peer.links.iter().position(|it| it.up) else { return };
+        let id = peer.id;
+        self.peers[p].channel = Channel::Connecting { link, since: now };
+        self.out.push_back(NodeCommand::Connect { peer: id, link });
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if self.next_heartbeat <= now {
+            self.out.push_back(NodeCommand::SendHeartbeats);
+            self.next_heartbeat = now.after(self.cfg.heartbeat_interval);
+        }
+        for p in 0..self.peers.len() {
+            self.check_links(now, p);
+        }
+        for slot in 0..self.groups.len() {
+            if self.groups[slot].machine.poll_timeout().is_some_and(|at| at <= now) {
+                self.feed(slot, now, Event::Timeout);
+            }
+        }
+    }
+
+    fn check_links(&mut self, now: Instant, p: usize) {
+        let dead_after = self.cfg.dead_after;
+        let id = self.peers[p].id;
+        for link in 0..self.cfg.links {
+            let state = self.peers[p].links[link];
+            if state.up && state.last_heard.is_some_and(|at| at.after(dead_after) <= now) {
+                self.peers[p].links[link].up = false;
+                let links_up = self.peers[p].links.iter().filter(|it| it.up).count();
+                self.report(NodeReport::LinkDown { peer: id, link, links_up });
+                // A channel carried by a dead link moves to one that is up.
+                let on_link = match self.peers[p].channel {
+                    Channel::Up { link: l, .. } | Channel::Connecting { link: l, .. } => l == link,
+                    Channel::Down { .. } => false,
+                };
+                if on_link && links_up > 0 {
+                    self.close_channel(now, p);
+                }
+            }
+        }
+        let peer = &self.peers[p];
+        if peer.alive && peer.links.iter().all(|it| !it.up) {
+            let incarnation = peer.heard.expect("an alive peer was heard");
+            self.peers[p].alive = false;
+            self.report(NodeReport::PeerDead { peer: id, incarnation });
+            if !matches!(self.peers[p].channel, Channel::Down { .. }) {
+                self.out.push_back(NodeCommand::Disconnect { peer: id });
+            }
+            self.on_channel_down(now, p);
+            if let Some(seen) = self.peers[p].groups_see.take() {
+                self.feed_peer_groups(p, now, Event::PeerDown { inc: seen });
+            }
+        }
+        // A dial that neither succeeded nor failed within dead_after is abandoned.
+        if let Channel::Connecting { since, .. } = self.peers[p].channel
+            && since.after(dead_after) <= now
+        {
+            self.out.push_back(NodeCommand::Disconnect { peer: id });
+            self.on_channel_down(now, p);
+        }
+        self.try_connect(now, p);
+    }
+}
