@@ -136,8 +136,11 @@ pub struct NodeConfig {
     /// Where the node's agent serves its local API.
     pub api: ApiAddr,
     /// One address per network: link k of every node is on network k. Never empty, and
-    /// every node has the same number of links.
+    /// every node has the same number of links. The node binds these.
     pub links: Vec<SocketAddr>,
+    /// Where peers send to reach each link: `links` unless `advertise` is given (a relay
+    /// or NAT in between). Same length as `links`.
+    pub advertise: Vec<SocketAddr>,
 }
 
 /// The address of a node's local API.
@@ -578,6 +581,7 @@ struct RawNode {
     state_dir: Spanned<String>,
     api: Spanned<String>,
     links: RawStrings,
+    advertise: Option<RawStrings>,
 }
 
 #[derive(Deserialize)]
@@ -992,12 +996,36 @@ impl Checker<'_> {
                 _ => {}
             }
 
+            // advertise: where peers send, one per link
+            let advertise = match &node.advertise {
+                None => links.clone(),
+                Some(raw) => {
+                    let advertise = self.links(name, raw, &mut addresses);
+                    if advertise.len() != links.len() {
+                        self.error(
+                            raw.span(),
+                            format!(
+                                "node `{name}` advertises {} address(es) for {}; give one address per link, in the same order",
+                                advertise.len(),
+                                plural(links.len(), "link")
+                            ),
+                        );
+                        node_ok = false;
+                    }
+                    if advertise.iter().any(Option::is_none) {
+                        node_ok = false;
+                    }
+                    advertise
+                }
+            };
+
             if let (true, Some(api)) = (node_ok, api) {
                 nodes.push(NodeConfig {
                     name: name.to_string(),
                     state_dir,
                     api,
                     links: links.into_iter().flatten().collect(),
+                    advertise: advertise.into_iter().flatten().collect(),
                 });
             } else {
                 ok = false;
@@ -1311,6 +1339,7 @@ stop_timeout = "5s"
                 state_dir: "/var/lib/takeover/alpha".into(),
                 api: ApiAddr::Unix("/run/takeover/alpha.sock".into()),
                 links: vec!["127.0.0.1:7101".parse().unwrap(), "127.0.0.2:7101".parse().unwrap()],
+                advertise: vec!["127.0.0.1:7101".parse().unwrap(), "127.0.0.2:7101".parse().unwrap()],
             }
         );
         assert_eq!(c.nodes[1].name, "beta");
@@ -1683,6 +1712,27 @@ nodes = ["b", "a"]
     #[test]
     fn node_needs_a_link() {
         assert_single(&with(18, "links = []"), 18, 9, "node `alpha` has no link");
+    }
+
+    #[test]
+    fn advertise_gives_one_send_address_per_link() {
+        let text = with(
+            24,
+            r#"links = ["127.0.0.1:7102", "127.0.0.2:7102"]
+advertise = ["127.0.0.3:7102", "127.0.0.4:7102"]"#,
+        );
+        let c = parse(&text, "cluster.toml").unwrap();
+        assert_eq!(
+            c.nodes[1].advertise,
+            ["127.0.0.3:7102".parse().unwrap(), "127.0.0.4:7102".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.nodes[0].advertise, c.nodes[0].links);
+        let short = with(
+            24,
+            r#"links = ["127.0.0.1:7102", "127.0.0.2:7102"]
+advertise = ["127.0.0.3:7102"]"#,
+        );
+        assert_single(&short, 25, 13, "node `beta` advertises 1 address(es) for 2 links");
     }
 
     #[test]

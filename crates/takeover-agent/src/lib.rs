@@ -1,6 +1,10 @@
 //! The shell of takeover: everything that touches the disk, the network and processes.
 //! The decisions live in `takeover-core`; this crate performs them.
 //!
+//! - [`agent`]: `takeover agent`: start-up and the event loop around the core.
+//! - [`api`]: the local HTTP/JSON API, its documents and the CLI's client.
+//! - [`localnet`]: real agents on loopback with a cuttable link, for the demo and tests.
+//! - [`net`]: heartbeat receivers and the peer channel's connections.
 //! - [`config`]: the cluster configuration file, with file:line:column errors.
 //! - [`store`]: atomically written, checksummed state files (group state, incarnation,
 //!   pid file).
@@ -8,11 +12,17 @@
 //!   and quarantine of cut records.
 //! - [`service`]: the group's application process: dies with its agent, own process
 //!   group, leftovers killed at start.
+//! - [`wire`]: heartbeat datagrams and peer-channel frames, with total decoders.
 //! - [`fence`]: running fence commands, and `fence-local`, the power-off of a node that
 //!   runs on this machine.
 
+pub mod agent;
+pub mod api;
 pub mod config;
 pub mod fence;
 pub mod journal;
+pub mod localnet;
+pub mod net;
 pub mod service;
 pub mod store;
+pub mod wire;

@@ -97,6 +97,27 @@ impl LogMeta {
         Some(meta)
     }
 
+    /// Rebuilds metadata received from a peer. Returns `None` unless the epochs are in
+    /// increasing order, each begins after the previous one, and the last begins at or
+    /// before `last_index` (so every epoch in the table holds at least one record).
+    pub fn from_parts(epochs: Vec<EpochStart>, last_index: u64) -> Option<LogMeta> {
+        let mut previous: Option<EpochStart> = None;
+        for start in &epochs {
+            let ordered = match previous {
+                None => start.first_index == 1,
+                Some(prev) => prev.epoch < start.epoch && prev.first_index < start.first_index,
+            };
+            if !ordered || start.first_index > last_index {
+                return None;
+            }
+            previous = Some(*start);
+        }
+        if epochs.is_empty() && last_index != 0 {
+            return None;
+        }
+        Some(LogMeta { epochs, last_index })
+    }
+
     pub fn last_index(&self) -> u64 {
         self.last_index
     }
@@ -256,6 +277,19 @@ mod tests {
         assert_eq!(LogMeta::from_records([(ep(1, 0), 1), (ep(1, 0), 2)]), Some(meta(&[(ep(1, 0), 2)])));
         assert_eq!(LogMeta::from_records([(ep(1, 0), 1), (ep(1, 0), 3)]), None);
         assert_eq!(LogMeta::from_records([(ep(2, 0), 1), (ep(1, 0), 2)]), None);
+    }
+
+    #[test]
+    fn from_parts_accepts_only_well_formed_tables() {
+        let good = meta(&[(ep(1, 0), 3), (ep(2, 1), 2)]);
+        assert_eq!(LogMeta::from_parts(good.epochs().to_vec(), 5), Some(good.clone()));
+        assert_eq!(LogMeta::from_parts(vec![], 0), Some(LogMeta::empty()));
+        assert_eq!(LogMeta::from_parts(vec![], 3), None);
+        // An epoch that would hold no record, epochs out of order, a gap at the start.
+        assert_eq!(LogMeta::from_parts(good.epochs().to_vec(), 3), None);
+        let swapped = vec![good.epochs()[1], good.epochs()[0]];
+        assert_eq!(LogMeta::from_parts(swapped, 5), None);
+        assert_eq!(LogMeta::from_parts(vec![EpochStart { epoch: ep(1, 0), first_index: 2 }], 5), None);
     }
 
     #[test]

@@ -565,20 +565,26 @@ impl Node {
     fn check_links(&mut self, now: Instant, p: usize) {
         let dead_after = self.cfg.dead_after;
         let id = self.peers[p].id;
-        for link in 0..self.cfg.links {
-            let state = self.peers[p].links[link];
-            if state.up && state.last_heard.is_some_and(|at| at.after(dead_after) <= now) {
-                self.peers[p].links[link].up = false;
-                let links_up = self.peers[p].links.iter().filter(|it| it.up).count();
-                self.report(NodeReport::LinkDown { peer: id, link, links_up });
-                // A channel carried by a dead link moves to one that is up.
-                let on_link = match self.peers[p].channel {
-                    Channel::Up { link: l, .. } | Channel::Connecting { link: l, .. } => l == link,
-                    Channel::Down { .. } => false,
-                };
-                if on_link && links_up > 0 {
-                    self.close_channel(now, p);
-                }
+        // Every link silent at `now` goes down first, so reports count what truly remains.
+        let expired: Vec<usize> = (0..self.cfg.links)
+            .filter(|&link| {
+                let state = self.peers[p].links[link];
+                state.up && state.last_heard.is_some_and(|at| at.after(dead_after) <= now)
+            })
+            .collect();
+        for &link in &expired {
+            self.peers[p].links[link].up = false;
+        }
+        let links_up = self.peers[p].links.iter().filter(|it| it.up).count();
+        for link in expired {
+            self.report(NodeReport::LinkDown { peer: id, link, links_up });
+            // A channel carried by a dead link moves to one that is up.
+            let on_link = match self.peers[p].channel {
+                Channel::Up { link: l, .. } | Channel::Connecting { link: l, .. } => l == link,
+                Channel::Down { .. } => false,
+            };
+            if on_link && links_up > 0 {
+                self.close_channel(now, p);
             }
         }
         let peer = &self.peers[p];

@@ -1,1 +1,245 @@
-fn main() {}
+//! `takeover`: the agent, the CLI and the demo in one binary.
+
+mod demo;
+mod demo_app;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use takeover_agent::api::Client;
+use takeover_agent::config::{self, ApiAddr};
+
+#[derive(Parser)]
+#[command(
+    name = "takeover",
+    version,
+    about = "High-availability cluster manager: seed-000 role machine, fencing, replicated journal"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent of one node.
+    Agent {
+        /// The cluster configuration file (the same file on every node).
+        #[arg(long, env = "TAKEOVER_CONFIG")]
+        config: PathBuf,
+        /// Which node of the file this is.
+        #[arg(long, env = "TAKEOVER_NODE")]
+        node: String,
+        /// After a force start on the peer: do not start any group here until it has
+        /// rejoined its active peer as SL (remembered on disk until then).
+        #[arg(long)]
+        join_only: bool,
+    },
+    /// Show the node, its links and peers, every group's role, priority, epoch and journal.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the status document as JSON (keys documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a group on this node although the seed's rule says wait (F0.6). The peer is
+    /// fenced first; see the warning it prints.
+    ForceStart {
+        group: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check a configuration file; errors come as file:line:column.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Append to or read a group's replicated journal through the local agent.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCmd,
+    },
+    /// Two agents on loopback and a walk through the seed's five operations.
+    Demo {
+        /// Where the demo keeps its files (default: a new temporary directory, removed at the end).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the demo directory afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Power off a node that runs on this machine: SIGKILL every process of its agent's
+    /// session, then wait until none is left. Exit 0 = confirmed off.
+    FenceLocal {
+        /// The agent pid file of the node to power off (STATE_DIR/agent.pid).
+        #[arg(long)]
+        pidfile: PathBuf,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        deadline: Duration,
+    },
+    /// The demo's sample service (started by the agent).
+    #[command(hide = true)]
+    DemoApp(demo_app::Args),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Parse and validate a configuration file.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Append one record (the text given) and wait for its acknowledgement.
+    Append {
+        group: String,
+        data: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print records from index FROM.
+    Read {
+        group: String,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which agent to talk to.
+#[derive(clap::Args)]
+struct Target {
+    /// The agent's API socket (overrides --config/--node).
+    #[arg(long)]
+    api: Option<PathBuf>,
+    #[arg(long, env = "TAKEOVER_CONFIG", default_value = "/etc/takeover/cluster.toml")]
+    config: PathBuf,
+    #[arg(long, env = "TAKEOVER_NODE")]
+    node: Option<String>,
+}
+
+impl Target {
+    fn client(&self) -> anyhow::Result<Client> {
+        if let Some(api) = &self.api {
+            return Ok(Client::unix(api));
+        }
+        let cfg = config::load(&self.config).map_err(|errors| anyhow!("{errors}"))?;
+        let node = match &self.node {
+            Some(name) => cfg.node(name).ok_or_else(|| anyhow!("node `{name}` is not in {}", self.config.display()))?,
+            None => {
+                // The one node of the file whose API socket exists here.
+                let local: Vec<_> =
+                    cfg.nodes.iter().filter(|it| matches!(&it.api, ApiAddr::Unix(path) if path.exists())).collect();
+                match local.as_slice() {
+                    [one] => *one,
+                    _ => bail!(
+                        "say which node with --node (or TAKEOVER_NODE); nodes in {}: {}",
+                        self.config.display(),
+                        cfg.nodes.iter().map(|it| it.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            }
+        };
+        match &node.api {
+            ApiAddr::Unix(path) => Ok(Client::unix(path)),
+            ApiAddr::Tcp(addr) => {
+                bail!("node {} serves its API on tcp:{addr}; the CLI speaks to unix sockets only", node.name)
+            }
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    config::parse_duration(text)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAKEOVER_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Agent { config, node, join_only } => {
+            takeover_agent::agent::run(takeover_agent::agent::AgentOptions { config, node, join_only }).await?;
+        }
+        Cmd::Status { target, json } => {
+            let status = target.client()?.status().await.map_err(|e| anyhow!(e.message))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render::status(&status));
+            }
+        }
+        Cmd::ForceStart { group, target } => {
+            let answer = target.client()?.force_start(&group).await.map_err(|e| anyhow!(e.message))?;
+            println!("{}: {}", answer.outcome, answer.message);
+            if let Some(warning) = answer.warning {
+                println!("WARNING: {warning}");
+            }
+            if answer.outcome == "refused" {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
+            Ok(cfg) => println!(
+                "{}: ok: cluster {}, {} node(s), {} group(s), heartbeat every {}, a peer is failed after {} of silence on every link, arbiter {}",
+                file.display(),
+                cfg.name,
+                cfg.nodes.len(),
+                cfg.groups.len(),
+                config::format_duration(cfg.heartbeat_interval),
+                config::format_duration(cfg.dead_after),
+                match cfg.arbiter {
+                    takeover_core::group::Arbiter::Fence => "fence",
+                    takeover_core::group::Arbiter::UnsafeAssumeCrashStop =>
+                        "unsafe-assume-crash-stop (UNSAFE under partitions)",
+                }
+            ),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        Cmd::Journal { command } => match command {
+            JournalCmd::Append { group, data, target } => {
+                let answer =
+                    target.client()?.append(&group, data.into_bytes()).await.map_err(|e| anyhow!(e.message))?;
+                println!("acknowledged at index {}", answer.index);
+            }
+            JournalCmd::Read { group, from, limit, target } => {
+                let answer = target.client()?.read(&group, from, limit).await.map_err(|e| anyhow!(e.message))?;
+                for record in &answer.records {
+                    let payload = record.payload_bytes().unwrap_or_default();
+                    println!("{}\t{}\t{}", record.index, record.epoch, String::from_utf8_lossy(&payload));
+                }
+            }
+        },
+        Cmd::Demo { dir, keep } => return demo::run(dir, keep).await,
+        Cmd::FenceLocal { pidfile, deadline } => {
+            let report = tokio::task::spawn_blocking(move || takeover_agent::fence::fence_local(&pidfile, deadline))
+                .await
+                .context("the fence task failed")??;
+            println!("{report:?}");
+        }
+        Cmd::DemoApp(args) => demo_app::run(args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

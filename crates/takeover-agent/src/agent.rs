@@ -1,0 +1,1055 @@
+//! `takeover agent`: the tokio shell around one node's core.
+//!
+//! Start-up, in this order: write the agent's pid file (for `fence-local`), kill what a
+//! previous run of each group's service left behind, raise the durable incarnation, load
+//! each group's durable state and open its journal (cutting a torn tail), then open the
+//! sockets and the API and run the event loop.
+//!
+//! The event loop owns the core ([`Node`]) and everything it commands. It turns sockets,
+//! API calls, fence results and timers into [`NodeEvent`]s, and executes the commands the
+//! core returns strictly in order: a persist or a journal write is fsynced before the
+//! next command runs. If a write fails, the agent exits: no action may run without the
+//! durable state it depends on (the service dies with the agent).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use takeover_core::group::{
+    self, Arbiter, Cause, Command, FenceTarget, RefuseReason, RejectReason, Report, WaitReason,
+};
+use takeover_core::log::{DiscardReason, Record};
+use takeover_core::node::{
+    GroupIndex, GroupSetup, Node, NodeCommand, NodeConfig as CoreNodeConfig, NodeEvent, NodeReport,
+};
+use takeover_core::{Incarnation, Instant, NodeId, ReqId};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::api::{self, ApiCall, ApiError, AppendDoc, EventDoc, ForceStartDoc, RecordDoc, RecordsDoc, StatusDoc};
+use crate::config::{self, ApiAddr, ClusterConfig, NodeConfig};
+use crate::fence::{FenceOutcome, run_fence_command};
+use crate::journal::{self, Journal};
+use crate::net::{self, Channel, Dropped, Identity, Input};
+use crate::service::{self, RunningService, ServiceSpec, ServiceSupervisor, StopReport};
+use crate::store;
+use crate::wire::{self, Frame};
+
+/// How `takeover agent` was started.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub config: PathBuf,
+    pub node: String,
+    /// `--join-only`: after a force start on the peer, this node must not start its
+    /// groups by itself until it has rejoined as SL (made durable per group).
+    pub join_only: bool,
+}
+
+/// Events kept for `status`.
+const EVENT_HISTORY: usize = 200;
+/// Appends batched into one journal write.
+const APPEND_BATCH: usize = 256;
+
+/// Runs the agent until SIGTERM/SIGINT or a fatal error.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let mut agent = Agent::start(opts).await?;
+    agent.run().await
+}
+
+struct Agent {
+    cfg: ClusterConfig,
+    me: NodeConfig,
+    incarnation: Incarnation,
+    identity: Identity,
+    node: Node,
+    base: tokio::time::Instant,
+    groups: Vec<GroupRt>,
+    peers: HashMap<NodeId, PeerRt>,
+    udp: Vec<Arc<UdpSocket>>,
+    channels: HashMap<NodeId, Channel>,
+    dials: HashMap<NodeId, (u64, AbortHandle)>,
+    next_conn: Arc<AtomicU64>,
+    inputs_tx: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::UnboundedReceiver<Input>,
+    api_calls: mpsc::UnboundedReceiver<ApiCall>,
+    fence_tx: mpsc::UnboundedSender<(NodeId, FenceOutcome)>,
+    fence_rx: mpsc::UnboundedReceiver<(NodeId, FenceOutcome)>,
+    pending: HashMap<u64, AppendReply>,
+    next_req: u64,
+    events: VecDeque<EventDoc>,
+    dropped: Arc<Dropped>,
+    dropped_messages: u64,
+    supervisor: ServiceSupervisor,
+    heartbeat_seq: u64,
+    /// Group reports captured while answering an API call.
+    captured: Vec<(GroupIndex, Report)>,
+}
+
+/// Where an append's outcome goes.
+type AppendReply = oneshot::Sender<Result<AppendDoc, ApiError>>;
+
+struct GroupRt {
+    index: GroupIndex,
+    name: String,
+    peer: NodeId,
+    state_path: PathBuf,
+    journal: Journal,
+    quarantine_dir: PathBuf,
+    argv: Option<Vec<String>>,
+    stop_timeout: Duration,
+    service: ServiceSlot,
+}
+
+enum ServiceSlot {
+    Idle,
+    Running(RunningService),
+    Stopping(JoinHandle<StopReport>),
+}
+
+struct PeerRt {
+    name: String,
+    advertise: Vec<SocketAddr>,
+}
+
+impl Agent {
+    async fn start(opts: AgentOptions) -> anyhow::Result<Agent> {
+        let cfg = config::load(&opts.config).map_err(|errors| anyhow!("{errors}"))?;
+        let me = cfg.node(&opts.node).cloned().ok_or_else(|| {
+            let known: Vec<&str> = cfg.nodes.iter().map(|it| it.name.as_str()).collect();
+            anyhow!("node `{}` is not in {}; declared nodes: {}", opts.node, opts.config.display(), known.join(", "))
+        })?;
+        let my_id = cfg.node_id(&me.name).expect("declared");
+        std::fs::create_dir_all(&me.state_dir)
+            .with_context(|| format!("cannot create the state directory {}", me.state_dir.display()))?;
+        service::write_own_pidfile(&me.state_dir.join("agent.pid"))
+            .with_context(|| format!("cannot write {}", me.state_dir.join("agent.pid").display()))?;
+
+        // Whatever a previous run left running is killed before anything else.
+        let my_groups: Vec<config::GroupConfig> = cfg.groups_of(&me.name).cloned().collect();
+        for group in &my_groups {
+            let pidfile = me.state_dir.join(format!("{}.service.pid", group.name));
+            let report = service::kill_leftovers(&pidfile)
+                .with_context(|| format!("cannot clean up what the previous run of group `{}` left", group.name))?;
+            if let service::LeftoverReport::Killed { pid, killed, .. } = &report {
+                tracing::warn!(group = %group.name, pid, killed = killed.len(), "killed the service a previous run left behind");
+            }
+        }
+        let incarnation = store::next_incarnation(&me.state_dir.join("node.state"))?;
+
+        let quarantine_dir = me.state_dir.join("quarantine");
+        std::fs::create_dir_all(&quarantine_dir)?;
+        let mut setups = Vec::new();
+        let mut groups = Vec::new();
+        let mut opening_events = Vec::new();
+        for group in &my_groups {
+            let index = GroupIndex(cfg.groups.iter().position(|it| it.name == group.name).expect("declared") as u16);
+            let state_path = me.state_dir.join(format!("{}.state", group.name));
+            let durable = match store::load_group_state(&state_path)? {
+                Some(durable) => durable,
+                None => {
+                    // First start: the distinct initial priorities of F0.3, written once.
+                    let initial = takeover_core::group::GroupDurable::initial(group.preferred() == me.name);
+                    store::save_group_state(&state_path, &initial)?;
+                    initial
+                }
+            };
+            let (journal, opened) =
+                Journal::open(&me.state_dir.join(format!("{}.journal", group.name)), &quarantine_dir)?;
+            if opened.torn_records_cut > 0 || opened.torn_bytes_cut > 0 {
+                opening_events.push(format!(
+                    "group {}: cut a torn journal tail ({} bytes, {} incomplete record(s)) left by a crash; kept in {}",
+                    group.name,
+                    opened.torn_bytes_cut,
+                    opened.torn_records_cut,
+                    opened.quarantine_file.as_ref().map_or("-".into(), |it| it.display().to_string())
+                ));
+            }
+            setups.push(GroupSetup {
+                index,
+                config: cfg.group_core_config(group, &me.name),
+                durable,
+                log: journal.meta().clone(),
+                join_only: opts.join_only,
+            });
+            groups.push(GroupRt {
+                index,
+                name: group.name.clone(),
+                peer: cfg.node_id(group.peer_of(&me.name).expect("member")).expect("declared"),
+                state_path,
+                journal,
+                quarantine_dir: quarantine_dir.clone(),
+                argv: group.service.clone(),
+                stop_timeout: group.stop_timeout,
+                service: ServiceSlot::Idle,
+            });
+        }
+
+        let mut peers = HashMap::new();
+        for group in &my_groups {
+            let name = group.peer_of(&me.name).expect("member");
+            let node = cfg.node(name).expect("declared");
+            peers.insert(
+                cfg.node_id(name).expect("declared"),
+                PeerRt { name: name.to_string(), advertise: node.advertise.clone() },
+            );
+        }
+        let mut peer_ids: Vec<NodeId> = peers.keys().copied().collect();
+        peer_ids.sort();
+
+        let base = tokio::time::Instant::now();
+        let core_cfg = CoreNodeConfig {
+            me: my_id,
+            incarnation,
+            peers: peer_ids.clone(),
+            links: me.links.len(),
+            heartbeat_interval: cfg.heartbeat_interval,
+            dead_after: cfg.dead_after,
+            reconnect_backoff: cfg.heartbeat_interval,
+        };
+        let node = Node::new(core_cfg, setups, Instant(0));
+        let identity = Identity {
+            cluster: wire::cluster_id(&cfg.name),
+            me: my_id,
+            incarnation,
+            peers: peer_ids,
+            handshake_timeout: cfg.dead_after,
+        };
+
+        let (inputs_tx, inputs) = mpsc::unbounded_channel();
+        let (api_tx, api_calls) = mpsc::unbounded_channel();
+        let (fence_tx, fence_rx) = mpsc::unbounded_channel();
+        let dropped = Arc::new(Dropped::default());
+        let next_conn = Arc::new(AtomicU64::new(1));
+        let mut udp = Vec::new();
+        for (link, addr) in me.links.iter().enumerate() {
+            let socket =
+                Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("cannot bind link {link} (UDP {addr})"))?);
+            tokio::spawn(net::receive_heartbeats(
+                socket.clone(),
+                link,
+                identity.clone(),
+                inputs_tx.clone(),
+                dropped.clone(),
+            ));
+            udp.push(socket);
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("cannot bind link {link} (TCP {addr})"))?;
+            tokio::spawn(net::accept_channels(
+                listener,
+                link,
+                identity.clone(),
+                next_conn.clone(),
+                inputs_tx.clone(),
+                dropped.clone(),
+            ));
+        }
+        match &me.api {
+            ApiAddr::Unix(path) => {
+                let listener =
+                    api::bind_unix(path).with_context(|| format!("cannot serve the API on {}", path.display()))?;
+                tokio::spawn(async move { axum::serve(listener, api::router(api_tx)).await });
+            }
+            ApiAddr::Tcp(addr) => {
+                let listener =
+                    TcpListener::bind(addr).await.with_context(|| format!("cannot serve the API on {addr}"))?;
+                tokio::spawn(async move { axum::serve(listener, api::router(api_tx)).await });
+            }
+        }
+
+        let mut agent = Agent {
+            cfg,
+            me,
+            incarnation,
+            identity,
+            node,
+            base,
+            groups,
+            peers,
+            udp,
+            channels: HashMap::new(),
+            dials: HashMap::new(),
+            next_conn,
+            inputs_tx,
+            inputs,
+            api_calls,
+            fence_tx,
+            fence_rx,
+            pending: HashMap::new(),
+            next_req: 1,
+            events: VecDeque::new(),
+            dropped,
+            dropped_messages: 0,
+            supervisor: ServiceSupervisor::new()?,
+            heartbeat_seq: 0,
+            captured: Vec::new(),
+        };
+        agent.record(format!(
+            "agent started: node {} incarnation {} ({} group(s), arbiter {})",
+            agent.me.name,
+            incarnation.0,
+            agent.groups.len(),
+            arbiter_name(agent.cfg.arbiter)
+        ));
+        if agent.cfg.arbiter == Arbiter::UnsafeAssumeCrashStop {
+            agent.record(
+                "WARNING: arbiter unsafe-assume-crash-stop is on: a silent peer is taken for crashed without fencing; \
+                 a partition or a paused node can lead to two actives"
+                    .into(),
+            );
+        }
+        for text in opening_events {
+            agent.record(text);
+        }
+        if opts.join_only {
+            agent.record("started with --join-only: groups wait to rejoin their active peer as SL".into());
+        }
+        Ok(agent)
+    }
+
+    fn now(&self) -> Instant {
+        Instant(self.base.elapsed().as_nanos() as u64)
+    }
+
+    fn tokio_instant(&self, at: Instant) -> tokio::time::Instant {
+        self.base + Duration::from_nanos(at.0)
+    }
+
+    fn record(&mut self, text: String) {
+        tracing::info!(node = %self.me.name, "{text}");
+        let t_ms = self.base.elapsed().as_millis() as u64;
+        self.events.push_back(EventDoc { t_ms, text });
+        while self.events.len() > EVENT_HISTORY {
+            self.events.pop_front();
+        }
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut service_check = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            self.execute().await?;
+            let deadline = self.node.poll_timeout().map(|at| self.tokio_instant(at));
+            let sleep = tokio::time::sleep_until(
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+            );
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                Some(input) = self.inputs.recv() => self.on_input(input),
+                Some(call) = self.api_calls.recv() => self.on_api(call).await?,
+                Some((peer, outcome)) = self.fence_rx.recv() => self.on_fence_done(peer, outcome),
+                _ = sleep => { let now = self.now(); self.node.handle(now, NodeEvent::Timeout) }
+                _ = service_check.tick() => self.check_services(),
+            }
+        }
+        self.record("stopping: SIGTERM/SIGINT received".into());
+        self.shutdown().await;
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        for g in 0..self.groups.len() {
+            self.stop_service(g).await;
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Heartbeat { link, from, incarnation } => {
+                self.node.handle(now, NodeEvent::Heartbeat { from, link, incarnation })
+            }
+            Input::ChannelUp { channel } => {
+                if self.dials.get(&channel.peer).is_some_and(|(conn, _)| *conn == channel.conn) {
+                    self.dials.remove(&channel.peer);
+                }
+                let (peer, incarnation, link) = (channel.peer, channel.incarnation, channel.link);
+                if let Some(old) = self.channels.insert(peer, channel) {
+                    old.close();
+                }
+                self.node.handle(now, NodeEvent::ChannelUp { peer, incarnation, link });
+            }
+            Input::ChannelDown { peer, conn } => {
+                let current = self.channels.get(&peer).is_some_and(|it| it.conn == conn);
+                let dialing = self.dials.get(&peer).is_some_and(|(c, _)| *c == conn);
+                if current {
+                    if let Some(channel) = self.channels.remove(&peer) {
+                        channel.close();
+                    }
+                } else if dialing {
+                    self.dials.remove(&peer);
+                } else {
+                    return;
+                }
+                self.node.handle(now, NodeEvent::ChannelDown { peer });
+            }
+            Input::Frame { peer, conn, group, msg } => {
+                let Some(channel) = self.channels.get(&peer).filter(|it| it.conn == conn) else { return };
+                let incarnation = channel.incarnation;
+                self.node.handle(now, NodeEvent::Message { peer, incarnation, group, msg });
+            }
+        }
+    }
+
+    fn on_fence_done(&mut self, peer: NodeId, outcome: FenceOutcome) {
+        let name = self.peer_name(peer);
+        let confirmed = outcome.is_confirmed();
+        self.record(match &outcome {
+            FenceOutcome::Confirmed => format!("fence of {name} confirmed: it is powered off"),
+            other => {
+                format!("ALARM: fence of {name} FAILED ({other:?}); nothing moves until a fence succeeds (retrying)")
+            }
+        });
+        let now = self.now();
+        self.node.handle(now, NodeEvent::FenceResult { peer, confirmed });
+    }
+
+    async fn on_api(&mut self, call: ApiCall) -> anyhow::Result<()> {
+        match call {
+            ApiCall::Status { reply } => {
+                let _ = reply.send(self.status_doc());
+            }
+            ApiCall::ForceStart { group, reply } => {
+                let answer = self.force_start(&group).await;
+                let _ = reply.send(answer);
+            }
+            ApiCall::Append { group, payload, reply } => {
+                // Appends waiting in the queue join this one in a single journal write.
+                let mut batch = vec![(payload, reply)];
+                let mut others = Vec::new();
+                while batch.len() < APPEND_BATCH {
+                    match self.api_calls.try_recv() {
+                        Ok(ApiCall::Append { group: g, payload, reply }) if g == group => batch.push((payload, reply)),
+                        Ok(other) => {
+                            others.push(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.append(&group, batch);
+                for other in others {
+                    Box::pin(self.on_api(other)).await?;
+                }
+            }
+            ApiCall::Read { group, from, limit, reply } => {
+                let _ = reply.send(self.read(&group, from, limit));
+            }
+        }
+        Ok(())
+    }
+
+    fn group_slot(&self, name: &str) -> Result<usize, ApiError> {
+        self.groups.iter().position(|it| it.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.groups.iter().map(|it| it.name.as_str()).collect();
+            ApiError::new(404, format!("no group `{name}` on node {}; its groups: {}", self.me.name, known.join(", ")))
+        })
+    }
+
+    fn append(&mut self, group: &str, batch: Vec<(Vec<u8>, AppendReply)>) {
+        let slot = match self.group_slot(group) {
+            Ok(slot) => slot,
+            Err(error) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let mut entries = Vec::with_capacity(batch.len());
+        for (payload, reply) in batch {
+            let req = self.next_req;
+            self.next_req += 1;
+            self.pending.insert(req, reply);
+            entries.push((ReqId(req), payload));
+        }
+        let now = self.now();
+        let index = self.groups[slot].index;
+        self.node.handle(now, NodeEvent::Append { group: index, entries });
+    }
+
+    fn read(&self, group: &str, from: u64, limit: usize) -> Result<RecordsDoc, ApiError> {
+        let slot = self.group_slot(group)?;
+        let journal = &self.groups[slot].journal;
+        let records = journal
+            .read_limited(from, limit, 4 << 20)
+            .map_err(|e| ApiError::new(500, format!("cannot read the journal: {e}")))?;
+        Ok(RecordsDoc {
+            last_index: journal.last_index(),
+            records: records
+                .iter()
+                .map(|r| RecordDoc {
+                    index: r.index,
+                    epoch: r.epoch.to_string(),
+                    payload: api::encode_payload(&r.payload),
+                })
+                .collect(),
+        })
+    }
+
+    async fn force_start(&mut self, group: &str) -> Result<ForceStartDoc, ApiError> {
+        let slot = self.group_slot(group)?;
+        let index = self.groups[slot].index;
+        let peer = self.peer_name(self.groups[slot].peer);
+        self.captured.clear();
+        let now = self.now();
+        self.node.handle(now, NodeEvent::ForceStart { group: index });
+        self.execute().await.map_err(|e| ApiError::new(500, format!("{e:#}")))?;
+        let reports = std::mem::take(&mut self.captured);
+        let warning = force_start_warning(group, &peer);
+        for report in reports.iter().filter(|(g, _)| *g == index).map(|(_, r)| r) {
+            match report {
+                Report::ForceStartRefused(reason) => {
+                    return Ok(ForceStartDoc {
+                        outcome: "refused".into(),
+                        message: refuse_text(*reason, group, &peer),
+                        warning: None,
+                    });
+                }
+                Report::ForceStarted { .. } => {
+                    return Ok(ForceStartDoc {
+                        outcome: "started".into(),
+                        message: format!("group {group} is SM on {} by force start", self.me.name),
+                        warning: Some(warning),
+                    });
+                }
+                Report::FenceRequested { target: FenceTarget::Node { .. } } => {
+                    return Ok(ForceStartDoc {
+                        outcome: "fencing".into(),
+                        message: format!(
+                            "fencing {peer} first (it may be running unseen); group {group} starts here once the fence confirms — watch `takeover status`"
+                        ),
+                        warning: Some(warning),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(ApiError::new(500, "the force start produced no decision; see `takeover status` events"))
+    }
+
+    /// Executes the core's commands in order until there are none left.
+    async fn execute(&mut self) -> anyhow::Result<()> {
+        while let Some(command) = self.node.poll_command() {
+            match command {
+                NodeCommand::SendHeartbeats => self.send_heartbeats(),
+                NodeCommand::Connect { peer, link } => self.dial(peer, link),
+                NodeCommand::Disconnect { peer } => {
+                    if let Some(channel) = self.channels.remove(&peer) {
+                        channel.close();
+                    }
+                    if let Some((_, task)) = self.dials.remove(&peer) {
+                        task.abort();
+                    }
+                }
+                NodeCommand::Group { group, peer, command } => self.group_command(group, peer, command).await?,
+                NodeCommand::Fence { peer } => self.fence(peer),
+                NodeCommand::Report(report) => {
+                    let text = self.node_report_text(&report);
+                    self.record(text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_heartbeats(&mut self) {
+        self.heartbeat_seq += 1;
+        for (&peer, rt) in &self.peers {
+            for (link, addr) in rt.advertise.iter().enumerate() {
+                let hb = wire::Heartbeat {
+                    link: link as u8,
+                    from: self.identity.me,
+                    to: peer,
+                    cluster: self.identity.cluster,
+                    incarnation: self.incarnation,
+                    seq: self.heartbeat_seq,
+                };
+                // A full socket buffer or an unreachable network is what heartbeats detect;
+                // the error itself changes nothing.
+                let _ = self.udp[link].try_send_to(&wire::encode_heartbeat(&hb), *addr);
+            }
+        }
+    }
+
+    fn dial(&mut self, peer: NodeId, link: usize) {
+        let Some(addr) = self.peers.get(&peer).and_then(|it| it.advertise.get(link)).copied() else { return };
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let task = tokio::spawn(net::dial(
+            addr,
+            peer,
+            link,
+            conn,
+            self.identity.clone(),
+            self.inputs_tx.clone(),
+            self.dropped.clone(),
+        ));
+        if let Some((_, old)) = self.dials.insert(peer, (conn, task.abort_handle())) {
+            old.abort();
+        }
+    }
+
+    fn fence(&mut self, peer: NodeId) {
+        let name = self.peer_name(peer);
+        let argv = self.cfg.fence_argv(&name);
+        let timeout = self.cfg.fence.as_ref().map_or(Duration::from_secs(10), |it| it.timeout);
+        self.record(format!("fencing {name}: {}", argv.join(" ")));
+        let done = self.fence_tx.clone();
+        tokio::spawn(async move {
+            let outcome = if argv.is_empty() {
+                FenceOutcome::Error { message: "no [fence] command is configured".into() }
+            } else {
+                run_fence_command(&argv, timeout).await
+            };
+            let _ = done.send((peer, outcome));
+        });
+    }
+
+    async fn group_command(&mut self, index: GroupIndex, peer: NodeId, command: Command) -> anyhow::Result<()> {
+        let Some(g) = self.groups.iter().position(|it| it.index == index) else { return Ok(()) };
+        match command {
+            Command::Persist(durable) => {
+                let rt = &self.groups[g];
+                store::save_group_state(&rt.state_path, &durable).with_context(|| {
+                    format!(
+                        "cannot write {}; stopping so that nothing acts without its durable state",
+                        rt.state_path.display()
+                    )
+                })?;
+            }
+            Command::WriteRecords(records) => {
+                let rt = &mut self.groups[g];
+                rt.journal.append(&records).with_context(|| {
+                    format!(
+                        "cannot write the journal of group {}; stopping so that nothing is acknowledged unwritten",
+                        rt.name
+                    )
+                })?;
+            }
+            Command::TruncateLog { keep_upto, reason } => {
+                let rt = &mut self.groups[g];
+                let info = rt
+                    .journal
+                    .truncate_quarantine(keep_upto, reason)
+                    .with_context(|| format!("cannot cut the journal of group {}", rt.name))?;
+                if let Some(info) = info {
+                    let text = format!(
+                        "group {}: records {}..={} ({}) kept aside in {}",
+                        rt.name,
+                        info.first_index,
+                        info.last_index,
+                        discard_text(reason),
+                        info.path.display()
+                    );
+                    self.record(text);
+                }
+            }
+            Command::Send { to, msg } => self.send_frame(peer, to, Frame::Group { group: index, msg }),
+            Command::SendRecords { to, from, upto } => {
+                let records: Vec<Record> = self.groups[g]
+                    .journal
+                    .read(from, upto)
+                    .with_context(|| format!("cannot read the journal of group {}", self.groups[g].name))?;
+                self.send_frame(peer, to, Frame::Group { group: index, msg: group::Message::Records(records) });
+            }
+            Command::AckAppend { req, index } => {
+                if let Some(reply) = self.pending.remove(&req.0) {
+                    let _ = reply.send(Ok(AppendDoc { index }));
+                }
+            }
+            Command::RejectAppend { req, reason } => {
+                if let Some(reply) = self.pending.remove(&req.0) {
+                    let RejectReason::NotActive { role } = reason;
+                    let name = &self.groups[g].name;
+                    let _ = reply.send(Err(ApiError::new(
+                        409,
+                        format!(
+                            "group {name} is {role} on node {}: only its active node (M or SM) takes appends; see `takeover status`",
+                            self.me.name
+                        ),
+                    )));
+                }
+            }
+            Command::StartService => self.start_service(g).await,
+            Command::StopService => {
+                let slot = std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle);
+                let timeout = self.groups[g].stop_timeout;
+                self.groups[g].service = match slot {
+                    ServiceSlot::Running(running) => ServiceSlot::Stopping(tokio::spawn(running.stop(timeout))),
+                    other => other,
+                };
+            }
+            Command::FencePeer { .. } => unreachable!("the node layer turns fence requests into NodeCommand::Fence"),
+            Command::Report(report) => {
+                let text = self.group_report_text(g, &report);
+                self.captured.push((index, report));
+                self.record(text);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_frame(&mut self, peer: NodeId, to: Incarnation, frame: Frame) {
+        let Some(channel) = self.channels.get(&peer) else { return };
+        if channel.incarnation != to {
+            return;
+        }
+        if channel.writer.try_send(wire::encode_frame(&frame)).is_err() {
+            // The peer does not keep up: drop the channel; replication restarts from the
+            // durable positions when it reconnects.
+            let name = self.peer_name(peer);
+            if let Some(channel) = self.channels.remove(&peer) {
+                channel.close();
+            }
+            self.record(format!("peer channel to {name} overloaded or closed; reconnecting"));
+            let now = self.now();
+            self.node.handle(now, NodeEvent::ChannelDown { peer });
+        }
+    }
+
+    async fn start_service(&mut self, g: usize) {
+        if let ServiceSlot::Stopping(task) = std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle) {
+            let _ = task.await;
+        }
+        let rt = &self.groups[g];
+        let Some(argv) = rt.argv.clone() else { return };
+        let api = match &self.me.api {
+            ApiAddr::Unix(path) => format!("unix:{}", path.display()),
+            ApiAddr::Tcp(addr) => format!("tcp:{addr}"),
+        };
+        let spec = ServiceSpec {
+            argv: argv.iter().map(|it| it.replace("{node}", &self.me.name).replace("{group}", &rt.name)).collect(),
+            env: vec![
+                ("TAKEOVER_CLUSTER".into(), self.cfg.name.clone()),
+                ("TAKEOVER_NODE".into(), self.me.name.clone()),
+                ("TAKEOVER_GROUP".into(), rt.name.clone()),
+                ("TAKEOVER_API".into(), api),
+            ],
+            log_path: self.me.state_dir.join(format!("{}.service.log", rt.name)),
+            pidfile: self.me.state_dir.join(format!("{}.service.pid", rt.name)),
+        };
+        let name = rt.name.clone();
+        match self.supervisor.start(spec).await {
+            Ok(running) => {
+                let pid = running.pid();
+                self.groups[g].service = ServiceSlot::Running(running);
+                self.record(format!("group {name}: service started (pid {pid})"));
+            }
+            Err(e) => self.record(format!("ALARM: group {name}: the service did not start: {e}")),
+        }
+    }
+
+    async fn stop_service(&mut self, g: usize) {
+        let name = self.groups[g].name.clone();
+        match std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle) {
+            ServiceSlot::Running(running) => {
+                let report = running.stop(self.groups[g].stop_timeout).await;
+                self.record(format!("group {name}: service stopped ({report:?})"));
+            }
+            ServiceSlot::Stopping(task) => {
+                let _ = task.await;
+            }
+            ServiceSlot::Idle => {}
+        }
+    }
+
+    fn check_services(&mut self) {
+        for g in 0..self.groups.len() {
+            let name = self.groups[g].name.clone();
+            match &mut self.groups[g].service {
+                ServiceSlot::Running(running) => {
+                    if let Ok(Some(exit)) = running.try_wait() {
+                        self.record(format!(
+                            "ALARM: group {name}: the service exited by itself ({exit}); the group stays active without it"
+                        ));
+                        let slot = std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle);
+                        if let ServiceSlot::Running(running) = slot {
+                            let timeout = self.groups[g].stop_timeout;
+                            self.groups[g].service = ServiceSlot::Stopping(tokio::spawn(running.stop(timeout)));
+                        }
+                    }
+                }
+                ServiceSlot::Stopping(task) if task.is_finished() => self.groups[g].service = ServiceSlot::Idle,
+                _ => {}
+            }
+        }
+    }
+
+    fn peer_name(&self, peer: NodeId) -> String {
+        self.peers.get(&peer).map_or_else(|| format!("node#{}", peer.0), |it| it.name.clone())
+    }
+
+    fn node_report_text(&self, report: &NodeReport) -> String {
+        match report {
+            NodeReport::LinkUp { peer, link } => format!("link {link} to {} is up", self.peer_name(*peer)),
+            NodeReport::LinkDown { peer, link, links_up } => {
+                let name = self.peer_name(*peer);
+                if *links_up > 0 {
+                    format!(
+                        "WARNING: link {link} to {name} is silent; {links_up} link(s) still up, nothing else changes"
+                    )
+                } else {
+                    format!("link {link} to {name} is silent; no link left")
+                }
+            }
+            NodeReport::PeerAlive { peer, incarnation } => {
+                format!("peer {} is alive (incarnation {})", self.peer_name(*peer), incarnation.0)
+            }
+            NodeReport::PeerDead { peer, incarnation } => format!(
+                "peer {} (incarnation {}) declared failed: every link silent for {}",
+                self.peer_name(*peer),
+                incarnation.0,
+                config::format_duration(self.cfg.dead_after)
+            ),
+            NodeReport::PeerRestarted { peer, old, new } => format!(
+                "peer {} restarted (incarnation {} → {}): its previous run has stopped",
+                self.peer_name(*peer),
+                old.0,
+                new.0
+            ),
+            NodeReport::ChannelUp { peer, link } => {
+                format!("peer channel to {} up on link {link}", self.peer_name(*peer))
+            }
+            NodeReport::ChannelDown { peer } => format!("peer channel to {} down", self.peer_name(*peer)),
+            NodeReport::UnknownGroup { peer, group } => {
+                format!("dropped a message from {} for unknown group #{}", self.peer_name(*peer), group.0)
+            }
+            NodeReport::FenceStarted { peer } => format!("fence of {} started", self.peer_name(*peer)),
+            NodeReport::FenceFinished { peer, confirmed } => {
+                format!(
+                    "fence of {} finished: {}",
+                    self.peer_name(*peer),
+                    if *confirmed { "confirmed" } else { "FAILED" }
+                )
+            }
+        }
+    }
+
+    fn group_report_text(&self, g: usize, report: &Report) -> String {
+        let rt = &self.groups[g];
+        let (group, peer) = (rt.name.as_str(), self.peer_name(rt.peer));
+        match report {
+            Report::Transition { from, to, cause } => {
+                format!("group {group}: {from} → {to} ({})", cause_text(*cause, &peer))
+            }
+            Report::Waiting(reason) => format!("group {group}: waiting: {}", wait_text(*reason, group, &peer)),
+            Report::ForceStarted { .. } => format!("group {group}: FORCE START. {}", force_start_warning(group, &peer)),
+            Report::ForceStartRefused(reason) => {
+                format!("group {group}: force start refused: {}", refuse_text(*reason, group, &peer))
+            }
+            Report::ForceStartCancelled => format!(
+                "group {group}: force start cancelled: {peer} came up while it was being fenced; the two nodes decide as usual"
+            ),
+            Report::Discarded { count, reason } => format!(
+                "group {group}: rejoining {peer} cuts {count} record(s) from the local journal ({}); they are kept in {}",
+                discard_text(*reason),
+                rt.quarantine_dir.display()
+            ),
+            Report::SlaveLost { .. } => format!("group {group}: SL {peer} lost; continuing as SM (5-3/5-7)"),
+            Report::FenceRequested { target } => match target {
+                FenceTarget::Run(inc) => format!(
+                    "group {group}: {peer} (incarnation {}) must be known stopped before anything moves: fencing",
+                    inc.0
+                ),
+                FenceTarget::Node { .. } => format!("group {group}: force start fences {peer} first"),
+            },
+            Report::FenceFailed { .. } => {
+                format!(
+                    "ALARM: group {group}: cannot confirm that {peer} stopped; retrying the fence, nothing moves until then"
+                )
+            }
+            Report::TwoActives { own, peer: theirs } => format!(
+                "ALARM: group {group}: this node (epoch {own}) and {peer} (epoch {theirs}) were both active; the older epoch stops"
+            ),
+            Report::MalformedMessage { what } => format!("group {group}: dropped a message from {peer}: {what}"),
+        }
+    }
+
+    fn status_doc(&self) -> StatusDoc {
+        let now = self.now();
+        let status = self.node.status(now);
+        let peers = status
+            .peers
+            .iter()
+            .map(|p| {
+                let rt = self.peers.get(&p.id);
+                api::PeerDoc {
+                    node: self.peer_name(p.id),
+                    alive: p.alive,
+                    incarnation: p.incarnation.map(|it| it.0),
+                    links: p
+                        .links
+                        .iter()
+                        .enumerate()
+                        .map(|(index, link)| api::LinkDoc {
+                            index,
+                            address: rt
+                                .and_then(|it| it.advertise.get(index))
+                                .map_or(String::new(), |it| it.to_string()),
+                            up: link.up,
+                            last_heard_ms: link.last_heard.map(|it| it.as_millis() as u64),
+                        })
+                        .collect(),
+                    channel_link: p.channel_link,
+                    fencing: p.fencing,
+                }
+            })
+            .collect();
+        let groups = status
+            .groups
+            .iter()
+            .filter_map(|(index, peer, gs)| {
+                let rt = self.groups.iter().find(|it| it.index == *index)?;
+                let peer_name = self.peer_name(*peer);
+                let peer_state = match &gs.peer {
+                    group::PeerStatus::Unknown => api::PeerStateDoc {
+                        status: "unknown".into(),
+                        incarnation: None,
+                        role: None,
+                        priority: None,
+                        last_index: None,
+                    },
+                    group::PeerStatus::Up { inc, role, priority, last_index } => api::PeerStateDoc {
+                        status: "up".into(),
+                        incarnation: Some(inc.0),
+                        role: role.map(|it| it.to_string()),
+                        priority: priority.map(|it| it.number()),
+                        last_index: *last_index,
+                    },
+                    group::PeerStatus::Down { inc, stopped } => api::PeerStateDoc {
+                        status: if *stopped { "stopped" } else { "down" }.into(),
+                        incarnation: Some(inc.0),
+                        role: None,
+                        priority: None,
+                        last_index: None,
+                    },
+                };
+                let quarantined = journal::list_quarantine(&rt.quarantine_dir, rt.journal.stem());
+                let count = |reason: DiscardReason| {
+                    quarantined.iter().filter(|it| it.reason == reason).map(|it| it.count).sum::<u64>()
+                };
+                let (running, pid) = match &rt.service {
+                    ServiceSlot::Running(running) => (true, Some(running.pid())),
+                    _ => (false, None),
+                };
+                Some(api::GroupDoc {
+                    name: rt.name.clone(),
+                    role: gs.role.to_string(),
+                    priority: gs.durable.priority.number(),
+                    epoch: gs.durable.epoch.to_string(),
+                    join_only: gs.durable.join_only,
+                    peer: peer_name.clone(),
+                    peer_state,
+                    journal: api::JournalDoc {
+                        last_index: gs.last_index,
+                        sl_durable: gs.sl_durable,
+                        pending_appends: gs.pending_appends,
+                        quarantined_unreplicated: count(DiscardReason::Unreplicated),
+                        quarantined_force_start: count(DiscardReason::ForceStart),
+                    },
+                    fencing: gs.fencing.map(|_| peer_name.clone()),
+                    waiting: gs.waiting.map(|it| wait_text(it, &rt.name, &peer_name)),
+                    sl_confirmed: gs.sl_confirmed,
+                    service: api::ServiceDoc { configured: rt.argv.is_some(), running, pid },
+                })
+            })
+            .collect();
+        StatusDoc {
+            cluster: self.cfg.name.clone(),
+            node: self.me.name.clone(),
+            incarnation: self.incarnation.0,
+            arbiter: arbiter_name(self.cfg.arbiter).into(),
+            peers,
+            groups,
+            events: self.events.iter().cloned().collect(),
+            dropped: api::DroppedDoc {
+                heartbeats: self.dropped.heartbeats.load(Ordering::Relaxed),
+                frames: self.dropped.frames.load(Ordering::Relaxed),
+                messages: self.dropped_messages,
+            },
+        }
+    }
+}
+
+fn arbiter_name(arbiter: Arbiter) -> &'static str {
+    match arbiter {
+        Arbiter::Fence => "fence",
+        Arbiter::UnsafeAssumeCrashStop => "unsafe-assume-crash-stop",
+    }
+}
+
+/// The [1 1] warning of F0.6, in plain words.
+pub fn force_start_warning(group: &str, peer: &str) -> String {
+    format!(
+        "{peer} may still hold priority 1 for group {group} and would then start it by itself after its next restart \
+         ([1 1]), continuing from older data. Keep {peer} fenced, or start it with `takeover agent --join-only` until \
+         it has rejoined as SL. Records only {peer} holds are set aside (counted as discarded by force start)."
+    )
+}
+
+fn cause_text(cause: Cause, peer: &str) -> String {
+    match cause {
+        Cause::HigherPriority { own, peer: theirs } => {
+            format!("both nodes up: this node's priority {own} beats {peer}'s {theirs}, so it processed last")
+        }
+        Cause::LowerPriority { own, peer: theirs } => {
+            format!("both nodes up: {peer}'s priority {theirs} beats this node's {own}, so {peer} processed last")
+        }
+        Cause::AloneWithPriority1 => "alone, with priority 1: this node processed last".into(),
+        Cause::ForceStart => "force start by the operator".into(),
+        Cause::PeerJoinOnly => format!("{peer} was started with --join-only"),
+        Cause::PeerActive => format!("{peer} is active: joining it"),
+        Cause::Synchronised => "the SL holds every acknowledged record".into(),
+        Cause::ActiveLostBeforeSync => {
+            format!("{peer} was lost before it confirmed the sync: this node cannot take over")
+        }
+        Cause::ActiveStopped => format!("{peer} stopped being active"),
+        Cause::Takeover => format!("{peer} is known stopped: taking over"),
+        Cause::SlaveLost => format!("the SL {peer} is known stopped; acknowledging alone"),
+        Cause::YieldToNewerEpoch => format!("{peer} holds a newer epoch"),
+    }
+}
+
+fn wait_text(reason: WaitReason, group: &str, peer: &str) -> String {
+    match reason {
+        WaitReason::Undetermined { own } => format!(
+            "this node holds priority {own}, so {peer} may have processed last; start {peer}, or run `takeover force-start {group}` here to continue without {peer}'s last records"
+        ),
+        WaitReason::EqualPriorities { both } => format!(
+            "[{both} {both}]: both nodes hold priority {both} (after a force start), so neither can tell which processed last; run `takeover force-start {group}` on the node whose data should win, and start the other with --join-only"
+        ),
+        WaitReason::JoinOnly => {
+            format!("started with --join-only: waiting for {peer} to be active, to rejoin it as SL")
+        }
+        WaitReason::BothJoinOnly => format!(
+            "both nodes were started with --join-only; run `takeover force-start {group}` on the node whose data should win"
+        ),
+        WaitReason::PeerSettling => format!("{peer} is still settling after this node's restart"),
+    }
+}
+
+fn refuse_text(reason: RefuseReason, group: &str, peer: &str) -> String {
+    match reason {
+        RefuseReason::NotStopped { role } => format!("this node is already {role} for group {group}"),
+        RefuseReason::PeerActive => format!("{peer} is active for group {group}; nothing to force"),
+        RefuseReason::DecisionPossible => {
+            format!("{peer} is up and the priorities decide group {group} without an operator")
+        }
+        RefuseReason::PeerSettling => format!("{peer} is connecting or settling; try again in a moment"),
+        RefuseReason::AlreadyForcing => "a force start is already fencing the peer".into(),
+    }
+}
+
+fn discard_text(reason: DiscardReason) -> &'static str {
+    match reason {
+        DiscardReason::Unreplicated => "written by a failed active and never replicated, so never acknowledged",
+        DiscardReason::ForceStart => "abandoned by a force start; they may have been acknowledged",
+    }
+}

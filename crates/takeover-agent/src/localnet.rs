@@ -1,0 +1,352 @@
+//! A cluster of real `takeover agent` processes on this machine's loopback, for the demo
+//! and the end-to-end tests (no root needed).
+//!
+//! Each node's agent runs as the leader of its own session, so `fence-local` can power
+//! the node off (every process of the session SIGKILLed at once). Link 0 of every node is
+//! direct on 127.0.0.1; link 1 binds on 127.0.0.2 but is advertised on 127.0.0.3, where a
+//! relay run by this process forwards UDP and TCP — so a test can cut link 1 without root.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+
+use crate::api::{Client, StatusDoc};
+use crate::config::format_duration;
+use crate::fence::fence_local;
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub cluster: String,
+    pub nodes: Vec<String>,
+    pub group: String,
+    /// The service argv; `{node}` and `{group}` are replaced by the agent.
+    pub service: Option<Vec<String>>,
+    pub heartbeat_interval: Duration,
+    pub dead_after: Duration,
+    pub startup_wait: Duration,
+    /// `fence` or `unsafe-assume-crash-stop`.
+    pub arbiter: String,
+}
+
+/// One node of a local cluster.
+#[derive(Clone, Debug)]
+pub struct LocalNode {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub api: PathBuf,
+    /// Link addresses the node binds.
+    pub links: Vec<SocketAddr>,
+    /// Where peers send for each link.
+    pub advertise: Vec<SocketAddr>,
+}
+
+/// Real agents on loopback. Dropping it powers every node off.
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub binary: PathBuf,
+    pub config: PathBuf,
+    pub nodes: Vec<LocalNode>,
+    agents: HashMap<String, Child>,
+    relay_cut: Arc<AtomicBool>,
+    relay_stop: watch::Sender<bool>,
+}
+
+/// A port free on both TCP and UDP at `ip` right now.
+fn free_port(ip: &str) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let tcp = StdTcpListener::bind((ip, 0))?;
+        let port = tcp.local_addr()?.port();
+        if StdUdpSocket::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on {ip}")
+}
+
+impl LocalCluster {
+    /// Writes the configuration and starts the relay; no agent runs yet.
+    pub async fn create(dir: &Path, binary: &Path, spec: &Spec) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir)?;
+        let mut nodes = Vec::new();
+        for name in &spec.nodes {
+            let state_dir = dir.join(name);
+            let port0 = free_port("127.0.0.1")?;
+            let port1 = free_port("127.0.0.2")?;
+            let relay_port = free_port("127.0.0.3")?;
+            nodes.push(LocalNode {
+                name: name.clone(),
+                api: state_dir.join("api.sock"),
+                state_dir,
+                links: vec![SocketAddr::from(([127, 0, 0, 1], port0)), SocketAddr::from(([127, 0, 0, 2], port1))],
+                advertise: vec![
+                    SocketAddr::from(([127, 0, 0, 1], port0)),
+                    SocketAddr::from(([127, 0, 0, 3], relay_port)),
+                ],
+            });
+        }
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, render_config(spec, &nodes, binary, dir))?;
+        let relay_cut = Arc::new(AtomicBool::new(false));
+        let (relay_stop, stopped) = watch::channel(false);
+        for node in &nodes {
+            spawn_relay(node.advertise[1], node.links[1], relay_cut.clone(), stopped.clone()).await?;
+        }
+        Ok(LocalCluster {
+            dir: dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            config,
+            nodes,
+            agents: HashMap::new(),
+            relay_cut,
+            relay_stop,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> &LocalNode {
+        self.nodes.iter().find(|it| it.name == name).expect("a node of the cluster")
+    }
+
+    pub fn client(&self, name: &str) -> Client {
+        Client::unix(&self.node(name).api)
+    }
+
+    /// Starts a node's agent as the leader of a new session.
+    pub fn start(&mut self, name: &str, join_only: bool) -> anyhow::Result<()> {
+        if let Some(child) = self.agents.get_mut(name)
+            && child.try_wait()?.is_none()
+        {
+            bail!("node {name} is already running");
+        }
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.agent.log")))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .args(["--node", name])
+            .env("TAKEOVER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if join_only {
+            command.arg("--join-only");
+        }
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        }
+        let child = command.spawn().with_context(|| format!("cannot start {}", self.binary.display()))?;
+        self.agents.insert(name.to_string(), child);
+        Ok(())
+    }
+
+    /// Powers a node off: its agent and everything it started, at once.
+    pub async fn power_off(&mut self, name: &str) -> anyhow::Result<()> {
+        let pidfile = self.node(name).state_dir.join("agent.pid");
+        if let Some(mut child) = self.agents.remove(name) {
+            let report = tokio::task::spawn_blocking(move || fence_local(&pidfile, Duration::from_secs(10))).await?;
+            if let Err(e) = report {
+                // The agent may not have written its pid file yet: kill it directly.
+                let _ = child.kill();
+                tracing::debug!("fence_local: {e}");
+            }
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs only the agent process (its service dies with it).
+    pub async fn kill_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        if let Some(mut child) = self.agents.remove(name) {
+            child.kill()?;
+            tokio::task::spawn_blocking(move || child.wait()).await??;
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&mut self, name: &str) -> bool {
+        self.agents.get_mut(name).is_some_and(|it| matches!(it.try_wait(), Ok(None)))
+    }
+
+    /// Cuts (or restores) link 1 for every node: the relay drops datagrams and
+    /// connections.
+    pub fn cut_link1(&self, cut: bool) {
+        self.relay_cut.store(cut, Ordering::SeqCst);
+    }
+
+    pub async fn status(&self, name: &str) -> anyhow::Result<StatusDoc> {
+        self.client(name).status().await.map_err(|e| anyhow::anyhow!(e.message))
+    }
+
+    /// Polls a node's status until `pred` holds or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&StatusDoc) -> bool,
+    ) -> anyhow::Result<StatusDoc> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Ok(status) = self.status(name).await {
+                if pred(&status) {
+                    return Ok(status);
+                }
+                last = Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let state = last.map_or("no answer".to_string(), |s| {
+                    s.groups
+                        .iter()
+                        .map(|g| format!("{} {} p{}", g.name, g.role, g.priority))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                bail!("node {name}: timed out after {timeout:?} waiting for {what} (last: {state})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The role of the cluster's group on `name`, if it answers.
+    pub async fn role(&self, name: &str, group: &str) -> Option<String> {
+        let status = self.status(name).await.ok()?;
+        status.groups.iter().find(|it| it.name == group).map(|it| it.role.clone())
+    }
+
+    /// Powers every node off and stops the relay.
+    pub async fn shutdown(&mut self) {
+        let names: Vec<String> = self.agents.keys().cloned().collect();
+        for name in names {
+            let _ = self.power_off(&name).await;
+        }
+        let _ = self.relay_stop.send(true);
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (name, mut child) in self.agents.drain() {
+            let pidfile = self.dir.join(&name).join("agent.pid");
+            if fence_local(&pidfile, Duration::from_secs(10)).is_err() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        let _ = self.relay_stop.send(true);
+    }
+}
+
+fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path) -> String {
+    let mut out = format!(
+        "# Written by takeover's local cluster (demo/tests).\n[cluster]\nname = {:?}\nheartbeat_interval = {:?}\ndead_after = {:?}\nstartup_wait = {:?}\narbiter = {:?}\nfence_retry = \"500ms\"\n\n[fence]\ncommand = [{:?}, \"fence-local\", \"--pidfile\", {:?}]\ntimeout = \"10s\"\n",
+        spec.cluster,
+        format_duration(spec.heartbeat_interval),
+        format_duration(spec.dead_after),
+        format_duration(spec.startup_wait),
+        spec.arbiter,
+        binary.display().to_string(),
+        dir.join("{node}").join("agent.pid").display().to_string(),
+    );
+    for node in nodes {
+        let list = |addrs: &[SocketAddr]| {
+            addrs.iter().map(|it| format!("{:?}", it.to_string())).collect::<Vec<_>>().join(", ")
+        };
+        out.push_str(&format!(
+            "\n[[node]]\nname = {:?}\nstate_dir = {:?}\napi = {:?}\nlinks = [{}]\nadvertise = [{}]\n",
+            node.name,
+            node.state_dir.display().to_string(),
+            format!("unix:{}", node.api.display()),
+            list(&node.links),
+            list(&node.advertise),
+        ));
+    }
+    out.push_str(&format!(
+        "\n[[group]]\nname = {:?}\nnodes = [{}]\n",
+        spec.group,
+        spec.nodes.iter().map(|it| format!("{it:?}")).collect::<Vec<_>>().join(", ")
+    ));
+    if let Some(service) = &spec.service {
+        out.push_str(&format!(
+            "service = [{}]\nstop_timeout = \"2s\"\n",
+            service.iter().map(|it| format!("{it:?}")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    out
+}
+
+/// Forwards UDP datagrams and TCP connections from `listen` to `target` unless `cut`.
+async fn spawn_relay(
+    listen: SocketAddr,
+    target: SocketAddr,
+    cut: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let udp = UdpSocket::bind(listen).await.with_context(|| format!("relay cannot bind UDP {listen}"))?;
+    let tcp = TcpListener::bind(listen).await.with_context(|| format!("relay cannot bind TCP {listen}"))?;
+    let (udp_cut, mut udp_stop) = (cut.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            tokio::select! {
+                _ = udp_stop.changed() => return,
+                received = udp.recv_from(&mut buf) => {
+                    let Ok((n, _)) = received else { return };
+                    if !udp_cut.load(Ordering::SeqCst) {
+                        let _ = udp.send_to(&buf[..n], target).await;
+                    }
+                }
+            }
+        }
+    });
+    let mut tcp_stop = stop;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tcp_stop.changed() => return,
+                accepted = tcp.accept() => {
+                    let Ok((inbound, _)) = accepted else { return };
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // Dropping it refuses the connection.
+                    }
+                    let cut = cut.clone();
+                    tokio::spawn(pipe(inbound, target, cut));
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Copies both ways until either side closes or the link is cut.
+async fn pipe(mut inbound: TcpStream, target: SocketAddr, cut: Arc<AtomicBool>) {
+    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let (mut a_read, mut a_write) = inbound.split();
+    let (mut b_read, mut b_write) = outbound.split();
+    let watch_cut = async {
+        while !cut.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::io::copy(&mut a_read, &mut b_write) => {}
+        _ = tokio::io::copy(&mut b_read, &mut a_write) => {}
+        _ = watch_cut => {}
+    }
+    let _ = a_write.shutdown().await;
+    let _ = b_write.shutdown().await;
+}

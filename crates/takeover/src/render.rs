@@ -1,0 +1,90 @@
+//! `takeover status` for people: a compact plain-text view of the status document.
+
+use std::fmt::Write;
+
+use takeover_agent::api::StatusDoc;
+
+/// Renders the status document as text.
+pub fn status(doc: &StatusDoc) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {} · node {} (incarnation {}) · arbiter {}{}",
+        doc.cluster,
+        doc.node,
+        doc.incarnation,
+        doc.arbiter,
+        if doc.arbiter == "fence" { "" } else { "  ** UNSAFE under partitions **" }
+    );
+    let _ = writeln!(out, "peers:");
+    for peer in &doc.peers {
+        let links: Vec<String> = peer
+            .links
+            .iter()
+            .map(|link| {
+                let heard = link.last_heard_ms.map_or("never heard".into(), |ms| format!("{ms} ms ago"));
+                format!("link {} {} ({heard})", link.index, if link.up { "up" } else { "DOWN" })
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<6} incarnation {:<4} {}  channel {}{}",
+            peer.node,
+            if peer.alive { "alive" } else { "DEAD" },
+            peer.incarnation.map_or("-".into(), |it| it.to_string()),
+            links.join(" · "),
+            peer.channel_link.map_or("down".into(), |it| format!("on link {it}")),
+            if peer.fencing { "  FENCING" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "groups:");
+    for g in &doc.groups {
+        let peer_state = match (&g.peer_state.role, g.peer_state.priority) {
+            (Some(role), Some(priority)) => format!("{} {} {role} p{priority}", g.peer, g.peer_state.status),
+            _ => format!("{} {}", g.peer, g.peer_state.status),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<2}  priority {}  epoch {:<7} peer {:<18} journal {} (SL durable {}, pending {})  service {}{}",
+            g.name,
+            g.role,
+            g.priority,
+            g.epoch,
+            peer_state,
+            g.journal.last_index,
+            g.journal.sl_durable.map_or("-".into(), |it| it.to_string()),
+            g.journal.pending_appends,
+            match (g.service.configured, g.service.running, g.service.pid) {
+                (false, _, _) => "none".to_string(),
+                (true, true, Some(pid)) => format!("running (pid {pid})"),
+                _ => "stopped".to_string(),
+            },
+            if g.join_only { "  join-only" } else { "" }
+        );
+        if let Some(waiting) = &g.waiting {
+            let _ = writeln!(out, "             waiting: {waiting}");
+        }
+        if let Some(fencing) = &g.fencing {
+            let _ = writeln!(out, "             fencing {fencing}");
+        }
+        if g.journal.quarantined_unreplicated + g.journal.quarantined_force_start > 0 {
+            let _ = writeln!(
+                out,
+                "             quarantined records: {} never replicated, {} abandoned by force start",
+                g.journal.quarantined_unreplicated, g.journal.quarantined_force_start
+            );
+        }
+    }
+    let _ = writeln!(out, "recent events:");
+    for event in doc.events.iter().rev().take(12).collect::<Vec<_>>().into_iter().rev() {
+        let _ = writeln!(out, "  +{:>8.3}s  {}", event.t_ms as f64 / 1000.0, event.text);
+    }
+    if doc.dropped.heartbeats + doc.dropped.frames + doc.dropped.messages > 0 {
+        let _ = writeln!(
+            out,
+            "dropped: {} heartbeats, {} frames, {} messages (malformed or not for this node)",
+            doc.dropped.heartbeats, doc.dropped.frames, doc.dropped.messages
+        );
+    }
+    out
+}
