@@ -119,7 +119,7 @@ struct PeerRt {
 
 impl Agent {
     async fn start(opts: AgentOptions) -> anyhow::Result<Agent> {
-        let cfg = config::load(&opts.config).map_err(|errors| anyhow!("{errors}"))?;
+        let cfg = config::load(&opts.config)?;
         let me = cfg.node(&opts.node).cloned().ok_or_else(|| {
             let known: Vec<&str> = cfg.nodes.iter().map(|it| it.name.as_str()).collect();
             anyhow!("node `{}` is not in {}; declared nodes: {}", opts.node, opts.config.display(), known.join(", "))
@@ -552,6 +552,9 @@ impl Agent {
                 NodeCommand::Group { group, peer, command } => self.group_command(group, peer, command).await?,
                 NodeCommand::Fence { peer } => self.fence(peer),
                 NodeCommand::Report(report) => {
+                    if matches!(report, NodeReport::UnknownGroup { .. }) {
+                        self.dropped_messages += 1;
+                    }
                     let text = self.node_report_text(&report);
                     self.record(text);
                 }
@@ -688,6 +691,9 @@ impl Agent {
             }
             Command::FencePeer { .. } => unreachable!("the node layer turns fence requests into NodeCommand::Fence"),
             Command::Report(report) => {
+                if matches!(report, Report::MalformedMessage { .. }) {
+                    self.dropped_messages += 1;
+                }
                 let text = self.group_report_text(g, &report);
                 self.captured.push((index, report));
                 self.record(text);

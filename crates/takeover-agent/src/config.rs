@@ -882,6 +882,7 @@ impl Checker<'_> {
         let mut apis: HashMap<ApiAddr, (&str, usize)> = HashMap::new();
         // Every TCP address a node binds: links and tcp APIs.
         let mut addresses: HashMap<SocketAddr, (String, usize)> = HashMap::new();
+        let mut advertised: HashMap<SocketAddr, (String, usize)> = HashMap::new();
         // The first node with links: the reference for the count and the families.
         let mut reference: Option<(&str, Vec<Option<SocketAddr>>)> = None;
         let mut nodes = Vec::new();
@@ -1000,7 +1001,9 @@ impl Checker<'_> {
             let advertise = match &node.advertise {
                 None => links.clone(),
                 Some(raw) => {
-                    let advertise = self.links(name, raw, &mut addresses);
+                    // Advertised addresses are unique among themselves; one may equal the
+                    // node's own link address (no relay on that link).
+                    let advertise = self.links(name, raw, &mut advertised);
                     if advertise.len() != links.len() {
                         self.error(
                             raw.span(),

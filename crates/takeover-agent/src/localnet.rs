@@ -2,9 +2,10 @@
 //! and the end-to-end tests (no root needed).
 //!
 //! Each node's agent runs as the leader of its own session, so `fence-local` can power
-//! the node off (every process of the session SIGKILLed at once). Link 0 of every node is
-//! direct on 127.0.0.1; link 1 binds on 127.0.0.2 but is advertised on 127.0.0.3, where a
-//! relay run by this process forwards UDP and TCP — so a test can cut link 1 without root.
+//! the node off (every process of the session SIGKILLed at once). Link 0 of every node
+//! binds on 127.0.0.2 but is advertised on 127.0.0.3, where a relay run by this process
+//! forwards UDP and TCP — so a test can cut link 0 (which carries the peer channel
+//! first) without root; link 1 is direct on 127.0.0.1.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
@@ -57,7 +58,7 @@ pub struct LocalCluster {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub nodes: Vec<LocalNode>,
-    agents: HashMap<String, Child>,
+    agents: std::sync::Mutex<HashMap<String, Child>>,
     relay_cut: Arc<AtomicBool>,
     relay_stop: watch::Sender<bool>,
 }
@@ -88,10 +89,10 @@ impl LocalCluster {
                 name: name.clone(),
                 api: state_dir.join("api.sock"),
                 state_dir,
-                links: vec![SocketAddr::from(([127, 0, 0, 1], port0)), SocketAddr::from(([127, 0, 0, 2], port1))],
+                links: vec![SocketAddr::from(([127, 0, 0, 2], port1)), SocketAddr::from(([127, 0, 0, 1], port0))],
                 advertise: vec![
-                    SocketAddr::from(([127, 0, 0, 1], port0)),
                     SocketAddr::from(([127, 0, 0, 3], relay_port)),
+                    SocketAddr::from(([127, 0, 0, 1], port0)),
                 ],
             });
         }
@@ -100,14 +101,14 @@ impl LocalCluster {
         let relay_cut = Arc::new(AtomicBool::new(false));
         let (relay_stop, stopped) = watch::channel(false);
         for node in &nodes {
-            spawn_relay(node.advertise[1], node.links[1], relay_cut.clone(), stopped.clone()).await?;
+            spawn_relay(node.advertise[0], node.links[0], relay_cut.clone(), stopped.clone()).await?;
         }
         Ok(LocalCluster {
             dir: dir.to_path_buf(),
             binary: binary.to_path_buf(),
             config,
             nodes,
-            agents: HashMap::new(),
+            agents: std::sync::Mutex::new(HashMap::new()),
             relay_cut,
             relay_stop,
         })
@@ -123,7 +124,7 @@ impl LocalCluster {
 
     /// Starts a node's agent as the leader of a new session.
     pub fn start(&mut self, name: &str, join_only: bool) -> anyhow::Result<()> {
-        if let Some(child) = self.agents.get_mut(name)
+        if let Some(child) = self.agents().get_mut(name)
             && child.try_wait()?.is_none()
         {
             bail!("node {name} is already running");
@@ -147,14 +148,15 @@ impl LocalCluster {
             command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
         }
         let child = command.spawn().with_context(|| format!("cannot start {}", self.binary.display()))?;
-        self.agents.insert(name.to_string(), child);
+        self.agents().insert(name.to_string(), child);
         Ok(())
     }
 
     /// Powers a node off: its agent and everything it started, at once.
     pub async fn power_off(&mut self, name: &str) -> anyhow::Result<()> {
         let pidfile = self.node(name).state_dir.join("agent.pid");
-        if let Some(mut child) = self.agents.remove(name) {
+        let child = self.agents().remove(name);
+        if let Some(mut child) = child {
             let report = tokio::task::spawn_blocking(move || fence_local(&pidfile, Duration::from_secs(10))).await?;
             if let Err(e) = report {
                 // The agent may not have written its pid file yet: kill it directly.
@@ -168,20 +170,25 @@ impl LocalCluster {
 
     /// SIGKILLs only the agent process (its service dies with it).
     pub async fn kill_agent(&mut self, name: &str) -> anyhow::Result<()> {
-        if let Some(mut child) = self.agents.remove(name) {
+        let child = self.agents().remove(name);
+        if let Some(mut child) = child {
             child.kill()?;
             tokio::task::spawn_blocking(move || child.wait()).await??;
         }
         Ok(())
     }
 
-    pub fn is_running(&mut self, name: &str) -> bool {
-        self.agents.get_mut(name).is_some_and(|it| matches!(it.try_wait(), Ok(None)))
+    pub fn is_running(&self, name: &str) -> bool {
+        self.agents().get_mut(name).is_some_and(|it| matches!(it.try_wait(), Ok(None)))
     }
 
-    /// Cuts (or restores) link 1 for every node: the relay drops datagrams and
+    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Child>> {
+        self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Cuts (or restores) link 0 for every node: the relay drops datagrams and
     /// connections.
-    pub fn cut_link1(&self, cut: bool) {
+    pub fn cut_link0(&self, cut: bool) {
         self.relay_cut.store(cut, Ordering::SeqCst);
     }
 
@@ -206,6 +213,15 @@ impl LocalCluster {
                 }
                 last = Some(status);
             }
+            let exited = self.agents().get_mut(name).and_then(|child| child.try_wait().ok().flatten());
+            if let Some(exit) = exited {
+                let log = std::fs::read_to_string(self.dir.join(format!("{name}.agent.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!(
+                    "node {name}: the agent exited ({exit}) while waiting for {what}; its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
             if tokio::time::Instant::now() >= deadline {
                 let state = last.map_or("no answer".to_string(), |s| {
                     s.groups
@@ -228,7 +244,7 @@ impl LocalCluster {
 
     /// Powers every node off and stops the relay.
     pub async fn shutdown(&mut self) {
-        let names: Vec<String> = self.agents.keys().cloned().collect();
+        let names: Vec<String> = self.agents().keys().cloned().collect();
         for name in names {
             let _ = self.power_off(&name).await;
         }
@@ -238,7 +254,8 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for (name, mut child) in self.agents.drain() {
+        let agents: Vec<(String, Child)> = self.agents().drain().collect();
+        for (name, mut child) in agents {
             let pidfile = self.dir.join(&name).join("agent.pid");
             if fence_local(&pidfile, Duration::from_secs(10)).is_err() {
                 let _ = child.kill();

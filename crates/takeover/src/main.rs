@@ -131,7 +131,7 @@ impl Target {
         if let Some(api) = &self.api {
             return Ok(Client::unix(api));
         }
-        let cfg = config::load(&self.config).map_err(|errors| anyhow!("{errors}"))?;
+        let cfg = config::load(&self.config)?;
         let node = match &self.node {
             Some(name) => cfg.node(name).ok_or_else(|| anyhow!("node `{name}` is not in {}", self.config.display()))?,
             None => {
@@ -169,7 +169,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Configuration errors are already worded as file:line:column reports.
+            match error.downcast_ref::<config::ConfigErrors>() {
+                Some(errors) => eprintln!("{errors}"),
+                None => eprintln!("error: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }
