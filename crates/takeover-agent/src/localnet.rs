@@ -7,12 +7,12 @@
 //! forwards UDP and TCP — so a test can cut link 0 (which carries the peer channel
 //! first) without root; link 1 is direct on 127.0.0.1.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
 use crate::api::{Client, StatusDoc};
+use crate::journal;
+use takeover_core::log::DiscardReason;
 use crate::config::format_duration;
 use crate::fence::fence_local;
 
@@ -366,4 +368,193 @@ async fn pipe(mut inbound: TcpStream, target: SocketAddr, cut: Arc<AtomicBool>) 
     }
     let _ = a_write.shutdown().await;
     let _ = b_write.shutdown().await;
+}
+
+/// What an [`AppClient`] saw: every acknowledged append, by payload.
+#[derive(Clone, Debug, Default)]
+pub struct ClientLog {
+    /// payload → (node whose service acknowledged it, index)
+    pub acked: BTreeMap<String, (String, u64)>,
+    /// When each node first and last acknowledged.
+    pub first_ack: BTreeMap<String, tokio::time::Instant>,
+    pub last_ack: BTreeMap<String, tokio::time::Instant>,
+    pub failures: u64,
+}
+
+/// A client that appends through the demo service of whichever node answers, every
+/// `interval`, until dropped.
+pub struct AppClient {
+    pub log: Arc<Mutex<ClientLog>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AppClient {
+    pub fn start(apps: BTreeMap<String, SocketAddr>, prefix: &str, interval: Duration) -> AppClient {
+        let log = Arc::new(Mutex::new(ClientLog::default()));
+        let (shared, prefix) = (log.clone(), prefix.to_string());
+        let task = tokio::spawn(async move {
+            let nodes: Vec<(String, SocketAddr)> = apps.into_iter().collect();
+            let mut target = 0;
+            for seq in 0u64.. {
+                let payload = format!("{prefix}-{seq}");
+                let (node, addr) = &nodes[target];
+                match http(*addr, "POST", "/append", payload.clone().into_bytes()).await {
+                    Ok((200, body)) => {
+                        let index = body.trim().parse().unwrap_or(0);
+                        let now = tokio::time::Instant::now();
+                        let mut log = shared.lock().unwrap_or_else(|it| it.into_inner());
+                        log.acked.insert(payload, (node.clone(), index));
+                        log.first_ack.entry(node.clone()).or_insert(now);
+                        log.last_ack.insert(node.clone(), now);
+                    }
+                    _ => {
+                        shared.lock().unwrap_or_else(|it| it.into_inner()).failures += 1;
+                        target = (target + 1) % nodes.len();
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        AppClient { log, task }
+    }
+
+    pub fn acks(&self) -> usize {
+        self.snapshot().acked.len()
+    }
+
+    pub fn snapshot(&self) -> ClientLog {
+        self.log.lock().unwrap_or_else(|it| it.into_inner()).clone()
+    }
+
+    /// Waits until at least `n` appends were acknowledged.
+    pub async fn wait_acks(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.acks() < n {
+            if tokio::time::Instant::now() > deadline {
+                bail!("the client got only {} acknowledgements, expected {n}", self.acks());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// The first acknowledgement from `node` after `since`.
+    pub async fn first_ack_after(
+        &self,
+        node: &str,
+        since: tokio::time::Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<tokio::time::Instant> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let log = self.snapshot();
+            let first = log.first_ack.get(node).copied().filter(|it| *it > since);
+            if let Some(at) = first.or_else(|| log.last_ack.get(node).copied().filter(|it| *it > since)) {
+                return Ok(at);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the client got no acknowledgement from {node}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for AppClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LocalCluster {
+    /// Every payload in the journal of `group` on `node`.
+    pub async fn journal_payloads(&self, node: &str, group: &str) -> anyhow::Result<BTreeSet<String>> {
+        let mut held = BTreeSet::new();
+        let mut from = 1;
+        loop {
+            let page = self.client(node).read(group, from, 10_000).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            let Some(last) = page.records.last() else { break };
+            from = last.index + 1;
+            for record in &page.records {
+                held.insert(String::from_utf8_lossy(&record.payload_bytes().unwrap_or_default()).into_owned());
+            }
+        }
+        Ok(held)
+    }
+
+    /// Every payload any node set aside because a force start abandoned it.
+    pub fn force_start_quarantine(&self, group: &str) -> BTreeSet<String> {
+        let mut payloads = BTreeSet::new();
+        for node in &self.nodes {
+            for info in journal::list_quarantine(&node.state_dir.join("quarantine"), group) {
+                if info.reason == DiscardReason::ForceStart
+                    && let Ok(records) = journal::read_quarantine(&info.path)
+                {
+                    payloads.extend(records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()));
+                }
+            }
+        }
+        payloads
+    }
+}
+
+/// Reads the demo service's `start`/`ack` records (CLOCK_MONOTONIC) and counts pairs of
+/// instances whose serving intervals [start, last ack] overlap. Returns (instances,
+/// overlapping pairs).
+pub fn serving_overlaps(path: &Path) -> anyhow::Result<(usize, usize)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut spans: BTreeMap<(String, u32), (u64, u64)> = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["start", node, pid, ns] => {
+                let (pid, ns) = (pid.parse()?, ns.parse()?);
+                spans.insert((node.to_string(), pid), (ns, ns));
+            }
+            ["ack", node, pid, ns, _index] => {
+                let (pid, ns): (u32, u64) = (pid.parse()?, ns.parse()?);
+                if let Some(span) = spans.get_mut(&(node.to_string(), pid)) {
+                    span.1 = span.1.max(ns);
+                }
+            }
+            _ => bail!("unreadable line in {}: {line}", path.display()),
+        }
+    }
+    let mut intervals: Vec<(u64, u64)> = spans.into_values().collect();
+    intervals.sort();
+    let mut overlaps = 0;
+    for i in 0..intervals.len() {
+        for j in i + 1..intervals.len() {
+            if intervals[j].0 < intervals[i].1 {
+                overlaps += 1;
+            }
+        }
+    }
+    Ok((intervals.len(), overlaps))
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_loopback_port() -> anyhow::Result<u16> {
+    free_port("127.0.0.1")
+}
+
+/// One HTTP/1.1 request over TCP, with a 1 s timeout.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Full};
+    let attempt = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "takeover")
+            .body(Full::new(axum::body::Bytes::from(body)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt).await?
 }

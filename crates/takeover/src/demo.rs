@@ -12,35 +12,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::body::Bytes;
 use takeover_agent::api::StatusDoc;
-use takeover_agent::journal;
-use takeover_agent::localnet::{LocalCluster, Spec};
-use takeover_core::log::DiscardReason;
+use takeover_agent::localnet::{AppClient, LocalCluster, Spec, free_loopback_port, serving_overlaps};
 use tokio::time::Instant;
 
 const GROUP: &str = "journal";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// What the client saw: every acknowledged append, by payload.
-#[derive(Default)]
-struct ClientLog {
-    /// payload → (node that acknowledged, index)
-    acked: BTreeMap<String, (String, u64)>,
-    /// When each node last acknowledged, and when it first did.
-    first_ack: BTreeMap<String, Instant>,
-    last_ack: BTreeMap<String, Instant>,
-    failures: u64,
-}
-
 struct Demo {
     cluster: LocalCluster,
     apps: BTreeMap<String, SocketAddr>,
-    log: Arc<Mutex<ClientLog>>,
+    client: Option<AppClient>,
     started: Instant,
     problems: Vec<String>,
     step: usize,
@@ -64,7 +49,7 @@ pub async fn run(dir: Option<PathBuf>, keep: bool) -> anyhow::Result<ExitCode> {
 
 async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
     let binary = std::env::current_exe().context("cannot find the takeover binary")?;
-    let app_ports = [free_port()?, free_port()?];
+    let app_ports = [free_loopback_port()?, free_loopback_port()?];
     let apps: BTreeMap<String, SocketAddr> = [
         ("alpha".to_string(), SocketAddr::from(([127, 0, 0, 1], app_ports[0]))),
         ("beta".to_string(), SocketAddr::from(([127, 0, 0, 1], app_ports[1]))),
@@ -99,7 +84,7 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
     let mut demo = Demo {
         cluster,
         apps,
-        log: Arc::new(Mutex::new(ClientLog::default())),
+        client: None,
         started: Instant::now(),
         problems: Vec::new(),
         step: 0,
@@ -121,10 +106,6 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
     );
     println!("demo: finished in {:.1} s", demo.started.elapsed().as_secs_f64());
     Ok(if lost > 0 || !demo.problems.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn group(status: &StatusDoc) -> Option<&takeover_agent::api::GroupDoc> {
@@ -165,35 +146,11 @@ impl Demo {
     }
 
     fn acks(&self) -> usize {
-        self.log.lock().expect("client log").acked.len()
+        self.client.as_ref().map_or(0, |it| it.acks())
     }
 
-    /// Starts the client: one append every 10 ms through whichever service answers.
-    fn start_client(&self) {
-        let (log, apps) = (self.log.clone(), self.apps.clone());
-        tokio::spawn(async move {
-            let nodes: Vec<(String, SocketAddr)> = apps.into_iter().collect();
-            let mut target = 0;
-            for seq in 0u64.. {
-                let payload = format!("demo-{seq}");
-                let (node, addr) = &nodes[target];
-                match http(*addr, "POST", "/append", payload.clone().into_bytes()).await {
-                    Ok((200, body)) => {
-                        let index = body.trim().parse().unwrap_or(0);
-                        let now = Instant::now();
-                        let mut log = log.lock().expect("client log");
-                        log.acked.insert(payload, (node.clone(), index));
-                        log.first_ack.entry(node.clone()).or_insert(now);
-                        log.last_ack.insert(node.clone(), now);
-                    }
-                    _ => {
-                        log.lock().expect("client log").failures += 1;
-                        target = (target + 1) % nodes.len();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
+    fn client(&self) -> &AppClient {
+        self.client.as_ref().expect("the client runs from step 1")
     }
 
     async fn walk(&mut self) -> anyhow::Result<()> {
@@ -206,7 +163,7 @@ impl Demo {
             "alpha M, beta SL after {} ms (F0.4: both up, priority 2 beats 3; SM → M once beta synced)",
             since.elapsed().as_millis()
         ));
-        self.start_client();
+        self.client = Some(AppClient::start(self.apps.clone(), "demo", Duration::from_millis(10)));
         self.wait_acks(50).await?;
         self.detail(format!("the client appends through the service on alpha: {} acknowledged so far", self.acks()));
 
@@ -388,77 +345,25 @@ impl Demo {
     }
 
     async fn wait_acks(&self, n: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + WAIT;
-        while self.acks() < n {
-            if Instant::now() > deadline {
-                bail!("the client got only {} acknowledgements, expected {n}", self.acks());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        self.client().wait_acks(n, WAIT).await
     }
 
     async fn wait_first_ack_after(&self, node: &str, since: Instant) -> anyhow::Result<Instant> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let first = {
-                let log = self.log.lock().expect("client log");
-                log.first_ack
-                    .get(node)
-                    .copied()
-                    .filter(|it| *it > since)
-                    .or_else(|| log.last_ack.get(node).copied().filter(|it| *it > since))
-            };
-            if let Some(at) = first {
-                return Ok(at);
-            }
-            if Instant::now() > deadline {
-                bail!("the client got no acknowledgement from {node}");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.client().first_ack_after(node, since, WAIT).await
     }
 
     /// Counts acknowledged records found in the final journal, lost, and discarded by
     /// force start; checks the service's serving intervals for overlap.
     async fn summary(&mut self, dir: &Path) -> anyhow::Result<(usize, usize, usize)> {
-        let acked = std::mem::take(&mut self.log.lock().expect("client log").acked);
-        let active = ["alpha", "beta"];
+        let acked = self.client.take().map(|it| it.snapshot().acked).unwrap_or_default();
         let mut held: BTreeSet<String> = BTreeSet::new();
-        for node in active {
-            let Ok(status) = self.cluster.status(node).await else { continue };
-            let Some(g) = group(&status) else { continue };
-            if g.role != "M" && g.role != "SM" {
-                continue;
-            }
-            let mut from = 1;
-            loop {
-                let page = self
-                    .cluster
-                    .client(node)
-                    .read(GROUP, from, 10_000)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
-                if page.records.is_empty() {
-                    break;
-                }
-                for record in &page.records {
-                    held.insert(String::from_utf8_lossy(&record.payload_bytes().unwrap_or_default()).into_owned());
-                }
-                from = page.records.last().map_or(from, |it| it.index + 1);
+        for node in ["alpha", "beta"] {
+            let active = self.cluster.role(node, GROUP).await.is_some_and(|role| role == "M" || role == "SM");
+            if active {
+                held.extend(self.cluster.journal_payloads(node, GROUP).await?);
             }
         }
-        let mut forced: BTreeSet<String> = BTreeSet::new();
-        for node in &self.cluster.nodes {
-            let quarantine = node.state_dir.join("quarantine");
-            for info in journal::list_quarantine(&quarantine, GROUP) {
-                if info.reason == DiscardReason::ForceStart
-                    && let Ok(records) = journal::read_quarantine(&info.path)
-                {
-                    forced.extend(records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()));
-                }
-            }
-        }
+        let forced = self.cluster.force_start_quarantine(GROUP);
         let (mut lost, mut discarded) = (0, 0);
         for payload in acked.keys() {
             if !held.contains(payload) {
@@ -477,9 +382,7 @@ impl Demo {
         }
         match serving_overlaps(&dir.join("app-records.log")) {
             Ok((instances, overlaps)) => {
-                println!(
-                    "\ndemo: the service ran {instances} times; overlapping serving intervals (CLOCK_MONOTONIC): {overlaps}"
-                );
+                println!("\ndemo: the service ran {instances} times; overlapping serving intervals (CLOCK_MONOTONIC): {overlaps}");
                 if overlaps > 0 {
                     self.problems.push(format!("{overlaps} overlapping serving intervals"));
                 }
@@ -488,59 +391,4 @@ impl Demo {
         }
         Ok((acked.len(), lost, discarded))
     }
-}
-
-/// Reads the service's `start`/`ack` records and counts pairs of instances whose serving
-/// intervals [start, last ack] overlap.
-pub fn serving_overlaps(path: &Path) -> anyhow::Result<(usize, usize)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut spans: BTreeMap<(String, u32), (u64, u64)> = BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            ["start", node, pid, ns] => {
-                let (pid, ns) = (pid.parse()?, ns.parse()?);
-                spans.insert((node.to_string(), pid), (ns, ns));
-            }
-            ["ack", node, pid, ns, _index] => {
-                let (pid, ns): (u32, u64) = (pid.parse()?, ns.parse()?);
-                if let Some(span) = spans.get_mut(&(node.to_string(), pid)) {
-                    span.1 = span.1.max(ns);
-                }
-            }
-            _ => bail!("unreadable line in {}: {line}", path.display()),
-        }
-    }
-    let mut intervals: Vec<(u64, u64, String)> = spans.into_iter().map(|((node, _), (a, b))| (a, b, node)).collect();
-    intervals.sort();
-    let mut overlaps = 0;
-    for i in 0..intervals.len() {
-        for j in i + 1..intervals.len() {
-            if intervals[j].0 < intervals[i].1 {
-                overlaps += 1;
-            }
-        }
-    }
-    Ok((intervals.len(), overlaps))
-}
-
-/// One HTTP/1.1 request over TCP, with a 1 s timeout.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, String)> {
-    use http_body_util::{BodyExt, Full};
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "demo")
-            .body(Full::new(Bytes::from(body)))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(1), attempt).await?
 }
