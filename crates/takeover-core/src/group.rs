@@ -1271,3 +1271,7 @@ impl Group {
         self.try_decide(now);
     }
 }
+
+#[cfg(test)]
+#[path = "group_test.rs"]
+mod tests;
