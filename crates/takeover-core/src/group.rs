@@ -1286,3 +1286,7 @@ impl Group {
         self.try_decide(now);
     }
 }
+
+#[cfg(test)]
+#[path = "group_test.rs"]
+mod tests;
