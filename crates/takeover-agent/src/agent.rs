@@ -669,15 +669,24 @@ impl Agent {
             }
             Command::RejectAppend { req, reason } => {
                 if let Some(reply) = self.pending.remove(&req.0) {
-                    let RejectReason::NotActive { role } = reason;
                     let name = &self.groups[g].name;
-                    let _ = reply.send(Err(ApiError::new(
-                        409,
-                        format!(
-                            "group {name} is {role} on node {}: only its active node (M or SM) takes appends; see `takeover status`",
-                            self.me.name
+                    let error = match reason {
+                        RejectReason::NotActive { role } => ApiError::new(
+                            409,
+                            format!(
+                                "group {name} is {role} on node {}: only its active node (M or SM) takes appends; see `takeover status`",
+                                self.me.name
+                            ),
                         ),
-                    )));
+                        RejectReason::Abandoned => ApiError::new(
+                            503,
+                            format!(
+                                "group {name}: node {} stopped being active before the record was acknowledged; it may or may not be kept — check the journal before appending it again",
+                                self.me.name
+                            ),
+                        ),
+                    };
+                    let _ = reply.send(Err(error));
                 }
             }
             Command::StartService => self.start_service(g).await,

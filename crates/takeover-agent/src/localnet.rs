@@ -12,8 +12,8 @@ use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSoc
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -22,10 +22,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
 use crate::api::{Client, StatusDoc};
-use crate::journal;
-use takeover_core::log::DiscardReason;
 use crate::config::format_duration;
 use crate::fence::fence_local;
+use crate::journal;
+use takeover_core::log::DiscardReason;
 
 /// What to build.
 #[derive(Clone, Debug)]

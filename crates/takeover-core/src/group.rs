@@ -185,6 +185,9 @@ pub enum Command {
 pub enum RejectReason {
     /// Only an active node (SM or M) takes appends.
     NotActive { role: Role },
+    /// This node stopped being active before the record was acknowledged: it was
+    /// written here but may not survive (the outcome is unknown).
+    Abandoned,
 }
 
 /// Why a node entered a role.
@@ -329,6 +332,8 @@ pub struct Group {
     role: RoleState,
     peer: PeerView,
     fence: Option<Fence>,
+    /// The highest epoch the peer ever stated in this run; a new epoch goes above it.
+    peer_epoch: Epoch,
     out: VecDeque<Command>,
     #[cfg(feature = "mutants")]
     mutant: Mutant,
@@ -358,6 +363,9 @@ enum PeerView {
     Up { inc: Incarnation, state: Option<PeerState> },
     /// Incarnation `inc` was declared down; `stopped` once known not processing.
     Down { inc: Incarnation, stopped: bool },
+    /// Run `inc` stopped and a newer run of the peer is alive but not connected yet: the
+    /// peer is up, so a node in X waits for it rather than deciding alone.
+    Replaced { inc: Incarnation },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -442,6 +450,7 @@ impl Group {
             role: RoleState::X { phase: XPhase::Booting { until }, waiting: None, forcing: false },
             peer: PeerView::Unknown,
             fence: None,
+            peer_epoch: Epoch::ZERO,
             out: VecDeque::new(),
             #[cfg(feature = "mutants")]
             mutant: Mutant::None,
@@ -560,6 +569,7 @@ impl Group {
                 last_index: state.as_ref().map(|it| it.log.last_index()),
             },
             PeerView::Down { inc, stopped } => PeerStatus::Down { inc: *inc, stopped: *stopped },
+            PeerView::Replaced { inc } => PeerStatus::Down { inc: *inc, stopped: true },
         };
         let (sl_durable, pending_appends, waiting, sl_confirmed) = match &self.role {
             RoleState::X { waiting, .. } => (None, 0, *waiting, false),
@@ -670,10 +680,16 @@ impl Group {
                     _ => {}
                 }
             }
-            PeerView::Up { inc: cur, .. } | PeerView::Down { inc: cur, .. } if cur > inc => return,
+            PeerView::Up { inc: cur, .. } | PeerView::Down { inc: cur, .. } | PeerView::Replaced { inc: cur }
+                if cur > inc =>
+            {
+                return;
+            }
+            PeerView::Replaced { .. } => {}
             PeerView::Up { inc: cur, .. } => {
-                // A newer run of the peer proves the older one has stopped.
-                self.peer = PeerView::Down { inc: cur, stopped: true };
+                // A newer run of the peer proves the older one has stopped; the peer is up,
+                // so nothing decides as if this node were alone.
+                self.peer = PeerView::Replaced { inc: cur };
                 self.peer_lost(now, cur, true);
             }
             PeerView::Down { inc: cur, stopped } if cur < inc => {
@@ -697,6 +713,12 @@ impl Group {
     fn on_peer_down(&mut self, now: Instant, inc: Incarnation) {
         match self.peer {
             PeerView::Up { inc: cur, .. } if cur == inc => {}
+            PeerView::Replaced { inc: cur } if cur == inc => {
+                // The newer run died before it connected: the peer is down now.
+                self.peer = PeerView::Down { inc, stopped: true };
+                self.try_decide(now);
+                return;
+            }
             _ => return,
         }
         self.peer = PeerView::Down { inc, stopped: false };
@@ -706,10 +728,15 @@ impl Group {
     fn on_peer_gone(&mut self, now: Instant, inc: Incarnation) {
         match self.peer {
             PeerView::Up { inc: cur, .. } if cur == inc => {
-                self.peer = PeerView::Down { inc, stopped: true };
+                self.peer = PeerView::Replaced { inc };
                 self.peer_lost(now, inc, true);
             }
-            PeerView::Down { inc: cur, stopped: false } if cur == inc => self.run_stopped(now, inc),
+            PeerView::Down { inc: cur, stopped } if cur == inc => {
+                self.peer = PeerView::Replaced { inc };
+                if !stopped {
+                    self.run_stopped(now, inc);
+                }
+            }
             _ => {}
         }
     }
@@ -798,6 +825,10 @@ impl Group {
 
     /// Run `inc` of the peer is known not to be processing.
     fn run_stopped(&mut self, now: Instant, inc: Incarnation) {
+        // A fence of that run, pending or waiting for a retry, has nothing left to prove.
+        if self.fence.is_some_and(|it| it.target == FenceTarget::Run(inc)) {
+            self.fence = None;
+        }
         if let PeerView::Down { inc: cur, stopped } = &mut self.peer
             && *cur == inc
         {
@@ -846,6 +877,7 @@ impl Group {
         }
         match msg {
             Message::State(peer_state) => {
+                self.peer_epoch = self.peer_epoch.max(peer_state.epoch);
                 *state = Some(peer_state);
                 self.on_peer_state(now, from);
             }
@@ -887,6 +919,11 @@ impl Group {
                     self.report(Report::TwoActives { own, peer: peer_epoch });
                     if own < peer_epoch {
                         self.emit(Command::StopService);
+                        if let RoleState::Active(a) = &mut self.role {
+                            for (_, req) in std::mem::take(&mut a.pending) {
+                                self.out.push_back(Command::RejectAppend { req, reason: RejectReason::Abandoned });
+                            }
+                        }
                         self.enter_x(now, Cause::YieldToNewerEpoch);
                     }
                 } else if peer_role != Role::Sl && a.sl.is_some_and(|it| it.inc == from) {
@@ -1046,12 +1083,18 @@ impl Group {
         }
         let ack_early = a.master && mutant == Mutant::AckBeforeSlHasRecord;
         let wait_for_sl = (a.master || live.is_some()) && !ack_early;
+        // Appends held for an SL whose stream was reset since: in SM they are durable
+        // here, so they are acknowledged first, keeping acknowledgements in index order.
+        let held = if wait_for_sl { VecDeque::new() } else { std::mem::take(&mut a.pending) };
         if wait_for_sl {
             a.pending.extend(entries.iter().zip(first..).map(|((req, _), index)| (index, *req)));
         } else {
             a.local_acked_upto = last;
         }
         self.out.push_back(Command::WriteRecords(records.clone()));
+        for (index, req) in held {
+            self.out.push_back(Command::AckAppend { req, index });
+        }
         if let Some(to) = live {
             self.out.push_back(Command::Send { to, msg: Message::Records(records) });
         }
@@ -1076,6 +1119,7 @@ impl Group {
                         (!both_join_only && !equal).then_some(RefuseReason::DecisionPossible)
                     }
                 },
+                PeerView::Replaced { .. } => Some(RefuseReason::PeerSettling),
                 PeerView::Unknown | PeerView::Down { .. } => None,
             },
             _ => Some(RefuseReason::NotStopped { role: self.role() }),
@@ -1094,7 +1138,7 @@ impl Group {
                 *forcing = true;
             }
             let known = match self.peer {
-                PeerView::Up { inc, .. } | PeerView::Down { inc, .. } => Some(inc),
+                PeerView::Up { inc, .. } | PeerView::Down { inc, .. } | PeerView::Replaced { inc } => Some(inc),
                 PeerView::Unknown => None,
             };
             self.request_fence(FenceTarget::Node { known });
@@ -1137,6 +1181,8 @@ impl Group {
                 }
             }
             PeerView::Up { state: None, .. } => {}
+            // The peer restarted and its new run has not connected yet: it is up.
+            PeerView::Replaced { .. } => {}
             PeerView::Unknown | PeerView::Down { .. } if booting => {}
             PeerView::Unknown | PeerView::Down { .. } => {
                 if self.durable.join_only {
@@ -1164,8 +1210,8 @@ impl Group {
     /// epoch and priority 1 are made durable before anything else happens.
     fn become_sm(&mut self, _now: Instant, cause: Cause) {
         let from = self.role();
-        let known = [Some(self.durable.epoch), self.log.last_epoch(), self.peer_state().map(|it| it.epoch)];
-        let counter = known.iter().flatten().map(|it| it.counter).max().unwrap_or(0) + 1;
+        let known = [self.durable.epoch, self.log.last_epoch().unwrap_or(Epoch::ZERO), self.peer_epoch];
+        let counter = known.iter().map(|it| it.counter).max().unwrap_or(0) + 1;
         self.durable = GroupDurable {
             priority: Priority::P1,
             // Entering SM because the operator overrode the seed's rule (a force start, or a

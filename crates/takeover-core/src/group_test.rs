@@ -1009,8 +1009,8 @@ fn t_5_2_sl_of_sm_goes_to_x_when_newer_peer_incarnation_appears() {
     assert_eq!(
         out,
         vec![
+            // The peer's new run is up: no "undetermined" verdict, as if this node were alone.
             transition(Role::Sl, Role::X, Cause::ActiveLostBeforeSync),
-            waiting(WaitReason::Undetermined { own: Priority::P3 }),
             send(P_INC2, my_state(Role::X, Priority::P3, peer_epoch(), None, peer_log(2))),
         ]
     );
@@ -1242,7 +1242,7 @@ fn f0_6_force_start_after_equal_priorities_fences_the_known_peer_node() {
     assert_eq!(
         out,
         vec![
-            persist(Priority::P1, forced_ep(1, 0), Role::Sm),
+            persist(Priority::P1, forced_ep(2, 0), Role::Sm), // above the peer's 1.1, seen before the fence
             transition(Role::X, Role::Sm, Cause::ForceStart),
             Command::StartService,
             Command::Report(Report::ForceStarted { peer: PEER, peer_up: false }),

@@ -391,13 +391,22 @@ pub fn check_quiescent(w: &World) -> Result<(), String> {
 
 /// Prints the outcome the way CI logs show it.
 pub fn print_outcome(name: &str, opts: &Options, out: &Outcome) {
+    print!("{}", report_text(name, opts, out));
+}
+
+/// The outcome as text: bounds, states explored, Fig. 2 coverage, and any trace.
+pub fn report_text(name: &str, opts: &Options, out: &Outcome) -> String {
+    use std::fmt::Write;
     let b = opts.bounds;
-    println!("model check: {name}");
-    println!(
+    let mut text = String::new();
+    let _ = writeln!(text, "model check: {name}");
+    let _ = writeln!(
+        text,
         "  bounds: crashes ≤ {}, both-crash ≤ {}, appends ≤ {}, force starts ≤ {}, catch-up window 1",
         b.crashes, b.crash_both, b.appends, b.force_starts
     );
-    println!(
+    let _ = writeln!(
+        text,
         "  states explored: {} (transitions {}, depth {}) in {:.1} s{}",
         out.states,
         out.transitions,
@@ -406,20 +415,23 @@ pub fn print_outcome(name: &str, opts: &Options, out: &Outcome) {
         if out.truncated { " — STOPPED at the state limit" } else { "" }
     );
     let reached: Vec<String> = out.coverage.iter().map(|(k, v)| format!("{k}×{v}")).collect();
-    println!("  Fig. 2 transitions reached: {}/22: {}", out.coverage.len(), reached.join(" "));
+    let _ = writeln!(text, "  Fig. 2 transitions reached: {}/22: {}", out.coverage.len(), reached.join(" "));
     let missing = out.missing_transitions();
     if !missing.is_empty() {
-        println!("  Fig. 2 transitions NOT reached: {}", missing.join(" "));
+        let _ = writeln!(text, "  Fig. 2 transitions NOT reached: {}", missing.join(" "));
     }
     match &out.violation {
-        None => println!("  properties: all held"),
+        None => {
+            let _ = writeln!(text, "  properties: all held");
+        }
         Some(v) => {
-            println!("  VIOLATION: {}", v.property);
-            println!("  counter-example ({} steps):", v.trace.len());
+            let _ = writeln!(text, "  VIOLATION: {}", v.property);
+            let _ = writeln!(text, "  counter-example ({} steps):", v.trace.len());
             for (n, (step, world)) in v.trace.iter().enumerate() {
-                println!("  {:>3}. {step:?}", n + 1);
-                print!("{world}");
+                let _ = writeln!(text, "  {:>3}. {step:?}", n + 1);
+                text.push_str(world);
             }
         }
     }
+    text
 }

@@ -45,6 +45,9 @@ pub enum Step {
     Connect(u8),
     /// Node's failure detector declares the peer's run down (it crashed).
     Down(u8),
+    /// Node hears a heartbeat of a newer run of the peer before its channel reconnects:
+    /// the run it knew is gone.
+    Gone(u8),
     /// The first message the peer sent to this node arrives (or is dropped).
     Deliver(u8),
     /// Node's shell executes the first queued command.
@@ -183,6 +186,7 @@ impl World {
                     Step::Deliver(i),
                     Step::Connect(i),
                     Step::Down(i),
+                    Step::Gone(i),
                     Step::FenceKill(i),
                     Step::FenceConfirm(i),
                     Step::Timer(i),
@@ -206,6 +210,7 @@ impl World {
             Step::Boot(i) => w.boot(i as usize, mutant),
             Step::Connect(i) => w.connect(i as usize),
             Step::Down(i) => w.down(i as usize),
+            Step::Gone(i) => w.gone(i as usize),
             Step::Deliver(i) => w.deliver(i as usize),
             Step::Exec(i) => w.exec(i as usize)?,
             Step::FenceKill(i) => w.fence_kill(i as usize),
@@ -224,7 +229,7 @@ impl World {
         let run = |i: u8| self.nodes[i as usize].run.as_ref();
         match step {
             Step::Boot(i) => run(i).is_none(),
-            Step::Connect(i) | Step::Down(i) => run(i).is_some(),
+            Step::Connect(i) | Step::Down(i) | Step::Gone(i) => run(i).is_some(),
             Step::Deliver(i) => !self.chan[Self::peer_of(i as usize)].is_empty(),
             Step::Exec(i) => run(i).is_some_and(|it| !it.queue.is_empty()),
             Step::FenceKill(i) => run(i).is_some_and(|it| matches!(it.fence, Some((_, false)))),
@@ -308,12 +313,28 @@ impl World {
     }
 
     fn down(&mut self, i: usize) -> bool {
-        let Some(PeerStatus::Up { inc, .. }) = self.peer_status(i) else { return false };
+        let inc = match self.peer_status(i) {
+            Some(PeerStatus::Up { inc, .. } | PeerStatus::Down { inc, .. }) => inc,
+            _ => return false,
+        };
         let peer_running = self.nodes[Self::peer_of(i)].run.as_ref().map(|it| it.inc);
-        if peer_running == Some(inc) {
+        if peer_running.is_some_and(|it| it >= inc) {
             return false; // Crash-stop: a running peer is never declared down.
         }
         self.feed(i, NOW, Event::PeerDown { inc });
+        true
+    }
+
+    fn gone(&mut self, i: usize) -> bool {
+        let inc = match self.peer_status(i) {
+            Some(PeerStatus::Up { inc, .. } | PeerStatus::Down { inc, .. }) => inc,
+            _ => return false,
+        };
+        let peer_running = self.nodes[Self::peer_of(i)].run.as_ref().map(|it| it.inc);
+        if !peer_running.is_some_and(|it| it > inc) {
+            return false;
+        }
+        self.feed(i, NOW, Event::PeerGone { inc });
         true
     }
 

@@ -81,15 +81,8 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
         "      heartbeat every 100ms, a peer is failed after 500ms of silence on every link, fencing by powering the node off; files in {}",
         dir.display()
     );
-    let mut demo = Demo {
-        cluster,
-        apps,
-        client: None,
-        started: Instant::now(),
-        problems: Vec::new(),
-        step: 0,
-        takeover_ms: None,
-    };
+    let mut demo =
+        Demo { cluster, apps, client: None, started: Instant::now(), problems: Vec::new(), step: 0, takeover_ms: None };
     let outcome = demo.walk().await;
     let summary = demo.summary(dir).await;
     demo.cluster.shutdown().await;
@@ -382,7 +375,9 @@ impl Demo {
         }
         match serving_overlaps(&dir.join("app-records.log")) {
             Ok((instances, overlaps)) => {
-                println!("\ndemo: the service ran {instances} times; overlapping serving intervals (CLOCK_MONOTONIC): {overlaps}");
+                println!(
+                    "\ndemo: the service ran {instances} times; overlapping serving intervals (CLOCK_MONOTONIC): {overlaps}"
+                );
                 if overlaps > 0 {
                     self.problems.push(format!("{overlaps} overlapping serving intervals"));
                 }
