@@ -331,7 +331,7 @@ impl World {
             _ => return false,
         };
         let peer_running = self.nodes[Self::peer_of(i)].run.as_ref().map(|it| it.inc);
-        if !peer_running.is_some_and(|it| it > inc) {
+        if peer_running.is_none_or(|it| it <= inc) {
             return false;
         }
         self.feed(i, NOW, Event::PeerGone { inc });
