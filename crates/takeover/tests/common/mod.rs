@@ -1,0 +1,132 @@
+//! Shared set-up for the end-to-end tests: a two-node cluster of real `takeover agent`
+//! processes on loopback, running the demo's sample service, and a client appending
+//! through it.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use takeover_agent::api::{GroupDoc, StatusDoc};
+use takeover_agent::localnet::{AppClient, LocalCluster, Spec, free_loopback_port, serving_overlaps};
+
+pub const GROUP: &str = "journal";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// End-to-end tests share two cores: running clusters one at a time keeps the timing
+/// of each honest (a starved agent would be declared dead).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Takes this test's turn to run a cluster.
+pub fn turn() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|it| it.into_inner())
+}
+
+pub struct Bed {
+    pub cluster: LocalCluster,
+    pub apps: BTreeMap<String, SocketAddr>,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+pub fn group(status: &StatusDoc) -> Option<&GroupDoc> {
+    status.groups.iter().find(|it| it.name == GROUP)
+}
+
+impl Bed {
+    pub async fn new() -> Bed {
+        let turn = turn();
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let dir = tmp.path().to_path_buf();
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_takeover"));
+        let apps: BTreeMap<String, SocketAddr> = ["alpha", "beta"]
+            .iter()
+            .map(|name| (name.to_string(), SocketAddr::from(([127, 0, 0, 1], free_loopback_port().unwrap()))))
+            .collect();
+        let listen = apps.iter().map(|(node, addr)| format!("{node}={addr}")).collect::<Vec<_>>().join(",");
+        let spec = Spec {
+            cluster: "e2e".into(),
+            nodes: vec!["alpha".into(), "beta".into()],
+            group: GROUP.into(),
+            service: Some(vec![
+                binary.display().to_string(),
+                "demo-app".into(),
+                "--listen".into(),
+                listen,
+                "--record".into(),
+                dir.join("app-records.log").display().to_string(),
+            ]),
+            heartbeat_interval: Duration::from_millis(100),
+            dead_after: Duration::from_millis(500),
+            startup_wait: Duration::from_secs(2),
+            arbiter: "fence".into(),
+        };
+        let cluster = LocalCluster::create(&dir, &binary, &spec).await.expect("a local cluster");
+        Bed { cluster, apps, dir, _tmp: tmp, _turn: turn }
+    }
+
+    pub fn client(&self, prefix: &str) -> AppClient {
+        AppClient::start(self.apps.clone(), prefix, Duration::from_millis(10))
+    }
+
+    pub async fn role(&self, node: &str) -> Option<String> {
+        self.cluster.role(node, GROUP).await
+    }
+
+    pub async fn wait_role(&self, node: &str, role: &'static str) -> StatusDoc {
+        self.cluster
+            .wait_for(node, WAIT, &format!("{GROUP} to be {role}"), move |s| group(s).is_some_and(|g| g.role == role))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()))
+    }
+
+    /// Waits for (`active` M, `sl` SL).
+    pub async fn wait_pair(&self, active: &str, sl: &str) {
+        self.wait_role(sl, "SL").await;
+        self.wait_role(active, "M").await;
+    }
+
+    pub async fn wait_waiting(&self, node: &str) -> StatusDoc {
+        self.cluster
+            .wait_for(node, WAIT, "the group to wait", |s| group(s).is_some_and(|g| g.waiting.is_some()))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()))
+    }
+
+    /// Every acknowledged record of `client` is in the journal of the active node, and
+    /// no two service instances served at overlapping times.
+    pub async fn check_nothing_lost(&self, client: &AppClient) -> usize {
+        let acked = client.snapshot().acked;
+        let mut held = BTreeSet::new();
+        for node in ["alpha", "beta"] {
+            if matches!(self.role(node).await.as_deref(), Some("M" | "SM")) {
+                held = self.cluster.journal_payloads(node, GROUP).await.expect("a journal");
+            }
+        }
+        assert!(!held.is_empty() || acked.is_empty(), "no active node to read from\n{}", self.logs());
+        let lost: Vec<&String> = acked.keys().filter(|it| !held.contains(*it)).collect();
+        assert!(lost.is_empty(), "{} acknowledged records lost, e.g. {:?}\n{}", lost.len(), &lost[..lost.len().min(5)], self.logs());
+        let (_, overlaps) = serving_overlaps(&self.dir.join("app-records.log")).expect("the service's records");
+        assert_eq!(overlaps, 0, "two service instances served at overlapping times\n{}", self.logs());
+        acked.len()
+    }
+
+    /// The agents' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in ["alpha", "beta"] {
+            let log = std::fs::read_to_string(self.dir.join(format!("{node}.agent.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            out.push_str(&format!("--- {node}.agent.log (last 40 lines)\n{}\n", tail.join("\n")));
+        }
+        out
+    }
+
+    pub fn app_records(&self) -> PathBuf {
+        self.dir.join("app-records.log")
+    }
+}

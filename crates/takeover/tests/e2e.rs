@@ -1,0 +1,212 @@
+//! End-to-end tests of the seed's operations with real `takeover agent` processes on
+//! loopback: real heartbeats over two links, a real peer channel, real fsync'ed state and
+//! journals, the real sample service, power-off by SIGKILL of a node's whole session, and
+//! kill -9 of the agent alone. No root needed.
+//!
+//! Every test judges safety from what clients and the service itself saw: every
+//! acknowledged record must be in the active node's journal, and the service's own
+//! CLOCK_MONOTONIC records must show no two instances serving at overlapping times.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Bed, group};
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn seed_op4_master_powered_off_sl_takes_over_without_losing_acknowledged_records() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let client = bed.client("op4");
+    client.wait_acks(40, common::WAIT).await.unwrap();
+    let killed = Instant::now();
+    bed.cluster.power_off("alpha").await.unwrap();
+    let status = bed.wait_role("beta", "SM").await;
+    let first = client.first_ack_after("beta", killed, common::WAIT).await.unwrap();
+    println!("takeover: first acknowledgement from beta {} ms after the power-off", (first - killed).as_millis());
+    let g = group(&status).unwrap();
+    assert_eq!(g.priority, 1, "an SM holds priority 1 durably");
+    assert!(status.events.iter().any(|e| e.text.contains("fence of alpha confirmed")), "takeover only after the fence");
+    client.wait_acks(client.acks() + 20, common::WAIT).await.unwrap();
+    bed.check_nothing_lost(&client).await;
+}
+
+#[tokio::test]
+async fn seed_op4_agent_killed_alone_its_service_dies_with_it_and_the_sl_takes_over() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let client = bed.client("kill9");
+    client.wait_acks(30, common::WAIT).await.unwrap();
+    let alpha_app = bed.apps["alpha"];
+    bed.cluster.kill_agent("alpha").await.unwrap();
+    // The service dies with its agent (PR_SET_PDEATHSIG): its port stops answering.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while takeover_agent::localnet::http(alpha_app, "GET", "/", Vec::new()).await.is_ok() {
+        assert!(Instant::now() < deadline, "alpha's service still answers after its agent was killed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bed.wait_role("beta", "SM").await;
+    client.wait_acks(client.acks() + 20, common::WAIT).await.unwrap();
+    bed.check_nothing_lost(&client).await;
+}
+
+#[tokio::test]
+async fn seed_op3_failed_node_returns_as_sl_catches_up_and_active_becomes_m() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let client = bed.client("op3");
+    client.wait_acks(20, common::WAIT).await.unwrap();
+    bed.cluster.power_off("alpha").await.unwrap();
+    bed.wait_role("beta", "SM").await;
+    client.wait_acks(client.acks() + 50, common::WAIT).await.unwrap();
+    bed.cluster.start("alpha", false).unwrap();
+    bed.wait_pair("beta", "alpha").await;
+    let (alpha, beta) = (bed.cluster.status("alpha").await.unwrap(), bed.cluster.status("beta").await.unwrap());
+    let (a, b) = (group(&alpha).unwrap(), group(&beta).unwrap());
+    assert_eq!((a.priority, b.priority), (3, 2), "SL holds 3, M holds 2 (F0.3)");
+    assert!(a.journal.last_index >= b.journal.sl_durable.unwrap_or(0), "the SL holds what the M counts as durable");
+    client.wait_acks(client.acks() + 20, common::WAIT).await.unwrap();
+    bed.check_nothing_lost(&client).await;
+}
+
+#[tokio::test]
+async fn seed_op1_both_down_then_both_recover_in_each_order_the_last_processor_continues() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let client = bed.client("op1");
+    client.wait_acks(20, common::WAIT).await.unwrap();
+    // Make beta the last processor: alpha fails, beta takes over and acknowledges alone.
+    bed.cluster.power_off("alpha").await.unwrap();
+    bed.wait_role("beta", "SM").await;
+    client.wait_acks(client.acks() + 30, common::WAIT).await.unwrap();
+    bed.cluster.start("alpha", false).unwrap();
+    bed.wait_pair("beta", "alpha").await;
+    for first in ["alpha", "beta"] {
+        let second = if first == "alpha" { "beta" } else { "alpha" };
+        bed.cluster.power_off("alpha").await.unwrap();
+        bed.cluster.power_off("beta").await.unwrap();
+        bed.cluster.start(first, false).unwrap();
+        // (X X) with priorities [3 2]: whoever comes first alone waits (F0.4).
+        bed.wait_waiting(first).await;
+        bed.cluster.start(second, false).unwrap();
+        bed.wait_pair("beta", "alpha").await;
+        client.wait_acks(client.acks() + 10, common::WAIT).await.unwrap();
+    }
+    bed.check_nothing_lost(&client).await;
+}
+
+#[tokio::test]
+async fn seed_op2_one_node_recovers_alone_and_starts_only_with_priority_1() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let client = bed.client("op2");
+    client.wait_acks(20, common::WAIT).await.unwrap();
+    // The SL fails first: alpha continues alone as SM (priority 1), then fails too.
+    bed.cluster.power_off("beta").await.unwrap();
+    bed.wait_role("alpha", "SM").await;
+    client.wait_acks(client.acks() + 20, common::WAIT).await.unwrap();
+    bed.cluster.power_off("alpha").await.unwrap();
+    // beta alone holds priority 3: it must wait, even well past its startup wait.
+    bed.cluster.start("beta", false).unwrap();
+    let status = bed.wait_waiting("beta").await;
+    assert_eq!(group(&status).unwrap().priority, 3);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bed.role("beta").await.as_deref(), Some("X"), "a node alone with priority 3 must not start");
+    bed.cluster.power_off("beta").await.unwrap();
+    // alpha alone holds priority 1: it processed last and starts after its startup wait.
+    bed.cluster.start("alpha", false).unwrap();
+    bed.wait_role("alpha", "SM").await;
+    client.wait_acks(client.acks() + 10, common::WAIT).await.unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    bed.check_nothing_lost(&client).await;
+}
+
+#[tokio::test]
+async fn one_link_of_two_lost_warns_and_moves_the_channel_without_takeover() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let client = bed.client("link");
+    client.wait_acks(20, common::WAIT).await.unwrap();
+    bed.cluster.cut_link0(true);
+    let cut = Instant::now();
+    let before = client.acks();
+    while cut.elapsed() < Duration::from_secs(3) {
+        assert_eq!(bed.role("alpha").await.as_deref(), Some("M"), "alpha moved while one link was cut");
+        assert_eq!(bed.role("beta").await.as_deref(), Some("SL"), "beta moved while one link was cut");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = bed.cluster.status("alpha").await.unwrap();
+    let peer = &status.peers[0];
+    assert!(!peer.links[0].up && peer.links[1].up, "link 0 down, link 1 up: {peer:?}");
+    assert_eq!(peer.channel_link, Some(1), "the peer channel moved to link 1");
+    assert!(status.events.iter().any(|e| e.text.contains("WARNING: link 0 to beta is silent")), "the loss of one link is reported");
+    assert!(client.acks() > before + 50, "appends kept being acknowledged (replicated) during the cut");
+    bed.cluster.cut_link0(false);
+    bed.cluster
+        .wait_for("alpha", common::WAIT, "link 0 back", |s| s.peers[0].links[0].up)
+        .await
+        .unwrap();
+    bed.check_nothing_lost(&client).await;
+    bed.cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_heartbeats_and_frames_are_dropped_and_counted_never_acted_on() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let target = bed.cluster.node("beta").links[1];
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for n in 0..50u8 {
+        let mut junk = vec![n; 40];
+        junk[..4].copy_from_slice(b"TKHB");
+        udp.send_to(&junk, target).await.unwrap();
+        udp.send_to(b"hello", target).await.unwrap();
+    }
+    // A TCP client that sends garbage instead of a handshake.
+    for _ in 0..5 {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(target).await.unwrap();
+        let _ = stream.write_all(&[0xff; 64]).await;
+    }
+    let status = bed
+        .cluster
+        .wait_for("beta", common::WAIT, "the junk to be counted", |s| s.dropped.heartbeats >= 100)
+        .await
+        .unwrap();
+    assert!(status.dropped.frames >= 1, "bad handshakes are counted: {:?}", status.dropped);
+    assert_eq!(group(&status).unwrap().role, "SL");
+    assert_eq!(bed.role("alpha").await.as_deref(), Some("M"));
+}
+
+#[tokio::test]
+async fn the_demo_runs_and_reports_nothing_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _turn = common::turn();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_takeover"))
+        .args(["demo", "--dir"])
+        .arg(tmp.path().join("demo"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(output.status.success(), "the demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let last = stdout.lines().find(|it| it.starts_with("demo: ") && it.contains("records acknowledged")).unwrap();
+    assert!(last.contains(", 0 lost,"), "{last}");
+}
