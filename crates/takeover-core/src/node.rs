@@ -610,3 +610,7 @@ impl Node {
         self.try_connect(now, p);
     }
 }
+
+#[cfg(test)]
+#[path = "node_test.rs"]
+mod tests;

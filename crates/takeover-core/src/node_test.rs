@@ -1,0 +1,1656 @@
+//! Tests of the node layer: failure detector over two links, peer channel, fencing per
+//! peer and routing to the groups.
+//!
+//! Two drivers:
+//! - [`Solo`] drives one [`Node`] by hand: the test chooses every event and instant, and the
+//!   peer's heartbeats arrive at the instants it lists.
+//! - [`Sim`] runs two real nodes against each other over an in-memory network (two links,
+//!   one TCP-like channel, a virtual clock) and executes their commands; groups reach real
+//!   roles (M and confirmed SL) through real messages. It also drives the property tests.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::group::{Arbiter, Cause, Command, FenceTarget, GroupConfig, GroupDurable, Message, PeerState, Report};
+use crate::group::{PeerStatus as GroupPeer, WaitReason};
+use crate::log::{LogMeta, Record};
+use crate::types::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};
+
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const DEAD_AFTER: Duration = Duration::from_millis(500);
+const BACKOFF: Duration = Duration::from_millis(200);
+const STARTUP_WAIT: Duration = Duration::from_secs(2);
+const FENCE_RETRY: Duration = Duration::from_secs(1);
+
+const A: NodeId = NodeId(0);
+const B: NodeId = NodeId(1);
+const IDS: [NodeId; 2] = [A, B];
+const G0: GroupIndex = GroupIndex(0);
+const G1: GroupIndex = GroupIndex(1);
+const G2: GroupIndex = GroupIndex(2);
+
+fn ms(n: u64) -> Instant {
+    Instant(n * 1_000_000)
+}
+
+/// An instant in whole milliseconds.
+fn in_ms(t: Instant) -> u64 {
+    t.0 / 1_000_000
+}
+
+fn inc(n: u64) -> Incarnation {
+    Incarnation(n)
+}
+
+fn other(id: NodeId) -> NodeId {
+    if id == A { B } else { A }
+}
+
+fn node_config(me: NodeId, peers: &[NodeId], incarnation: u64) -> NodeConfig {
+    NodeConfig {
+        me,
+        incarnation: inc(incarnation),
+        peers: peers.to_vec(),
+        links: 2,
+        heartbeat_interval: HEARTBEAT,
+        dead_after: DEAD_AFTER,
+        reconnect_backoff: BACKOFF,
+    }
+}
+
+fn group_config(me: NodeId, peer: NodeId, arbiter: Arbiter) -> GroupConfig {
+    GroupConfig { me, peer, arbiter, startup_wait: STARTUP_WAIT, fence_retry: FENCE_RETRY, catch_up_window: 4 }
+}
+
+/// A fresh group: node A is the preferred node (priority 2), B starts at 3.
+fn group_setup(index: GroupIndex, me: NodeId, peer: NodeId, arbiter: Arbiter) -> GroupSetup {
+    GroupSetup {
+        index,
+        config: group_config(me, peer, arbiter),
+        durable: GroupDurable::initial(me == A),
+        log: LogMeta::empty(),
+        join_only: false,
+    }
+}
+
+fn report(r: NodeReport) -> NodeCommand {
+    NodeCommand::Report(r)
+}
+
+fn gcmd(group: GroupIndex, peer: NodeId, command: Command) -> NodeCommand {
+    NodeCommand::Group { group, peer, command }
+}
+
+fn greport(group: GroupIndex, peer: NodeId, r: Report) -> NodeCommand {
+    gcmd(group, peer, Command::Report(r))
+}
+
+fn drain(node: &mut Node) -> Vec<NodeCommand> {
+    std::iter::from_fn(|| node.poll_command()).collect()
+}
+
+/// Everything but the periodic `SendHeartbeats` (asserted in `heartbeats_sent_every_interval`).
+fn no_heartbeats(out: &[(Instant, NodeCommand)]) -> Vec<(Instant, NodeCommand)> {
+    out.iter().filter(|(_, c)| *c != NodeCommand::SendHeartbeats).cloned().collect()
+}
+
+/// Only the channel commands.
+fn channel_commands(out: &[(Instant, NodeCommand)]) -> Vec<(Instant, NodeCommand)> {
+    out.iter()
+        .filter(|(_, c)| matches!(c, NodeCommand::Connect { .. } | NodeCommand::Disconnect { .. }))
+        .cloned()
+        .collect()
+}
+
+/// Only fence commands, fence reports and group commands.
+fn fencing_and_groups(out: &[NodeCommand]) -> Vec<NodeCommand> {
+    out.iter()
+        .filter(|c| {
+            matches!(
+                c,
+                NodeCommand::Fence { .. }
+                    | NodeCommand::Group { .. }
+                    | NodeCommand::Report(NodeReport::FenceStarted { .. } | NodeReport::FenceFinished { .. })
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+fn untimed(out: &[(Instant, NodeCommand)]) -> Vec<NodeCommand> {
+    out.iter().map(|(_, c)| c.clone()).collect()
+}
+
+/// Peer heartbeats every interval from `from` to `to` (inclusive) on `links`.
+fn beats(from: u64, to: u64, links: &[usize]) -> Vec<(Instant, usize)> {
+    (from..=to).step_by(100).flat_map(|t| links.iter().map(move |&l| (ms(t), l))).collect()
+}
+
+/// One node driven by hand.
+struct Solo {
+    node: Node,
+    now: Instant,
+}
+
+impl Solo {
+    /// Node `me` with one peer, `groups` groups with that peer (fence arbiter), run 1,
+    /// started at 0.
+    fn new(me: NodeId, groups: u16) -> Solo {
+        Solo::with(node_config(me, &[other(me)], 1), groups, STARTUP_WAIT)
+    }
+
+    fn with(cfg: NodeConfig, groups: u16, startup_wait: Duration) -> Solo {
+        let (me, peer) = (cfg.me, cfg.peers[0]);
+        let setups = (0..groups)
+            .map(|g| {
+                let mut s = group_setup(GroupIndex(g), me, peer, Arbiter::Fence);
+                s.config.startup_wait = startup_wait;
+                s
+            })
+            .collect();
+        let mut node = Node::new(cfg, setups, ms(0));
+        assert_eq!(drain(&mut node), vec![], "a fresh node in X has nothing to do");
+        Solo { node, now: ms(0) }
+    }
+
+    fn peer(&self) -> NodeId {
+        self.node.config().peers[0]
+    }
+
+    fn at(&mut self, t: Instant, event: NodeEvent) -> Vec<NodeCommand> {
+        assert!(t >= self.now, "time goes forward");
+        self.now = t;
+        self.node.handle(t, event);
+        drain(&mut self.node)
+    }
+
+    fn timeout(&mut self, t: Instant) -> Vec<NodeCommand> {
+        self.at(t, NodeEvent::Timeout)
+    }
+
+    fn hb(&mut self, t: Instant, link: usize, incarnation: u64) -> Vec<NodeCommand> {
+        let from = self.peer();
+        self.at(t, NodeEvent::Heartbeat { from, link, incarnation: inc(incarnation) })
+    }
+
+    /// Runs until `until`: the node's timer fires whenever `now` reaches `poll_timeout`
+    /// (before a heartbeat of the same instant), and the peer's run `peer_inc` heartbeats
+    /// at the listed instants. Returns every command with the instant it was emitted at.
+    fn run(&mut self, until: Instant, beats: &[(Instant, usize)], peer_inc: u64) -> Vec<(Instant, NodeCommand)> {
+        let mut beats: VecDeque<(Instant, usize)> = beats.iter().copied().filter(|(t, _)| *t >= self.now).collect();
+        let mut out = Vec::new();
+        for _ in 0..100_000 {
+            let timer = self.node.poll_timeout().map(|t| t.max(self.now)).filter(|t| *t <= until);
+            let beat = beats.front().copied().filter(|(t, _)| *t <= until);
+            let (t, cmds) = match (timer, beat) {
+                (Some(t), Some((b, _))) if t <= b => (t, self.timeout(t)),
+                (_, Some((b, link))) => {
+                    beats.pop_front();
+                    (b, self.hb(b, link, peer_inc))
+                }
+                (Some(t), None) => (t, self.timeout(t)),
+                (None, None) => {
+                    self.now = self.now.max(until);
+                    return out;
+                }
+            };
+            out.extend(cmds.into_iter().map(|c| (t, c)));
+        }
+        panic!("the node's timer does not move forward (poll_timeout stuck at {:?})", self.node.poll_timeout());
+    }
+}
+
+/// Node `me` hears run 1 of its peer on both links at 10 ms and the channel comes up on
+/// link 0 at 20 ms (the dialer dialed at 10 ms).
+fn connected(me: NodeId) -> Solo {
+    let mut s = Solo::new(me, 1);
+    let peer = other(me);
+    assert_eq!(s.timeout(ms(0)), vec![NodeCommand::SendHeartbeats]);
+    let mut first =
+        vec![report(NodeReport::LinkUp { peer, link: 0 }), report(NodeReport::PeerAlive { peer, incarnation: inc(1) })];
+    if me == A {
+        first.push(NodeCommand::Connect { peer, link: 0 });
+    }
+    assert_eq!(s.hb(ms(10), 0, 1), first);
+    assert_eq!(s.hb(ms(10), 1, 1), vec![report(NodeReport::LinkUp { peer, link: 1 })]);
+    let state = s.node.group(G0).unwrap().state_message();
+    assert_eq!(
+        s.at(ms(20), NodeEvent::ChannelUp { peer, incarnation: inc(1), link: 0 }),
+        vec![
+            report(NodeReport::ChannelUp { peer, link: 0 }),
+            gcmd(G0, peer, Command::Send { to: inc(1), msg: Message::State(state) })
+        ]
+    );
+    s
+}
+
+fn group_peer(s: &Solo, g: GroupIndex) -> GroupPeer {
+    s.node.group(g).unwrap().status().peer
+}
+
+// ---------------------------------------------------------------------------------------
+// Failure detector (F2.1) and channel link (F1.7)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn f2_1_peer_declared_dead_only_when_every_link_silent_for_dead_after() {
+    for me in IDS {
+        let peer = other(me);
+        let mut s = connected(me);
+        // Link 1 falls silent after 10 ms; link 0 keeps carrying heartbeats until 410.
+        let out = s.run(ms(909), &beats(110, 410, &[0]), 1);
+        assert_eq!(
+            no_heartbeats(&out),
+            vec![(ms(510), report(NodeReport::LinkDown { peer, link: 1, links_up: 1 }))],
+            "{me:?}: one silent link is reported and changes nothing else"
+        );
+        assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
+        assert!(s.node.status(s.now).peers[0].alive);
+        // Link 0 has now been silent for dead_after too.
+        let out = s.run(ms(2000), &[], 1);
+        assert_eq!(
+            no_heartbeats(&out),
+            vec![
+                (ms(910), report(NodeReport::LinkDown { peer, link: 0, links_up: 0 })),
+                (ms(910), report(NodeReport::PeerDead { peer, incarnation: inc(1) })),
+                (ms(910), NodeCommand::Disconnect { peer }),
+                (ms(910), report(NodeReport::ChannelDown { peer })),
+                // The group's boot wait ends: alone with priority 2 or 3, it waits.
+                (
+                    ms(2000),
+                    greport(
+                        G0,
+                        peer,
+                        Report::Waiting(WaitReason::Undetermined {
+                            own: if me == A { Priority::P2 } else { Priority::P3 }
+                        })
+                    )
+                ),
+            ],
+            "{me:?}"
+        );
+        assert_eq!(group_peer(&s, G0), GroupPeer::Down { inc: inc(1), stopped: false }, "{me:?}: PeerDown for run 1");
+    }
+}
+
+#[test]
+fn peer_death_noticed_at_once_on_both_links_does_not_redial() {
+    // Both links carried their last heartbeat at the same instant (a crash of the peer,
+    // or one batch of packets): at 510 every link is silent for dead_after. The peer is
+    // dead; nothing should be dialed over a link that is itself past its deadline.
+    for me in IDS {
+        let peer = other(me);
+        let mut s = connected(me);
+        let out = s.run(ms(600), &[], 1);
+        let at_510: Vec<NodeCommand> = out.iter().filter(|(t, _)| *t == ms(510)).map(|(_, c)| c.clone()).collect();
+        assert!(at_510.contains(&report(NodeReport::PeerDead { peer, incarnation: inc(1) })), "{me:?}: {at_510:?}");
+        let actions: Vec<&NodeCommand> =
+            at_510.iter().filter(|c| !matches!(c, NodeCommand::Report(_) | NodeCommand::SendHeartbeats)).collect();
+        assert_eq!(actions, vec![&NodeCommand::Disconnect { peer }], "{me:?}: one Disconnect and no dial: {at_510:?}");
+        for c in &at_510 {
+            if let NodeCommand::Report(NodeReport::LinkDown { links_up, .. }) = c {
+                assert_eq!(*links_up, 0, "{me:?}: no link of the peer is still up: {at_510:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn f1_7_channel_moves_to_the_other_link_when_its_link_fails() {
+    let mut s = connected(A);
+    // Link 0 (carrying the channel) falls silent; link 1 keeps working.
+    let out = s.run(ms(515), &beats(110, 510, &[1]), 1);
+    assert_eq!(
+        no_heartbeats(&out),
+        vec![
+            (ms(510), report(NodeReport::LinkDown { peer: B, link: 0, links_up: 1 })),
+            (ms(510), NodeCommand::Disconnect { peer: B }),
+            (ms(510), report(NodeReport::ChannelDown { peer: B })),
+            (ms(510), NodeCommand::Connect { peer: B, link: 1 }),
+        ]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
+    let state = s.node.group(G0).unwrap().state_message();
+    assert_eq!(
+        s.at(ms(520), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 1 }),
+        vec![
+            report(NodeReport::ChannelUp { peer: B, link: 1 }),
+            gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
+        ]
+    );
+    assert_eq!(s.node.status(s.now).peers[0].channel_link, Some(1));
+}
+
+#[test]
+fn f1_7_a_dial_on_a_failed_link_moves_to_the_other_link() {
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    // Link 0 is heard first, so the dial goes over it; then only link 1 keeps working.
+    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    assert_eq!(s.hb(ms(20), 1, 1), vec![report(NodeReport::LinkUp { peer: B, link: 1 })]);
+    let out = s.run(ms(515), &beats(120, 520, &[1]), 1);
+    assert_eq!(
+        no_heartbeats(&out),
+        vec![
+            (ms(510), report(NodeReport::LinkDown { peer: B, link: 0, links_up: 1 })),
+            (ms(510), NodeCommand::Disconnect { peer: B }),
+            (ms(510), NodeCommand::Connect { peer: B, link: 1 }),
+        ]
+    );
+}
+
+#[test]
+fn dialer_connects_only_after_hearing_the_peer() {
+    let mut s = Solo::new(A, 1);
+    // Two seconds without a word from the peer: heartbeats go out, nothing is dialed.
+    let out = s.run(ms(1999), &[], 1);
+    assert!(out.iter().all(|(_, c)| *c == NodeCommand::SendHeartbeats), "{out:?}");
+    assert_eq!(out.len(), 20);
+    assert_eq!(
+        s.hb(ms(1999), 1, 1),
+        vec![
+            report(NodeReport::LinkUp { peer: B, link: 1 }),
+            report(NodeReport::PeerAlive { peer: B, incarnation: inc(1) }),
+            NodeCommand::Connect { peer: B, link: 1 },
+        ],
+        "dials over the first link that is up"
+    );
+}
+
+#[test]
+fn non_dialer_never_dials() {
+    let mut s = connected(B);
+    let mut all = Vec::new();
+    // The channel's link fails: the non-dialer closes its side and waits for the dialer.
+    let out = s.run(ms(515), &beats(110, 510, &[1]), 1);
+    assert_eq!(
+        no_heartbeats(&out),
+        vec![
+            (ms(510), report(NodeReport::LinkDown { peer: A, link: 0, links_up: 1 })),
+            (ms(510), NodeCommand::Disconnect { peer: A }),
+            (ms(510), report(NodeReport::ChannelDown { peer: A })),
+        ]
+    );
+    all.extend(out);
+    // The channel fails again, the peer dies, comes back: still no dial.
+    all.extend(
+        s.at(ms(600), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 1 }).into_iter().map(|c| (ms(600), c)),
+    );
+    all.extend(s.at(ms(650), NodeEvent::ChannelDown { peer: A }).into_iter().map(|c| (ms(650), c)));
+    all.extend(s.run(ms(3000), &beats(610, 1000, &[1]), 1));
+    all.extend(s.run(ms(5000), &beats(3010, 5000, &[0, 1]), 1));
+    assert!(all.iter().any(|(_, c)| *c == report(NodeReport::PeerDead { peer: A, incarnation: inc(1) })));
+    assert!(all.iter().all(|(_, c)| !matches!(c, NodeCommand::Connect { .. })), "{all:?}");
+}
+
+#[test]
+fn failed_dial_retried_after_backoff() {
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    // The dial fails: nothing to report (the channel never was up), nothing dialed yet.
+    assert_eq!(s.at(ms(20), NodeEvent::ChannelDown { peer: B }), vec![]);
+    let out = s.run(ms(400), &beats(110, 400, &[0, 1]), 1);
+    assert_eq!(
+        no_heartbeats(&out),
+        vec![
+            (ms(110), report(NodeReport::LinkUp { peer: B, link: 1 })),
+            (ms(220), NodeCommand::Connect { peer: B, link: 0 })
+        ]
+    );
+    // Fails again: retried again after the back-off.
+    assert_eq!(s.at(ms(400), NodeEvent::ChannelDown { peer: B }), vec![]);
+    let out = s.run(ms(700), &beats(410, 700, &[0, 1]), 1);
+    assert_eq!(no_heartbeats(&out), vec![(ms(600), NodeCommand::Connect { peer: B, link: 0 })]);
+}
+
+#[test]
+fn dial_abandoned_after_dead_after() {
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    // The dial neither succeeds nor fails; the peer stays alive on both links.
+    let out = s.run(ms(800), &beats(110, 800, &[0, 1]), 1);
+    assert_eq!(
+        no_heartbeats(&out),
+        vec![
+            (ms(110), report(NodeReport::LinkUp { peer: B, link: 1 })),
+            (ms(510), NodeCommand::Disconnect { peer: B }),
+            (ms(710), NodeCommand::Connect { peer: B, link: 0 }),
+        ]
+    );
+}
+
+#[test]
+fn groups_told_connected_only_when_alive_and_channel_up_to_the_same_run() {
+    // The channel comes up before any heartbeat: the groups hear nothing yet.
+    let mut s = Solo::new(B, 1);
+    s.timeout(ms(0));
+    assert_eq!(
+        s.at(ms(10), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
+        vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Unknown);
+    let state = s.node.group(G0).unwrap().state_message();
+    assert_eq!(
+        s.hb(ms(20), 1, 1),
+        vec![
+            report(NodeReport::LinkUp { peer: A, link: 1 }),
+            report(NodeReport::PeerAlive { peer: A, incarnation: inc(1) }),
+            gcmd(G0, A, Command::Send { to: inc(1), msg: Message::State(state.clone()) }),
+        ]
+    );
+    // Further heartbeats of the same run tell the groups nothing new.
+    assert_eq!(s.hb(ms(30), 0, 1), vec![report(NodeReport::LinkUp { peer: A, link: 0 })]);
+    // A heartbeat of run 2: the channel to run 1 is closed and the groups learn that run 1
+    // is gone; run 2 is not "connected" until a channel to run 2 is up.
+    assert_eq!(
+        s.hb(ms(40), 0, 2),
+        vec![
+            report(NodeReport::PeerRestarted { peer: A, old: inc(1), new: inc(2) }),
+            NodeCommand::Disconnect { peer: A },
+            report(NodeReport::ChannelDown { peer: A }),
+        ]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Down { inc: inc(1), stopped: true });
+    assert_eq!(s.hb(ms(50), 1, 2), vec![]);
+    assert_eq!(
+        s.at(ms(60), NodeEvent::ChannelUp { peer: A, incarnation: inc(2), link: 0 }),
+        vec![
+            report(NodeReport::ChannelUp { peer: A, link: 0 }),
+            gcmd(G0, A, Command::Send { to: inc(2), msg: Message::State(state) }),
+        ]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(2), role: None, priority: None, last_index: None });
+}
+
+#[test]
+fn groups_not_told_connected_while_the_peer_is_dead() {
+    let mut s = connected(B);
+    s.run(ms(600), &[], 1);
+    assert_eq!(group_peer(&s, G0), GroupPeer::Down { inc: inc(1), stopped: false });
+    // A channel to run 1 while no link hears it: the groups hear nothing.
+    assert_eq!(
+        s.at(ms(610), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
+        vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Down { inc: inc(1), stopped: false });
+    // Heard again: now the same run is connected again.
+    let out = s.hb(ms(620), 0, 1);
+    assert_eq!(
+        out[..2],
+        [
+            report(NodeReport::LinkUp { peer: A, link: 0 }),
+            report(NodeReport::PeerAlive { peer: A, incarnation: inc(1) })
+        ]
+    );
+    assert!(
+        matches!(&out[2..], [NodeCommand::Group { group: G0, command: Command::Send { to: Incarnation(1), .. }, .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn channel_reconnect_to_same_run_tells_groups_again() {
+    let mut s = connected(A);
+    // The channel breaks while heartbeats keep arriving: the groups are not told.
+    assert_eq!(s.at(ms(50), NodeEvent::ChannelDown { peer: B }), vec![report(NodeReport::ChannelDown { peer: B })]);
+    let out = s.run(ms(260), &beats(110, 260, &[0, 1]), 1);
+    assert_eq!(no_heartbeats(&out), vec![(ms(250), NodeCommand::Connect { peer: B, link: 0 })]);
+    assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
+    // The new channel reaches the same run: the groups hear PeerConnected again and
+    // restart from there (the group re-sends its state).
+    let state = s.node.group(G0).unwrap().state_message();
+    assert_eq!(
+        s.at(ms(270), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 }),
+        vec![
+            report(NodeReport::ChannelUp { peer: B, link: 0 }),
+            gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
+        ]
+    );
+    // Only once per channel.
+    assert_eq!(s.hb(ms(280), 0, 1), vec![]);
+}
+
+#[test]
+fn peer_heard_again_after_death_is_redialed_after_backoff() {
+    let mut s = connected(A);
+    let out = s.run(ms(600), &[], 1);
+    assert!(out.contains(&(ms(510), report(NodeReport::PeerDead { peer: B, incarnation: inc(1) }))));
+    // Heard again at 650: alive, dialed once the back-off from the death (510 + 200) ends.
+    assert_eq!(
+        s.hb(ms(650), 1, 1),
+        vec![
+            report(NodeReport::LinkUp { peer: B, link: 1 }),
+            report(NodeReport::PeerAlive { peer: B, incarnation: inc(1) })
+        ]
+    );
+    let out = s.run(ms(800), &beats(750, 800, &[1]), 1);
+    assert_eq!(no_heartbeats(&out), vec![(ms(710), NodeCommand::Connect { peer: B, link: 1 })]);
+}
+
+#[test]
+fn heartbeat_on_unknown_link_or_from_unknown_node_ignored() {
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    assert_eq!(s.at(ms(10), NodeEvent::Heartbeat { from: B, link: 2, incarnation: inc(1) }), vec![]);
+    assert_eq!(s.at(ms(10), NodeEvent::Heartbeat { from: NodeId(7), link: 0, incarnation: inc(1) }), vec![]);
+    assert_eq!(s.at(ms(10), NodeEvent::ChannelUp { peer: NodeId(7), incarnation: inc(1), link: 0 }), vec![]);
+    let status = s.node.status(ms(10));
+    assert!(!status.peers[0].alive);
+    assert_eq!(status.peers[0].incarnation, None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Incarnations
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn newer_incarnation_in_heartbeat_tells_groups_old_run_gone_without_fence() {
+    // Group 0 is M on `m` and confirmed SL on the other node, which hears a heartbeat from
+    // the M's next run: the old run is gone, the SL takes over without any fence.
+    for m in [0, 1] {
+        let sl = 1 - m;
+        let (me, peer) = (IDS[sl], IDS[m]);
+        let mut sim = Sim::paired(&[m], Arbiter::Fence);
+        let mut s = sim.take(sl);
+        let before = s.node.group(G0).unwrap().durable();
+        assert_eq!(before.epoch, Epoch { counter: 1, node: peer.0, forced: false });
+        let t = s.now.after(Duration::from_millis(10));
+        let out = s.hb(t, 0, 2);
+        let mut expected = vec![
+            report(NodeReport::PeerRestarted { peer, old: inc(1), new: inc(2) }),
+            NodeCommand::Disconnect { peer },
+            report(NodeReport::ChannelDown { peer }),
+        ];
+        if me == A {
+            expected.push(NodeCommand::Connect { peer, link: 0 });
+        }
+        let sm = GroupDurable {
+            priority: Priority::P1,
+            epoch: Epoch { counter: 2, node: me.0, forced: false },
+            role: Role::Sm,
+            join_only: false,
+        };
+        expected.extend([
+            gcmd(G0, peer, Command::Persist(sm)),
+            greport(G0, peer, Report::Transition { from: Role::Sl, to: Role::Sm, cause: Cause::Takeover }),
+            gcmd(G0, peer, Command::StartService),
+        ]);
+        assert_eq!(out, expected, "SL on {me:?}");
+        // And nothing more happens on this node for a while: no fence ever.
+        let out = s.run(t.after(Duration::from_secs(3)), &beats(in_ms(t) + 100, in_ms(t) + 3000, &[0, 1]), 2);
+        assert!(out.iter().all(|(_, c)| !matches!(c, NodeCommand::Fence { .. })), "{out:?}");
+    }
+}
+
+#[test]
+fn late_heartbeat_from_older_run_ignored() {
+    let mut s = Solo::new(B, 1);
+    s.timeout(ms(0));
+    assert_eq!(
+        s.hb(ms(10), 0, 2),
+        vec![
+            report(NodeReport::LinkUp { peer: A, link: 0 }),
+            report(NodeReport::PeerAlive { peer: A, incarnation: inc(2) })
+        ]
+    );
+    assert_eq!(s.hb(ms(20), 1, 1), vec![], "a packet of run 1 after run 2 was heard");
+    let status = s.node.status(ms(20));
+    assert_eq!(status.peers[0].incarnation, Some(inc(2)));
+    assert_eq!(status.peers[0].links[1], LinkStatus { up: false, last_heard: None });
+    // Run 1's packets do not keep the peer alive.
+    let out = s.run(ms(600), &beats(120, 600, &[1]), 1);
+    assert_eq!(
+        no_heartbeats(&out),
+        vec![
+            (ms(510), report(NodeReport::LinkDown { peer: A, link: 0, links_up: 0 })),
+            (ms(510), report(NodeReport::PeerDead { peer: A, incarnation: inc(2) })),
+        ]
+    );
+}
+
+#[test]
+fn channel_from_older_run_rejected() {
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    // Run 2 is heard while the dial is under way; then the handshake completes with run 1.
+    assert_eq!(s.hb(ms(20), 0, 2), vec![report(NodeReport::PeerRestarted { peer: B, old: inc(1), new: inc(2) })]);
+    let out = s.at(ms(30), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 });
+    assert_eq!(out.first(), Some(&NodeCommand::Disconnect { peer: B }), "{out:?}");
+    assert!(out.iter().all(|c| !matches!(c, NodeCommand::Group { .. } | NodeCommand::Report(_))), "{out:?}");
+    assert_eq!(group_peer(&s, G0), GroupPeer::Unknown, "the groups heard nothing of run 1");
+    assert_eq!(s.node.status(ms(30)).peers[0].channel_link, None);
+    // The rejected channel is a failed channel: the dialer dials again, at the latest after
+    // the back-off, and does not close the rejected channel a second time first.
+    let mut after: Vec<(Instant, NodeCommand)> = out[1..].iter().map(|c| (ms(30), c.clone())).collect();
+    after.extend(s.run(ms(800), &beats(120, 800, &[0]), 2));
+    let first = channel_commands(&after).first().cloned();
+    assert!(
+        matches!(first, Some((t, NodeCommand::Connect { peer: B, link: 0 })) if t <= ms(230)),
+        "next channel command {first:?}, expected a dial by 230 ms: {after:?}"
+    );
+}
+
+#[test]
+fn non_dialer_rejects_a_channel_from_an_older_run() {
+    let mut s = Solo::new(B, 1);
+    s.timeout(ms(0));
+    s.hb(ms(10), 0, 2);
+    assert_eq!(
+        s.at(ms(20), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
+        vec![NodeCommand::Disconnect { peer: A }]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Unknown);
+    assert_eq!(s.node.status(ms(20)).peers[0].channel_link, None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Timers
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn heartbeats_sent_every_interval() {
+    let mut s = Solo::new(A, 1);
+    assert_eq!(s.node.poll_timeout(), Some(ms(0)), "the first heartbeat goes out at once");
+    assert_eq!(s.timeout(ms(0)), vec![NodeCommand::SendHeartbeats]);
+    assert_eq!(s.node.poll_timeout(), Some(ms(100)));
+    assert_eq!(s.timeout(ms(50)), vec![], "an early timer sends nothing");
+    assert_eq!(s.timeout(ms(100)), vec![NodeCommand::SendHeartbeats]);
+    // Heartbeats go out whatever the peer does.
+    s.hb(ms(110), 0, 1);
+    let out = s.run(ms(1000), &beats(210, 1000, &[0, 1]), 1);
+    let sent: Vec<Instant> = out.iter().filter(|(_, c)| *c == NodeCommand::SendHeartbeats).map(|(t, _)| *t).collect();
+    assert_eq!(sent, (2..=10).map(|n| ms(n * 100)).collect::<Vec<_>>());
+    // A late timer: the next heartbeat is one interval after it.
+    assert_eq!(s.timeout(ms(1150)), vec![NodeCommand::SendHeartbeats]);
+    assert_eq!(s.node.poll_timeout(), Some(ms(1250)));
+}
+
+#[test]
+fn poll_timeout_is_the_earliest_deadline() {
+    // The heartbeat.
+    let mut s = Solo::new(B, 1);
+    s.timeout(ms(0));
+    assert_eq!(s.node.poll_timeout(), Some(ms(100)));
+    // A link's silence deadline (last heard at 50 on link 0 only).
+    s.hb(ms(50), 0, 1);
+    s.run(ms(500), &[], 1);
+    assert_eq!(s.node.poll_timeout(), Some(ms(550)));
+    // A non-dialer has no channel deadline; the dialer's dial deadline.
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    assert!(s.hb(ms(50), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    s.run(ms(500), &beats(150, 450, &[0]), 1);
+    assert_eq!(s.node.poll_timeout(), Some(ms(550)), "dial started at 50, abandoned at 550");
+    // The dialer's retry after a failed dial.
+    let mut cfg = node_config(A, &[B], 1);
+    cfg.reconnect_backoff = Duration::from_millis(30);
+    let mut s = Solo::with(cfg, 1, STARTUP_WAIT);
+    s.timeout(ms(0));
+    s.run(ms(500), &beats(50, 450, &[0]), 1);
+    assert_eq!(s.at(ms(510), NodeEvent::ChannelDown { peer: B }), vec![]);
+    assert_eq!(s.node.poll_timeout(), Some(ms(540)));
+    assert_eq!(s.timeout(ms(540)), vec![NodeCommand::Connect { peer: B, link: 0 }]);
+    assert_eq!(s.node.poll_timeout(), Some(ms(600)));
+    // A group's deadline (its boot wait).
+    let mut s = Solo::with(node_config(A, &[B], 1), 1, Duration::from_millis(250));
+    s.run(ms(200), &[], 1);
+    assert_eq!(s.node.poll_timeout(), Some(ms(250)));
+    assert_eq!(
+        s.timeout(ms(250)),
+        vec![greport(G0, B, Report::Waiting(WaitReason::Undetermined { own: Priority::P2 }))]
+    );
+    assert_eq!(s.node.poll_timeout(), Some(ms(300)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Fencing
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn confirmed_sl_fences_the_dead_m_and_takes_over_only_once_confirmed() {
+    for m in [0, 1] {
+        let sl = 1 - m;
+        let (me, peer) = (IDS[sl], IDS[m]);
+        let mut sim = Sim::paired(&[m], Arbiter::Fence);
+        let mut s = sim.take(sl);
+        let t0 = s.now;
+        let out = s.run(t0.after(Duration::from_millis(600)), &[], 1);
+        let dead = out.iter().find(|(_, c)| matches!(c, NodeCommand::Report(NodeReport::PeerDead { .. }))).unwrap().0;
+        assert_eq!(dead, t0.after(DEAD_AFTER));
+        assert_eq!(
+            fencing_and_groups(&untimed(&out)),
+            vec![
+                NodeCommand::Fence { peer },
+                report(NodeReport::FenceStarted { peer }),
+                greport(G0, peer, Report::FenceRequested { target: FenceTarget::Run(inc(1)) }),
+            ],
+            "SL on {me:?}"
+        );
+        assert!(s.node.status(s.now).peers[0].fencing);
+        // The fence fails: reported, retried by the group after fence_retry.
+        let t = s.now;
+        assert_eq!(
+            s.at(t, NodeEvent::FenceResult { peer, confirmed: false }),
+            vec![
+                report(NodeReport::FenceFinished { peer, confirmed: false }),
+                greport(G0, peer, Report::FenceFailed { target: FenceTarget::Run(inc(1)) }),
+            ]
+        );
+        assert_eq!(s.node.group(G0).unwrap().role(), Role::Sl);
+        let out = s.run(t.after(FENCE_RETRY), &[], 1);
+        assert_eq!(
+            fencing_and_groups(&untimed(&out)),
+            vec![
+                NodeCommand::Fence { peer },
+                report(NodeReport::FenceStarted { peer }),
+                greport(G0, peer, Report::FenceRequested { target: FenceTarget::Run(inc(1)) }),
+            ]
+        );
+        // Confirmed: now it takes over.
+        let sm = GroupDurable {
+            priority: Priority::P1,
+            epoch: Epoch { counter: 2, node: me.0, forced: false },
+            role: Role::Sm,
+            join_only: false,
+        };
+        let t = s.now;
+        assert_eq!(
+            s.at(t, NodeEvent::FenceResult { peer, confirmed: true }),
+            vec![
+                report(NodeReport::FenceFinished { peer, confirmed: true }),
+                gcmd(G0, peer, Command::Persist(sm)),
+                greport(G0, peer, Report::Transition { from: Role::Sl, to: Role::Sm, cause: Cause::Takeover }),
+                gcmd(G0, peer, Command::StartService),
+            ]
+        );
+        assert!(!s.node.status(s.now).peers[0].fencing);
+    }
+}
+
+#[test]
+fn one_fence_per_peer_for_several_groups() {
+    // Both groups are M on A and confirmed SL on B. A dies: both groups of B want A
+    // fenced; one fence serves both, and its confirmation lets both take over.
+    let mut sim = Sim::paired(&[0, 0], Arbiter::Fence);
+    let mut s = sim.take(1);
+    let t0 = s.now;
+    let out = s.run(t0.after(Duration::from_millis(600)), &[], 1);
+    let requested = |g| greport(g, A, Report::FenceRequested { target: FenceTarget::Run(inc(1)) });
+    assert_eq!(
+        fencing_and_groups(&untimed(&out)),
+        vec![
+            NodeCommand::Fence { peer: A },
+            report(NodeReport::FenceStarted { peer: A }),
+            requested(G0),
+            requested(G1)
+        ]
+    );
+    let out = s.at(s.now, NodeEvent::FenceResult { peer: A, confirmed: true });
+    let sm = GroupDurable {
+        priority: Priority::P1,
+        epoch: Epoch { counter: 2, node: 1, forced: false },
+        role: Role::Sm,
+        join_only: false,
+    };
+    let takeover = |g| {
+        [
+            gcmd(g, A, Command::Persist(sm)),
+            greport(g, A, Report::Transition { from: Role::Sl, to: Role::Sm, cause: Cause::Takeover }),
+            gcmd(g, A, Command::StartService),
+        ]
+    };
+    let mut expected = vec![report(NodeReport::FenceFinished { peer: A, confirmed: true })];
+    expected.extend(takeover(G0));
+    expected.extend(takeover(G1));
+    assert_eq!(out, expected, "one confirmed fence of A covers every group that lost A");
+}
+
+#[test]
+fn fence_request_during_a_running_fence_gets_a_fresh_round() {
+    let mut s = Solo::new(A, 2);
+    s.timeout(ms(0));
+    let known = FenceTarget::Node { known: None };
+    assert_eq!(
+        s.at(ms(10), NodeEvent::ForceStart { group: G0 }),
+        vec![
+            NodeCommand::Fence { peer: B },
+            report(NodeReport::FenceStarted { peer: B }),
+            greport(G0, B, Report::FenceRequested { target: known })
+        ]
+    );
+    // The fence is running: it may have powered B off before this request, which waits.
+    assert_eq!(
+        s.at(ms(20), NodeEvent::ForceStart { group: G1 }),
+        vec![greport(G1, B, Report::FenceRequested { target: known })]
+    );
+    assert!(s.node.status(ms(20)).peers[0].fencing);
+    let forced = |g: GroupIndex| {
+        let sm = GroupDurable {
+            priority: Priority::P1,
+            epoch: Epoch { counter: 1, node: 0, forced: true },
+            role: Role::Sm,
+            join_only: false,
+        };
+        [
+            gcmd(g, B, Command::Persist(sm)),
+            greport(g, B, Report::Transition { from: Role::X, to: Role::Sm, cause: Cause::ForceStart }),
+            gcmd(g, B, Command::StartService),
+            greport(g, B, Report::ForceStarted { peer: B, peer_up: false }),
+        ]
+    };
+    let mut expected = vec![report(NodeReport::FenceFinished { peer: B, confirmed: true })];
+    expected.extend(forced(G0));
+    expected.extend([NodeCommand::Fence { peer: B }, report(NodeReport::FenceStarted { peer: B })]);
+    assert_eq!(s.at(ms(30), NodeEvent::FenceResult { peer: B, confirmed: true }), expected);
+    assert_eq!(s.node.group(G1).unwrap().role(), Role::X, "group 1 waits for its own round");
+    let mut expected = vec![report(NodeReport::FenceFinished { peer: B, confirmed: true })];
+    expected.extend(forced(G1));
+    assert_eq!(s.at(ms(40), NodeEvent::FenceResult { peer: B, confirmed: true }), expected);
+    assert!(!s.node.status(ms(40)).peers[0].fencing);
+    // A result with no fence running is ignored.
+    assert_eq!(s.at(ms(50), NodeEvent::FenceResult { peer: B, confirmed: true }), vec![]);
+}
+
+#[test]
+fn fence_result_reaches_every_waiting_group() {
+    // Group 0's fence runs; groups 1 and 2 ask meanwhile and wait for the next round,
+    // which they share: one fence, and its result reaches both.
+    let mut s = Solo::new(A, 3);
+    s.timeout(ms(0));
+    let known = FenceTarget::Node { known: None };
+    assert!(s.at(ms(10), NodeEvent::ForceStart { group: G0 }).contains(&NodeCommand::Fence { peer: B }));
+    assert_eq!(
+        s.at(ms(20), NodeEvent::ForceStart { group: G1 }),
+        vec![greport(G1, B, Report::FenceRequested { target: known })]
+    );
+    assert_eq!(
+        s.at(ms(20), NodeEvent::ForceStart { group: G2 }),
+        vec![greport(G2, B, Report::FenceRequested { target: known })]
+    );
+    let out = s.at(ms(30), NodeEvent::FenceResult { peer: B, confirmed: true });
+    assert_eq!(
+        out.iter().filter(|c| matches!(c, NodeCommand::Fence { .. })).count(),
+        1,
+        "one fresh round for both waiting groups: {out:?}"
+    );
+    assert_eq!(
+        s.at(ms(40), NodeEvent::FenceResult { peer: B, confirmed: false }),
+        vec![
+            report(NodeReport::FenceFinished { peer: B, confirmed: false }),
+            greport(G1, B, Report::FenceFailed { target: known }),
+            greport(G2, B, Report::FenceFailed { target: known }),
+        ]
+    );
+}
+
+#[test]
+fn fence_retry_for_a_run_known_gone_is_not_sent() {
+    // B is the confirmed SL of A's run 1. A goes silent, B fences it, the fence fails.
+    // Before the retry, A's run 2 is heard: run 1 is known gone, B takes over. The
+    // retry would now power off run 2, which did nothing wrong.
+    let mut sim = Sim::paired(&[0], Arbiter::Fence);
+    let mut s = sim.take(1);
+    let t0 = s.now;
+    let out = s.run(t0.after(Duration::from_millis(600)), &[], 1);
+    assert!(out.iter().any(|(_, c)| *c == NodeCommand::Fence { peer: A }));
+    let t = s.now;
+    s.at(t, NodeEvent::FenceResult { peer: A, confirmed: false });
+    let out = s.hb(t.after(Duration::from_millis(100)), 0, 2);
+    assert!(out.contains(&gcmd(G0, A, Command::StartService)), "{out:?}");
+    let from = in_ms(t) + 200;
+    let out = s.run(t.after(Duration::from_secs(3)), &beats(from, from + 2800, &[0, 1]), 2);
+    assert!(out.iter().all(|(_, c)| !matches!(c, NodeCommand::Fence { .. })), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Groups across channel rebuilds
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn promoted_lost_with_the_channel_is_sent_again_after_the_rejoin() {
+    // A becomes M; its Promoted is in flight when the channel's link fails. The channel
+    // moves to link 1 and reaches the same run, B rejoins: B must end up a confirmed SL,
+    // or it will not take over when A is lost.
+    let mut sim = Sim::new(&[0], Arbiter::Fence);
+    sim.advance(ms(0));
+    for _ in 0..100 {
+        if sim.inflight[0].iter().any(|p| p.msg == Message::Promoted) {
+            break;
+        }
+        if !sim.deliver(0) && !sim.deliver(1) {
+            break;
+        }
+    }
+    assert_eq!(sim.node(0).group(G0).unwrap().role(), Role::M);
+    assert!(sim.inflight[0].iter().any(|p| p.msg == Message::Promoted));
+    sim.links[0] = false;
+    sim.advance(ms(600));
+    sim.deliver_all();
+    sim.advance(ms(1000));
+    sim.deliver_all();
+    assert_eq!(sim.node(0).status(sim.now).peers[0].channel_link, Some(1));
+    assert_eq!(sim.node(0).group(G0).unwrap().role(), Role::M);
+    assert_eq!(sim.node(1).group(G0).unwrap().following(), Some((inc(1), true)), "B is A's confirmed SL");
+}
+
+#[test]
+fn sm_acknowledgements_stay_in_order_across_a_channel_rebuild() {
+    // A is SM with B joined and streaming; record 2 waits for B's acknowledgement when the
+    // channel is rebuilt to the same run; record 3 is appended before B rejoins.
+    let mut s = connected(A);
+    let b_state =
+        |role, priority, epoch, following, log| PeerState { role, priority, epoch, join_only: false, following, log };
+    let msg = |s: &mut Solo, t, msg| s.at(ms(t), NodeEvent::Message { peer: B, incarnation: inc(1), group: G0, msg });
+    let out = msg(&mut s, 30, Message::State(b_state(Role::X, Priority::P3, Epoch::ZERO, None, LogMeta::empty())));
+    assert!(out.contains(&gcmd(G0, B, Command::StartService)), "{out:?}");
+    let mut acks = Vec::new();
+    let mut append = |s: &mut Solo, t, req| {
+        let out = s.at(ms(t), NodeEvent::Append { group: G0, entries: vec![(ReqId(req), vec![req as u8])] });
+        acks.extend(out.iter().filter_map(|c| match c {
+            NodeCommand::Group { command: Command::AckAppend { index, .. }, .. } => Some(*index),
+            _ => None,
+        }));
+        out
+    };
+    append(&mut s, 40, 1); // Acknowledged alone: B has not joined.
+    let sm_epoch = s.node.group(G0).unwrap().durable().epoch;
+    let out =
+        msg(&mut s, 50, Message::State(b_state(Role::Sl, Priority::P3, sm_epoch, Some(inc(1)), LogMeta::empty())));
+    assert_eq!(out, vec![]);
+    let out = msg(&mut s, 60, Message::Join { from_index: 0, from_epoch: None });
+    assert_eq!(out, vec![gcmd(G0, B, Command::SendRecords { to: inc(1), from: 1, upto: 1 })]);
+    append(&mut s, 70, 2); // Streamed live: waits for B.
+    s.at(ms(80), NodeEvent::ChannelDown { peer: B });
+    let out = s.timeout(ms(280));
+    assert!(out.contains(&NodeCommand::Connect { peer: B, link: 0 }), "{out:?}");
+    s.at(ms(290), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 });
+    append(&mut s, 300, 3);
+    assert!(acks.windows(2).all(|w| w[0] < w[1]), "acknowledgements out of order: {acks:?}");
+    assert_eq!(s.node.group(G0).unwrap().check_invariants(), Ok(()));
+}
+
+#[test]
+fn messages_before_the_groups_are_told_connected_are_not_lost() {
+    // B (the non-dialer) restarts or comes back from a partition. A hears B first, dials at
+    // once, and A's groups send their state on the new channel right away; A's next
+    // heartbeat reaches B up to an interval later. The state that arrived in between must
+    // still reach B's group: A sends it only once per channel.
+    let mut s = Solo::new(B, 1);
+    s.timeout(ms(0));
+    assert_eq!(
+        s.at(ms(10), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
+        vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]
+    );
+    let a_state = PeerState {
+        role: Role::X,
+        priority: Priority::P2,
+        epoch: Epoch::ZERO,
+        join_only: false,
+        following: None,
+        log: LogMeta::empty(),
+    };
+    s.at(ms(15), NodeEvent::Message { peer: A, incarnation: inc(1), group: G0, msg: Message::State(a_state) });
+    s.hb(ms(60), 0, 1);
+    assert_eq!(
+        group_peer(&s, G0),
+        GroupPeer::Up { inc: inc(1), role: Some(Role::X), priority: Some(Priority::P2), last_index: Some(0) }
+    );
+    assert_eq!(s.node.group(G0).unwrap().role(), Role::Sl, "priority 3 against 2: B follows A");
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing and status
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn message_for_unknown_group_reported_and_dropped() {
+    // A shares group 0 with B and group 1 with C.
+    const C: NodeId = NodeId(2);
+    let groups = vec![group_setup(G0, A, B, Arbiter::Fence), group_setup(G1, A, C, Arbiter::Fence)];
+    let mut node = Node::new(node_config(A, &[B, C], 1), groups, ms(0));
+    drain(&mut node);
+    let msg = Message::Ack { upto: 0 };
+    let cases = [(B, G1), (B, GroupIndex(9)), (NodeId(7), G0), (C, G0)];
+    for (peer, group) in cases {
+        node.handle(ms(10), NodeEvent::Message { peer, incarnation: inc(1), group, msg: msg.clone() });
+        assert_eq!(drain(&mut node), vec![report(NodeReport::UnknownGroup { peer, group })]);
+    }
+    assert_eq!(node.group(G0).unwrap().status().peer, GroupPeer::Unknown);
+    assert_eq!(node.group(G1).unwrap().status().peer, GroupPeer::Unknown);
+    // A known group from its own peer reaches it (and is ignored there: B is not up).
+    node.handle(ms(10), NodeEvent::Message { peer: B, incarnation: inc(1), group: G0, msg });
+    assert_eq!(drain(&mut node), vec![]);
+}
+
+#[test]
+fn status_reports_links_channel_and_last_heard() {
+    let mut s = Solo::new(A, 1);
+    let status = s.node.status(ms(0));
+    assert_eq!(status.me, A);
+    assert_eq!(status.incarnation, inc(1));
+    assert_eq!(
+        status.peers,
+        vec![PeerStatus {
+            id: B,
+            alive: false,
+            incarnation: None,
+            links: vec![LinkStatus { up: false, last_heard: None }; 2],
+            channel_link: None,
+            fencing: false,
+        }]
+    );
+    s.timeout(ms(0));
+    s.hb(ms(10), 0, 1);
+    s.hb(ms(30), 1, 1);
+    s.at(ms(40), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 });
+    let status = s.node.status(ms(100));
+    assert_eq!(
+        status.peers,
+        vec![PeerStatus {
+            id: B,
+            alive: true,
+            incarnation: Some(inc(1)),
+            links: vec![
+                LinkStatus { up: true, last_heard: Some(Duration::from_millis(90)) },
+                LinkStatus { up: true, last_heard: Some(Duration::from_millis(70)) },
+            ],
+            channel_link: Some(0),
+            fencing: false,
+        }]
+    );
+    assert_eq!(status.groups.len(), 1);
+    assert_eq!(status.groups[0].0, G0);
+    assert_eq!(status.groups[0].1, B);
+    assert_eq!(status.groups[0].2, s.node.group(G0).unwrap().status());
+    // Link 1 goes silent; the channel stays on link 0.
+    s.run(ms(600), &beats(110, 600, &[0]), 1);
+    let status = s.node.status(ms(620));
+    assert_eq!(
+        status.peers[0].links,
+        vec![
+            LinkStatus { up: true, last_heard: Some(Duration::from_millis(110)) },
+            LinkStatus { up: false, last_heard: Some(Duration::from_millis(590)) },
+        ]
+    );
+    assert_eq!(status.peers[0].channel_link, Some(0));
+    s.at(ms(620), NodeEvent::ChannelDown { peer: B });
+    assert_eq!(s.node.status(ms(620)).peers[0].channel_link, None);
+}
+
+#[test]
+fn status_shows_a_running_fence() {
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    s.at(ms(10), NodeEvent::ForceStart { group: G0 });
+    assert!(s.node.status(ms(10)).peers[0].fencing);
+    assert_eq!(s.node.status(ms(10)).groups[0].2.fencing, Some(FenceTarget::Node { known: None }));
+    s.at(ms(20), NodeEvent::FenceResult { peer: B, confirmed: false });
+    assert!(!s.node.status(ms(20)).peers[0].fencing);
+}
+
+// ---------------------------------------------------------------------------------------
+// Two nodes over an in-memory network
+// ---------------------------------------------------------------------------------------
+
+/// What survives a power-off.
+#[derive(Clone, Debug)]
+struct Disk {
+    durable: Vec<GroupDurable>,
+    journal: Vec<Vec<Record>>,
+}
+
+/// A group message on the channel.
+#[derive(Clone, Debug)]
+struct Packet {
+    chan: u64,
+    from: Incarnation,
+    group: GroupIndex,
+    msg: Message,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Chan {
+    id: u64,
+    link: usize,
+}
+
+/// Two nodes, two links, one channel (FIFO per direction, like TCP), a virtual clock.
+/// Commands run to completion in order, as the shell runs them: Persist and
+/// WriteRecords reach the disk at once; Send queues a packet that a later `deliver`
+/// hands over; heartbeats and channel events arrive at once. Fences wait for the test.
+/// Like a careful shell, it never tells a node about a channel after that node closed it
+/// (see `exec` of `Disconnect`).
+struct Sim {
+    now: Instant,
+    arbiter: Arbiter,
+    nodes: [Option<Node>; 2],
+    runs: [u64; 2],
+    disks: [Disk; 2],
+    /// Whether each link carries packets (both ways).
+    links: [bool; 2],
+    chan: Option<Chan>,
+    next_chan: u64,
+    /// `inflight[i]`: packets sent by node `i`, oldest first.
+    inflight: [VecDeque<Packet>; 2],
+    pending: VecDeque<(usize, NodeEvent)>,
+    /// The group's service runs (StartService executed, StopService not yet).
+    processing: [Vec<bool>; 2],
+    /// A Fence command executed by node `i`, waiting for the test to finish it.
+    fence: [Option<NodeId>; 2],
+    /// Acknowledged appends: (group, index, payload).
+    acked: Vec<(usize, u64, Vec<u8>)>,
+    next_req: u64,
+    payloads: Vec<(ReqId, Vec<u8>)>,
+    /// Prints every command and event but heartbeats (for debugging a failing case).
+    trace: bool,
+}
+
+impl Sim {
+    /// Both nodes started at 0 with fresh disks; group `g` prefers node `preferred[g]`.
+    fn new(preferred: &[usize], arbiter: Arbiter) -> Sim {
+        let disk = |i: usize| Disk {
+            durable: preferred.iter().map(|&p| GroupDurable::initial(p == i)).collect(),
+            journal: vec![Vec::new(); preferred.len()],
+        };
+        let mut sim = Sim {
+            now: ms(0),
+            arbiter,
+            nodes: [None, None],
+            runs: [0, 0],
+            disks: [disk(0), disk(1)],
+            links: [true, true],
+            chan: None,
+            next_chan: 0,
+            inflight: [VecDeque::new(), VecDeque::new()],
+            pending: VecDeque::new(),
+            processing: [vec![false; preferred.len()], vec![false; preferred.len()]],
+            fence: [None, None],
+            acked: Vec::new(),
+            next_req: 0,
+            payloads: Vec::new(),
+            trace: false,
+        };
+        sim.boot(0);
+        sim.boot(1);
+        sim
+    }
+
+    /// Both nodes up and connected at 0 (the last heartbeats arrived then); group `g` is M
+    /// on `preferred[g]`, confirmed SL on the other node; nothing in flight.
+    fn paired(preferred: &[usize], arbiter: Arbiter) -> Sim {
+        let mut sim = Sim::new(preferred, arbiter);
+        sim.advance(ms(0));
+        sim.deliver_all();
+        for (g, &m) in preferred.iter().enumerate() {
+            let index = GroupIndex(g as u16);
+            assert_eq!(sim.node(m).group(index).unwrap().role(), Role::M);
+            assert_eq!(sim.node(1 - m).group(index).unwrap().following(), Some((inc(1), true)));
+            assert!(sim.processing[m][g] && !sim.processing[1 - m][g]);
+        }
+        sim
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is up")
+    }
+
+    fn groups(&self) -> usize {
+        self.disks[0].durable.len()
+    }
+
+    /// Takes node `i` out of the network to drive it by hand.
+    fn take(&mut self, i: usize) -> Solo {
+        Solo { node: self.nodes[i].take().expect("node is up"), now: self.now }
+    }
+
+    fn inc_of(&self, i: usize) -> Incarnation {
+        inc(self.runs[i])
+    }
+
+    /// (Re)starts node `i` from its disk with the next incarnation.
+    fn boot(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none());
+        self.runs[i] += 1;
+        let (me, peer) = (IDS[i], IDS[1 - i]);
+        let setups = (0..self.groups())
+            .map(|g| GroupSetup {
+                index: GroupIndex(g as u16),
+                config: group_config(me, peer, self.arbiter),
+                durable: self.disks[i].durable[g],
+                log: LogMeta::from_records(self.disks[i].journal[g].iter().map(|r| (r.epoch, r.index)))
+                    .expect("the journal is consecutive"),
+                join_only: false,
+            })
+            .collect();
+        self.nodes[i] = Some(Node::new(node_config(me, &[peer], self.runs[i]), setups, self.now));
+        self.drain(i);
+        self.flush();
+    }
+
+    /// Powers node `i` off: no goodbye on the channel, its peer notices by silence.
+    fn kill(&mut self, i: usize) {
+        self.nodes[i] = None;
+        self.processing[i].iter_mut().for_each(|it| *it = false);
+        self.fence[i] = None;
+        self.chan = None;
+        self.inflight = [VecDeque::new(), VecDeque::new()];
+        self.pending.retain(|(j, _)| *j != i);
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(command) = self.nodes[i].as_mut().and_then(|n| n.poll_command()) {
+            self.exec(i, command);
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some((j, event)) = self.pending.pop_front() {
+            if let Some(node) = self.nodes[j].as_mut() {
+                if self.trace && !matches!(event, NodeEvent::Heartbeat { .. }) {
+                    eprintln!("{:?} n{j} <- {event:?}", self.now);
+                }
+                node.handle(self.now, event);
+                self.drain(j);
+            }
+        }
+    }
+
+    fn send_event(&mut self, i: usize, event: NodeEvent) {
+        self.pending.push_back((i, event));
+        self.flush();
+    }
+
+    fn close_chan(&mut self) {
+        self.chan = None;
+        self.inflight = [VecDeque::new(), VecDeque::new()];
+    }
+
+    fn push_packet(&mut self, i: usize, group: GroupIndex, to: Incarnation, msg: Message) {
+        let j = 1 - i;
+        if let Some(chan) = self.chan
+            && self.nodes[j].is_some()
+            && self.inc_of(j) == to
+        {
+            let from = self.inc_of(i);
+            self.inflight[i].push_back(Packet { chan: chan.id, from, group, msg });
+        }
+    }
+
+    fn exec(&mut self, i: usize, command: NodeCommand) {
+        if self.trace && command != NodeCommand::SendHeartbeats {
+            eprintln!("{:?} n{i}: {command:?}", self.now);
+        }
+        let j = 1 - i;
+        let (me, peer) = (IDS[i], IDS[j]);
+        match command {
+            NodeCommand::SendHeartbeats => {
+                if self.nodes[j].is_some() {
+                    for link in 0..2 {
+                        if self.links[link] {
+                            let incarnation = self.inc_of(i);
+                            self.pending.push_back((j, NodeEvent::Heartbeat { from: me, link, incarnation }));
+                        }
+                    }
+                }
+            }
+            NodeCommand::Connect { peer: p, link } => {
+                assert_eq!(p, peer);
+                assert!(i == 0, "only the lower id dials");
+                if self.links[link] && self.nodes[j].is_some() {
+                    self.close_chan();
+                    self.next_chan += 1;
+                    self.chan = Some(Chan { id: self.next_chan, link });
+                    let (inc_i, inc_j) = (self.inc_of(i), self.inc_of(j));
+                    self.pending.push_back((i, NodeEvent::ChannelUp { peer, incarnation: inc_j, link }));
+                    self.pending.push_back((j, NodeEvent::ChannelUp { peer: me, incarnation: inc_i, link }));
+                } else {
+                    self.pending.push_back((i, NodeEvent::ChannelDown { peer }));
+                }
+            }
+            NodeCommand::Disconnect { peer: p } => {
+                assert_eq!(p, peer);
+                // The shell closes the channel or aborts the dial, and drops whatever it had
+                // not told the node yet about it (the core cannot tell a stale ChannelUp
+                // from a fresh one).
+                self.pending.retain(|(k, e)| {
+                    !(*k == i && matches!(e, NodeEvent::ChannelUp { .. } | NodeEvent::ChannelDown { .. }))
+                });
+                if self.chan.is_some() {
+                    self.close_chan();
+                    if self.nodes[j].is_some() {
+                        self.pending.push_back((j, NodeEvent::ChannelDown { peer: me }));
+                    }
+                }
+            }
+            NodeCommand::Fence { peer: p } => {
+                assert_eq!(p, peer);
+                assert_eq!(self.fence[i], None, "one fence per peer at a time");
+                self.fence[i] = Some(p);
+            }
+            NodeCommand::Report(_) => {}
+            NodeCommand::Group { group, peer: p, command } => {
+                assert_eq!(p, peer);
+                let g = group.0 as usize;
+                match command {
+                    Command::Persist(durable) => self.disks[i].durable[g] = durable,
+                    Command::WriteRecords(records) => {
+                        let journal = &mut self.disks[i].journal[g];
+                        for record in records {
+                            assert_eq!(record.index, journal.len() as u64 + 1, "records written in order");
+                            journal.push(record);
+                        }
+                    }
+                    Command::TruncateLog { keep_upto, .. } => self.disks[i].journal[g].truncate(keep_upto as usize),
+                    Command::Send { to, msg } => self.push_packet(i, group, to, msg),
+                    Command::SendRecords { to, from, upto } => {
+                        let journal = &self.disks[i].journal[g];
+                        assert!(
+                            1 <= from && from <= upto && upto as usize <= journal.len(),
+                            "records {from}..={upto} exist"
+                        );
+                        let records = journal[from as usize - 1..upto as usize].to_vec();
+                        self.push_packet(i, group, to, Message::Records(records));
+                    }
+                    Command::AckAppend { req, index } => {
+                        let payload = self.payloads.iter().find(|(r, _)| *r == req).unwrap().1.clone();
+                        self.acked.push((g, index, payload));
+                    }
+                    Command::RejectAppend { .. } => {}
+                    Command::StartService => self.processing[i][g] = true,
+                    Command::StopService => self.processing[i][g] = false,
+                    Command::FencePeer { .. } => panic!("the node turns FencePeer into Fence"),
+                    Command::Report(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Moves the clock to `to`, firing every node's timer when it is due.
+    fn advance(&mut self, to: Instant) {
+        for _ in 0..100_000 {
+            let due = (0..2).filter_map(|i| self.nodes[i].as_ref().and_then(|n| n.poll_timeout())).min();
+            match due {
+                Some(t) if t <= to => {
+                    self.now = self.now.max(t);
+                    for i in 0..2 {
+                        if let Some(node) = self.nodes[i].as_mut()
+                            && node.poll_timeout().is_some_and(|at| at <= self.now)
+                        {
+                            node.handle(self.now, NodeEvent::Timeout);
+                            self.drain(i);
+                        }
+                    }
+                    self.flush();
+                }
+                _ => {
+                    self.now = self.now.max(to);
+                    return;
+                }
+            }
+        }
+        panic!("timers do not move forward");
+    }
+
+    /// Delivers the oldest packet node `i` sent, if the channel's link carries it.
+    fn deliver(&mut self, i: usize) -> bool {
+        let Some(chan) = self.chan else { return false };
+        if !self.links[chan.link] {
+            return false;
+        }
+        let Some(packet) = self.inflight[i].pop_front() else { return false };
+        assert_eq!(packet.chan, chan.id);
+        let event = NodeEvent::Message { peer: IDS[i], incarnation: packet.from, group: packet.group, msg: packet.msg };
+        self.send_event(1 - i, event);
+        true
+    }
+
+    fn deliver_all(&mut self) {
+        for _ in 0..10_000 {
+            if !self.deliver(0) && !self.deliver(1) {
+                return;
+            }
+        }
+        panic!("messages keep flowing");
+    }
+
+    fn append(&mut self, i: usize, g: usize) {
+        if self.nodes[i].is_none() {
+            return;
+        }
+        self.next_req += 1;
+        let req = ReqId(self.next_req);
+        let payload = format!("req {}", self.next_req).into_bytes();
+        self.payloads.push((req, payload.clone()));
+        let event = NodeEvent::Append { group: GroupIndex(g as u16), entries: vec![(req, payload)] };
+        self.send_event(i, event);
+    }
+
+    /// The fence node `i` runs finishes: `confirmed` powers the peer off first.
+    fn finish_fence(&mut self, i: usize, confirmed: bool) {
+        let Some(peer) = self.fence[i].take() else { return };
+        if self.nodes[i].is_none() {
+            return;
+        }
+        if confirmed && self.nodes[1 - i].is_some() {
+            self.kill(1 - i);
+        }
+        self.send_event(i, NodeEvent::FenceResult { peer, confirmed });
+    }
+
+    fn active(&self, i: usize, g: usize) -> bool {
+        self.processing[i][g]
+            && self.nodes[i].as_ref().is_some_and(|n| n.group(GroupIndex(g as u16)).unwrap().role().is_active())
+    }
+
+    /// No group active on both nodes while both are up; every active node holds every
+    /// acknowledged record of its group.
+    fn check_safety(&self) -> Result<(), String> {
+        for g in 0..self.groups() {
+            if self.active(0, g) && self.active(1, g) {
+                return Err(format!("group {g} active on both nodes at {:?}", self.now));
+            }
+            for i in (0..2).filter(|&i| self.active(i, g)) {
+                let journal = &self.disks[i].journal[g];
+                for (_, index, payload) in self.acked.iter().filter(|it| it.0 == g) {
+                    if journal.get(*index as usize - 1).map(|r| &r.payload) != Some(payload) {
+                        return Err(format!("group {g}: acknowledged record {index} missing on active node {i}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, action: &Action, mode: Mode) {
+        match *action {
+            Action::Tick(d) => self.advance(self.now.after(Duration::from_millis(d))),
+            Action::Link(l, up) => {
+                // Without partitions, at most one link is down at a time.
+                if up || mode == Mode::Partitions || self.links[1 - l] {
+                    self.links[l] = up;
+                }
+            }
+            Action::Deliver(i) => {
+                self.deliver(i);
+            }
+            Action::Append(i, g) => self.append(i, g % self.groups()),
+            Action::Fence(i, confirmed) => self.finish_fence(i, confirmed),
+            Action::Crash(i) => {
+                if self.nodes[i].is_some() {
+                    self.kill(i);
+                }
+            }
+            Action::Restart(i) => {
+                if self.nodes[i].is_none() {
+                    self.boot(i);
+                }
+            }
+        }
+    }
+
+    /// Repairs everything and lets the cluster settle: links up, running fences confirmed,
+    /// powered-off nodes restarted, every message delivered, time passing.
+    fn heal(&mut self) {
+        self.links = [true, true];
+        for _ in 0..30 {
+            for i in 0..2 {
+                self.finish_fence(i, true);
+            }
+            for i in 0..2 {
+                if self.nodes[i].is_none() {
+                    self.boot(i);
+                }
+            }
+            self.deliver_all();
+            self.advance(self.now.after(Duration::from_millis(300)));
+            self.deliver_all();
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    /// Time passes (milliseconds); timers fire on the way.
+    Tick(u64),
+    /// A link goes down or comes back.
+    Link(usize, bool),
+    /// The oldest packet node `i` sent arrives.
+    Deliver(usize),
+    /// A client appends on node `i` to group `g`.
+    Append(usize, usize),
+    /// Node `i`'s running fence finishes (confirmed: the peer is powered off).
+    Fence(usize, bool),
+    /// A powered-off node starts again.
+    Restart(usize),
+    /// Node `i` loses power.
+    Crash(usize),
+}
+
+/// What a property run may do to the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Links fail one at a time (never both): nobody is ever declared dead; crash-stop
+    /// arbiter.
+    LinkFlaps,
+    /// Links fail one at a time, nodes lose power and restart: crash-stop arbiter (its
+    /// assumption holds: a silent node has stopped).
+    Crashes,
+    /// Links fail at will (partitions), fences power nodes off, nodes restart: fence
+    /// arbiter.
+    Partitions,
+}
+
+fn actions(mode: Mode) -> impl Strategy<Value = Vec<Action>> {
+    let (fence, restart, crash) = match mode {
+        Mode::LinkFlaps => (0, 0, 0),
+        Mode::Crashes => (0, 2, 1),
+        Mode::Partitions => (2, 2, 0),
+    };
+    let action = prop_oneof![
+        // Short steps let packets race heartbeats; long ones let links and peers die.
+        2 => (1u64..60).prop_map(Action::Tick),
+        3 => (60u64..700).prop_map(Action::Tick),
+        3 => (0usize..2, any::<bool>()).prop_map(|(l, up)| Action::Link(l, up)),
+        6 => (0usize..2).prop_map(Action::Deliver),
+        3 => (0usize..2, 0usize..2).prop_map(|(i, g)| Action::Append(i, g)),
+        fence => (0usize..2, any::<bool>()).prop_map(|(i, ok)| Action::Fence(i, ok)),
+        restart => (0usize..2).prop_map(Action::Restart),
+        crash => (0usize..2).prop_map(Action::Crash),
+    ];
+    proptest::collection::vec(action, 1..100)
+}
+
+/// Runs `actions` on a fresh cluster (group 0 prefers node 0, group 1 node 1), checking
+/// after each that no group is active on both nodes while both are up and that every
+/// active node holds every acknowledged record; then heals the cluster (every message
+/// eventually delivered) and checks again.
+fn run_cluster(actions: &[Action], mode: Mode) -> Result<Sim, TestCaseError> {
+    let arbiter = if mode == Mode::Partitions { Arbiter::Fence } else { Arbiter::UnsafeAssumeCrashStop };
+    let mut sim = Sim::new(&[0, 1], arbiter);
+    sim.advance(ms(0));
+    for (n, action) in actions.iter().enumerate() {
+        sim.apply(action, mode);
+        if let Err(e) = sim.check_safety() {
+            return Err(TestCaseError::fail(format!("after action {n} ({action:?}): {e}")));
+        }
+        if mode != Mode::Partitions {
+            prop_assert_eq!(&sim.fence, &[None, None], "nobody is fenced with the crash-stop arbiter");
+        }
+    }
+    sim.heal();
+    if let Err(e) = sim.check_safety() {
+        return Err(TestCaseError::fail(format!("after healing: {e}")));
+    }
+    Ok(sim)
+}
+
+/// Every group ends with one M and a confirmed SL following it.
+fn check_settled(sim: &Sim) -> Result<(), TestCaseError> {
+    for g in 0..sim.groups() {
+        let index = GroupIndex(g as u16);
+        let roles = [sim.node(0).group(index).unwrap().role(), sim.node(1).group(index).unwrap().role()];
+        let Some(m) = roles.iter().position(|r| *r == Role::M) else {
+            return Err(TestCaseError::fail(format!("group {g} did not settle: roles {roles:?}")));
+        };
+        prop_assert!(sim.processing[m][g]);
+        prop_assert_eq!(
+            sim.node(1 - m).group(index).unwrap().following(),
+            Some((sim.inc_of(m), true)),
+            "group {}: the SL follows the M and was told it is in sync",
+            g
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// One link at a time fails: the channel moves between links and reconnects to the
+    /// same run, packets in flight are lost with it; the groups never run on both nodes
+    /// and never lose an acknowledged record.
+    #[test]
+    fn link_flaps_never_make_two_actives(actions in actions(Mode::LinkFlaps)) {
+        run_cluster(&actions, Mode::LinkFlaps)?;
+    }
+
+    /// Nodes lose power and restart (new incarnations) while links flap: with the
+    /// crash-stop arbiter, no group is active on both nodes while both are up.
+    #[test]
+    fn crashes_never_make_two_actives(actions in actions(Mode::Crashes)) {
+        run_cluster(&actions, Mode::Crashes)?;
+    }
+
+    /// Partitions included: with the fence arbiter, a fence powers the peer off before
+    /// anyone takes over, so no group is active on both nodes while both are up.
+    #[test]
+    fn partitions_with_fencing_never_make_two_actives(actions in actions(Mode::Partitions)) {
+        run_cluster(&actions, Mode::Partitions)?;
+    }
+
+    /// After link flaps, once every message is delivered, each group is M + confirmed SL.
+    #[test]
+    fn cluster_settles_as_m_and_confirmed_sl_after_link_flaps(actions in actions(Mode::LinkFlaps)) {
+        check_settled(&run_cluster(&actions, Mode::LinkFlaps)?)?;
+    }
+
+    /// After crashes and restarts, once every node is up and every message delivered,
+    /// each group is M + confirmed SL.
+    #[test]
+    fn cluster_settles_as_m_and_confirmed_sl_after_crashes(actions in actions(Mode::Crashes)) {
+        check_settled(&run_cluster(&actions, Mode::Crashes)?)?;
+    }
+
+    /// After partitions and fencing, once the links are repaired, fences confirmed, nodes
+    /// restarted and every message delivered, each group is M + confirmed SL.
+    #[test]
+    fn cluster_settles_as_m_and_confirmed_sl_after_partitions(actions in actions(Mode::Partitions)) {
+        check_settled(&run_cluster(&actions, Mode::Partitions)?)?;
+    }
+}
