@@ -24,7 +24,7 @@ use takeover_core::group::{
 };
 use takeover_core::log::{DiscardReason, Record};
 use takeover_core::node::{
-    GroupIndex, GroupSetup, Node, NodeCommand, NodeConfig as CoreNodeConfig, NodeEvent, NodeReport,
+    ConnId, GroupIndex, GroupSetup, Node, NodeCommand, NodeConfig as CoreNodeConfig, NodeEvent, NodeReport,
 };
 use takeover_core::{Incarnation, Instant, NodeId, ReqId};
 use tokio::net::{TcpListener, UdpSocket};
@@ -72,9 +72,10 @@ struct Agent {
     groups: Vec<GroupRt>,
     peers: HashMap<NodeId, PeerRt>,
     udp: Vec<Arc<UdpSocket>>,
-    channels: HashMap<NodeId, Channel>,
-    dials: HashMap<NodeId, (u64, AbortHandle)>,
-    next_conn: Arc<AtomicU64>,
+    /// Established connections, by id; the core says which one is current.
+    conns: HashMap<u64, Channel>,
+    /// Dials in progress, by the id the core gave them.
+    dials: HashMap<u64, AbortHandle>,
     inputs_tx: mpsc::UnboundedSender<Input>,
     inputs: mpsc::UnboundedReceiver<Input>,
     api_calls: mpsc::UnboundedReceiver<ApiCall>,
@@ -272,9 +273,8 @@ impl Agent {
             groups,
             peers,
             udp,
-            channels: HashMap::new(),
+            conns: HashMap::new(),
             dials: HashMap::new(),
-            next_conn,
             inputs_tx,
             inputs,
             api_calls,
@@ -367,33 +367,27 @@ impl Agent {
                 self.node.handle(now, NodeEvent::Heartbeat { from, link, incarnation })
             }
             Input::ChannelUp { channel } => {
-                if self.dials.get(&channel.peer).is_some_and(|(conn, _)| *conn == channel.conn) {
-                    self.dials.remove(&channel.peer);
-                }
-                let (peer, incarnation, link) = (channel.peer, channel.incarnation, channel.link);
-                if let Some(old) = self.channels.insert(peer, channel) {
-                    old.close();
-                }
-                self.node.handle(now, NodeEvent::ChannelUp { peer, incarnation, link });
-            }
-            Input::ChannelDown { peer, conn } => {
-                let current = self.channels.get(&peer).is_some_and(|it| it.conn == conn);
-                let dialing = self.dials.get(&peer).is_some_and(|(c, _)| *c == conn);
-                if current {
-                    if let Some(channel) = self.channels.remove(&peer) {
-                        channel.close();
-                    }
-                } else if dialing {
-                    self.dials.remove(&peer);
-                } else {
+                // Only a connection the core still waits for, or a fresh inbound one.
+                let dialed = self.dials.remove(&channel.conn).is_some();
+                if channel.conn >= takeover_core::node::DIAL_IDS && !dialed {
+                    channel.close();
                     return;
                 }
-                self.node.handle(now, NodeEvent::ChannelDown { peer });
+                let (peer, incarnation, link, conn) = (channel.peer, channel.incarnation, channel.link, channel.conn);
+                self.conns.insert(conn, channel);
+                self.node.handle(now, NodeEvent::ChannelUp { peer, incarnation, link, conn: ConnId(conn) });
+            }
+            Input::ChannelDown { peer, conn } => {
+                let known =
+                    self.conns.remove(&conn).map(|it| it.close()).is_some() || self.dials.remove(&conn).is_some();
+                if known {
+                    self.node.handle(now, NodeEvent::ChannelDown { peer, conn: ConnId(conn) });
+                }
             }
             Input::Frame { peer, conn, group, msg } => {
-                let Some(channel) = self.channels.get(&peer).filter(|it| it.conn == conn) else { return };
-                let incarnation = channel.incarnation;
-                self.node.handle(now, NodeEvent::Message { peer, incarnation, group, msg });
+                if self.conns.contains_key(&conn) {
+                    self.node.handle(now, NodeEvent::Message { peer, conn: ConnId(conn), group, msg });
+                }
             }
         }
     }
@@ -540,12 +534,12 @@ impl Agent {
         while let Some(command) = self.node.poll_command() {
             match command {
                 NodeCommand::SendHeartbeats => self.send_heartbeats(),
-                NodeCommand::Connect { peer, link } => self.dial(peer, link),
-                NodeCommand::Disconnect { peer } => {
-                    if let Some(channel) = self.channels.remove(&peer) {
+                NodeCommand::Connect { peer, link, conn } => self.dial(peer, link, conn),
+                NodeCommand::Disconnect { conn, .. } => {
+                    if let Some(channel) = self.conns.remove(&conn.0) {
                         channel.close();
                     }
-                    if let Some((_, task)) = self.dials.remove(&peer) {
+                    if let Some(task) = self.dials.remove(&conn.0) {
                         task.abort();
                     }
                 }
@@ -582,9 +576,9 @@ impl Agent {
         }
     }
 
-    fn dial(&mut self, peer: NodeId, link: usize) {
+    fn dial(&mut self, peer: NodeId, link: usize, conn: ConnId) {
         let Some(addr) = self.peers.get(&peer).and_then(|it| it.advertise.get(link)).copied() else { return };
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = conn.0;
         let task = tokio::spawn(net::dial(
             addr,
             peer,
@@ -594,9 +588,7 @@ impl Agent {
             self.inputs_tx.clone(),
             self.dropped.clone(),
         ));
-        if let Some((_, old)) = self.dials.insert(peer, (conn, task.abort_handle())) {
-            old.abort();
-        }
+        self.dials.insert(conn, task.abort_handle());
     }
 
     fn fence(&mut self, peer: NodeId) {
@@ -712,20 +704,22 @@ impl Agent {
     }
 
     fn send_frame(&mut self, peer: NodeId, to: Incarnation, frame: Frame) {
-        let Some(channel) = self.channels.get(&peer) else { return };
-        if channel.incarnation != to {
+        // The newest connection to that run of the peer (an older one is being closed).
+        let Some((&conn, channel)) =
+            self.conns.iter().filter(|(_, it)| it.peer == peer && it.incarnation == to).max_by_key(|(conn, _)| **conn)
+        else {
             return;
-        }
+        };
         if channel.writer.try_send(wire::encode_frame(&frame)).is_err() {
-            // The peer does not keep up: drop the channel; replication restarts from the
+            // The peer does not keep up: drop the connection; replication restarts from the
             // durable positions when it reconnects.
             let name = self.peer_name(peer);
-            if let Some(channel) = self.channels.remove(&peer) {
+            if let Some(channel) = self.conns.remove(&conn) {
                 channel.close();
             }
             self.record(format!("peer channel to {name} overloaded or closed; reconnecting"));
             let now = self.now();
-            self.node.handle(now, NodeEvent::ChannelDown { peer });
+            self.node.handle(now, NodeEvent::ChannelDown { peer, conn: ConnId(conn) });
         }
     }
 

@@ -418,6 +418,9 @@ struct SlLink {
     inc: Incarnation,
     /// Its Join arrived on the current channel; cleared when the channel is rebuilt.
     joined: bool,
+    /// Promoted was sent after this Join (it is sent again after a rejoin: the first may
+    /// have been lost with the channel).
+    confirmed: bool,
     /// The SL's durable position.
     durable: u64,
     /// Records up to here were sent to it.
@@ -945,7 +948,7 @@ impl Group {
             self.report(Report::MalformedMessage { what: "join position not in the active's log" });
             return;
         }
-        a.sl = Some(SlLink { inc: from, joined: true, durable: from_index, sent: from_index });
+        a.sl = Some(SlLink { inc: from, joined: true, confirmed: false, durable: from_index, sent: from_index });
         self.continue_catch_up();
         self.check_promotion();
     }
@@ -1035,22 +1038,28 @@ impl Group {
     }
 
     /// SM → M once the SL is streaming live and holds every record that may have been
-    /// acknowledged without it; then 2 is made durable, then the SL is told.
+    /// acknowledged without it; then 2 is made durable, then the SL is told. An M tells a
+    /// rejoined SL again once it is caught up.
     fn check_promotion(&mut self) {
-        let RoleState::Active(a) = &mut self.role else {
-            return;
-        };
-        let Some(sl) = a.sl else { return };
-        if a.master || !sl.joined || sl.sent != self.log.last_index() || sl.durable < a.local_acked_upto {
+        let last = self.log.last_index();
+        let RoleState::Active(a) = &mut self.role else { return };
+        let Some(sl) = &mut a.sl else { return };
+        if !sl.joined || sl.confirmed || sl.sent != last || sl.durable < a.local_acked_upto {
             return;
         }
-        a.master = true;
-        self.durable.priority = Priority::P2;
-        self.durable.role = Role::M;
-        self.emit(Command::Persist(self.durable));
-        self.report(Report::Transition { from: Role::Sm, to: Role::M, cause: Cause::Synchronised });
+        sl.confirmed = true;
+        let promote = !a.master;
+        if promote {
+            a.master = true;
+            self.durable.priority = Priority::P2;
+            self.durable.role = Role::M;
+            self.emit(Command::Persist(self.durable));
+            self.report(Report::Transition { from: Role::Sm, to: Role::M, cause: Cause::Synchronised });
+        }
         self.send(Message::Promoted);
-        self.send_state();
+        if promote {
+            self.send_state();
+        }
     }
 
     fn on_append(&mut self, entries: Vec<(ReqId, Vec<u8>)>) {

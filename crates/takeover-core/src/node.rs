@@ -24,6 +24,20 @@ use crate::group::{self, Event, FenceTarget, Group, GroupConfig, GroupDurable, G
 use crate::log::LogMeta;
 use crate::types::{Incarnation, Instant, NodeId, ReqId};
 
+/// Names one peer-channel connection, so that events of a connection the node already
+/// gave up on are never taken for the current one. The node names its own dials (ids
+/// with the top bit set, [`DIAL_IDS`]); the shell names the connections it accepts (top
+/// bit clear).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// The first id the node gives its dials.
+pub const DIAL_IDS: u64 = 1 << 63;
+
+/// Messages a channel may carry before its peer is known alive; past this the channel is
+/// dropped (it reconnects, and the groups restart replication from durable positions).
+pub const EARLY_MESSAGES: usize = 1024;
+
 /// A group's position in the cluster configuration: the same on every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupIndex(pub u16);
@@ -60,12 +74,13 @@ pub struct GroupSetup {
 pub enum NodeEvent {
     /// A heartbeat from `from`'s run `incarnation` arrived on `link`.
     Heartbeat { from: NodeId, link: usize, incarnation: Incarnation },
-    /// The peer channel to `peer`'s run `incarnation` completed its handshake on `link`.
-    ChannelUp { peer: NodeId, incarnation: Incarnation, link: usize },
-    /// The peer channel to `peer` closed or failed to connect.
-    ChannelDown { peer: NodeId },
-    /// A group message from `peer`'s run `incarnation` on the channel.
-    Message { peer: NodeId, incarnation: Incarnation, group: GroupIndex, msg: Message },
+    /// Connection `conn` to `peer`'s run `incarnation` completed its handshake on `link`
+    /// (a dial the node asked for, or a connection the shell accepted).
+    ChannelUp { peer: NodeId, incarnation: Incarnation, link: usize, conn: ConnId },
+    /// Connection `conn` to `peer` closed or failed to connect.
+    ChannelDown { peer: NodeId, conn: ConnId },
+    /// A group message that arrived on connection `conn` from `peer`.
+    Message { peer: NodeId, conn: ConnId, group: GroupIndex, msg: Message },
     /// Client appends to a group.
     Append { group: GroupIndex, entries: Vec<(ReqId, Vec<u8>)> },
     /// The operator's force start of a group.
@@ -81,14 +96,16 @@ pub enum NodeEvent {
 pub enum NodeCommand {
     /// Send a heartbeat to every peer on every link.
     SendHeartbeats,
-    /// Open the peer channel to `peer` over `link` (only the node with the lower id dials).
+    /// Dial `peer` over `link` as connection `conn` (only the node with the lower id dials).
     Connect {
         peer: NodeId,
         link: usize,
+        conn: ConnId,
     },
-    /// Close the peer channel to `peer`.
+    /// Close connection `conn` to `peer` (or abandon that dial); no event of it follows.
     Disconnect {
         peer: NodeId,
+        conn: ConnId,
     },
     /// A group's command; `peer` is the group's other node (for `Send`/`SendRecords`).
     Group {
@@ -185,6 +202,7 @@ pub struct Node {
     peers: Vec<Peer>,
     groups: Vec<Slot>,
     next_heartbeat: Instant,
+    next_dial: u64,
     out: VecDeque<NodeCommand>,
 }
 
@@ -209,8 +227,13 @@ struct Peer {
     groups_told: Option<Incarnation>,
     /// The channel came up since the groups were last told.
     channel_fresh: bool,
+    /// Messages that arrived on the channel before the groups were told it is up.
+    early: Vec<(usize, Message)>,
     /// Groups waiting on the fence in progress, and on the next one.
     fence_running: Option<Vec<(usize, FenceTarget)>>,
+    /// The fence in progress was requested during the current event: the shell has not
+    /// started it yet, so later requests of this event share it.
+    fence_fresh: bool,
     fence_queued: Vec<(usize, FenceTarget)>,
 }
 
@@ -223,8 +246,18 @@ struct Link {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Channel {
     Down { retry_at: Instant },
-    Connecting { link: usize, since: Instant },
-    Up { incarnation: Incarnation, link: usize },
+    Connecting { link: usize, since: Instant, conn: ConnId },
+    Up { incarnation: Incarnation, link: usize, conn: ConnId },
+}
+
+impl Channel {
+    /// The connection this state is about, if any.
+    fn conn(&self) -> Option<ConnId> {
+        match *self {
+            Channel::Down { .. } => None,
+            Channel::Connecting { conn, .. } | Channel::Up { conn, .. } => Some(conn),
+        }
+    }
 }
 
 impl Node {
@@ -243,11 +276,14 @@ impl Node {
                 groups_see: None,
                 groups_told: None,
                 channel_fresh: false,
+                early: Vec::new(),
                 fence_running: None,
+                fence_fresh: false,
                 fence_queued: Vec::new(),
             })
             .collect();
-        let mut node = Node { cfg, peers, groups: Vec::new(), next_heartbeat: now, out: VecDeque::new() };
+        let mut node =
+            Node { cfg, peers, groups: Vec::new(), next_heartbeat: now, next_dial: DIAL_IDS, out: VecDeque::new() };
         for setup in groups {
             let peer = node
                 .peers
@@ -266,6 +302,9 @@ impl Node {
 
     /// Feeds one event. Commands queue up for [`Node::poll_command`].
     pub fn handle(&mut self, now: Instant, event: NodeEvent) {
+        for peer in &mut self.peers {
+            peer.fence_fresh = false;
+        }
         match event {
             NodeEvent::Heartbeat { from, link, incarnation } => {
                 if let Some(p) = self.peer_index(from)
@@ -274,22 +313,36 @@ impl Node {
                     self.on_heartbeat(now, p, link, incarnation);
                 }
             }
-            NodeEvent::ChannelUp { peer, incarnation, link } => {
-                if let Some(p) = self.peer_index(peer) {
-                    self.on_channel_up(now, p, incarnation, link);
-                }
-            }
-            NodeEvent::ChannelDown { peer } => {
-                if let Some(p) = self.peer_index(peer) {
+            NodeEvent::ChannelUp { peer, incarnation, link, conn } => match self.peer_index(peer) {
+                Some(p) => self.on_channel_up(now, p, incarnation, link, conn),
+                None => self.out.push_back(NodeCommand::Disconnect { peer, conn }),
+            },
+            NodeEvent::ChannelDown { peer, conn } => {
+                if let Some(p) = self.peer_index(peer)
+                    && self.peers[p].channel.conn() == Some(conn)
+                {
                     self.on_channel_down(now, p);
                 }
             }
-            NodeEvent::Message { peer, incarnation, group, msg } => {
-                let slot =
-                    self.peer_index(peer).and_then(|p| self.slot_of(group).filter(|&s| self.groups[s].peer == p));
-                match slot {
-                    Some(slot) => self.feed(slot, now, Event::Message { from: incarnation, msg }),
-                    None => self.report(NodeReport::UnknownGroup { peer, group }),
+            NodeEvent::Message { peer, conn, group, msg } => {
+                let Some(p) = self.peer_index(peer) else { return };
+                let Channel::Up { incarnation, conn: current, .. } = self.peers[p].channel else { return };
+                if current != conn {
+                    return; // A connection the node already gave up on.
+                }
+                let Some(slot) = self.slot_of(group).filter(|&s| self.groups[s].peer == p) else {
+                    self.report(NodeReport::UnknownGroup { peer, group });
+                    return;
+                };
+                let told = self.peers[p].groups_see == Some(incarnation) && !self.peers[p].channel_fresh;
+                if told {
+                    self.feed(slot, now, Event::Message { from: incarnation, msg });
+                } else if self.peers[p].early.len() < EARLY_MESSAGES {
+                    // The peer's heartbeats have not been heard yet: hold the message until
+                    // the groups are told the channel is up, so none is lost.
+                    self.peers[p].early.push((slot, msg));
+                } else {
+                    self.close_channel(now, p);
                 }
             }
             NodeEvent::Append { group, entries } => {
@@ -403,11 +456,14 @@ impl Node {
     fn request_fence(&mut self, p: usize, slot: usize, target: FenceTarget) {
         let peer = &mut self.peers[p];
         match &mut peer.fence_running {
+            // Requested during this same event: the shell has not started it yet.
+            Some(waiters) if peer.fence_fresh => waiters.push((slot, target)),
             // A fence already under way may have powered the node off before this request:
             // the request waits for a fresh one.
             Some(_) => peer.fence_queued.push((slot, target)),
             None => {
                 peer.fence_running = Some(vec![(slot, target)]);
+                peer.fence_fresh = true;
                 let id = peer.id;
                 self.out.push_back(NodeCommand::Fence { peer: id });
                 self.report(NodeReport::FenceStarted { peer: id });
@@ -423,7 +479,9 @@ impl Node {
             let event = if confirmed { Event::PeerStopped { target } } else { Event::FenceFailed { target } };
             self.feed(slot, now, event);
         }
+        // Requests that waited share one fresh round.
         let queued = std::mem::take(&mut self.peers[p].fence_queued);
+        self.peers[p].fence_fresh = false;
         for (slot, target) in queued {
             self.request_fence(p, slot, target);
         }
@@ -473,24 +531,43 @@ impl Node {
         self.tell_groups_connected(now, p);
     }
 
-    fn on_channel_up(&mut self, now: Instant, p: usize, incarnation: Incarnation, link: usize) {
-        if !self.observe_run(now, p, incarnation) {
-            let id = self.peers[p].id;
-            self.out.push_back(NodeCommand::Disconnect { peer: id });
+    fn on_channel_up(&mut self, now: Instant, p: usize, incarnation: Incarnation, link: usize, conn: ConnId) {
+        let id = self.peers[p].id;
+        let dialed = matches!(self.peers[p].channel, Channel::Connecting { conn: c, .. } if c == conn);
+        // The dialing side takes only the connection it is dialing; the other side takes
+        // any connection the peer dials (the peer gave up on the previous one).
+        if self.dials(id) && !dialed {
+            self.out.push_back(NodeCommand::Disconnect { peer: id, conn });
             return;
         }
-        let id = self.peers[p].id;
-        self.peers[p].channel = Channel::Up { incarnation, link };
+        if !self.observe_run(now, p, incarnation) {
+            // A late handshake of an older run: a failed channel.
+            self.out.push_back(NodeCommand::Disconnect { peer: id, conn });
+            if dialed {
+                self.peers[p].channel = Channel::Down { retry_at: now };
+                self.try_connect(now, p);
+            }
+            return;
+        }
+        if let Channel::Up { conn: old, .. } = self.peers[p].channel
+            && old != conn
+        {
+            self.out.push_back(NodeCommand::Disconnect { peer: id, conn: old });
+        }
+        self.peers[p].channel = Channel::Up { incarnation, link, conn };
         self.peers[p].channel_fresh = true;
+        self.peers[p].early.clear();
         self.report(NodeReport::ChannelUp { peer: id, link });
         self.tell_groups_connected(now, p);
     }
 
+    /// The channel's connection is gone (closed by the peer, failed, or closed by us).
     fn on_channel_down(&mut self, now: Instant, p: usize) {
         let retry_at = now.after(self.cfg.reconnect_backoff);
         let was_up = matches!(self.peers[p].channel, Channel::Up { .. });
         self.peers[p].channel = Channel::Down { retry_at };
         self.peers[p].channel_fresh = false;
+        self.peers[p].early.clear();
         if was_up {
             let id = self.peers[p].id;
             self.report(NodeReport::ChannelDown { peer: id });
@@ -510,6 +587,9 @@ impl Node {
         self.peers[p].groups_see = Some(incarnation);
         self.peers[p].groups_told = Some(incarnation);
         self.feed_peer_groups(p, now, Event::PeerConnected { inc: incarnation });
+        for (slot, msg) in std::mem::take(&mut self.peers[p].early) {
+            self.feed(slot, now, Event::Message { from: incarnation, msg });
+        }
     }
 
     fn feed_peer_groups(&mut self, p: usize, now: Instant, event: Event) {
@@ -522,8 +602,8 @@ impl Node {
 
     fn close_channel(&mut self, now: Instant, p: usize) {
         let id = self.peers[p].id;
-        if !matches!(self.peers[p].channel, Channel::Down { .. }) {
-            self.out.push_back(NodeCommand::Disconnect { peer: id });
+        if let Some(conn) = self.peers[p].channel.conn() {
+            self.out.push_back(NodeCommand::Disconnect { peer: id, conn });
         }
         self.on_channel_down(now, p);
         // Retry at once over another link, not after the back-off.
@@ -543,8 +623,10 @@ impl Node {
         }
         let Some(link) = peer.links.iter().position(|it| it.up) else { return };
         let id = peer.id;
-        self.peers[p].channel = Channel::Connecting { link, since: now };
-        self.out.push_back(NodeCommand::Connect { peer: id, link });
+        self.next_dial += 1;
+        let conn = ConnId(self.next_dial);
+        self.peers[p].channel = Channel::Connecting { link, since: now, conn };
+        self.out.push_back(NodeCommand::Connect { peer: id, link, conn });
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -592,8 +674,8 @@ impl Node {
             let incarnation = peer.heard.expect("an alive peer was heard");
             self.peers[p].alive = false;
             self.report(NodeReport::PeerDead { peer: id, incarnation });
-            if !matches!(self.peers[p].channel, Channel::Down { .. }) {
-                self.out.push_back(NodeCommand::Disconnect { peer: id });
+            if let Some(conn) = self.peers[p].channel.conn() {
+                self.out.push_back(NodeCommand::Disconnect { peer: id, conn });
             }
             self.on_channel_down(now, p);
             if let Some(seen) = self.peers[p].groups_see.take() {
@@ -601,10 +683,10 @@ impl Node {
             }
         }
         // A dial that neither succeeded nor failed within dead_after is abandoned.
-        if let Channel::Connecting { since, .. } = self.peers[p].channel
+        if let Channel::Connecting { since, conn, .. } = self.peers[p].channel
             && since.after(dead_after) <= now
         {
-            self.out.push_back(NodeCommand::Disconnect { peer: id });
+            self.out.push_back(NodeCommand::Disconnect { peer: id, conn });
             self.on_channel_down(now, p);
         }
         self.try_connect(now, p);

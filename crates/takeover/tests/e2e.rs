@@ -153,13 +153,13 @@ async fn one_link_of_two_lost_warns_and_moves_the_channel_without_takeover() {
     let peer = &status.peers[0];
     assert!(!peer.links[0].up && peer.links[1].up, "link 0 down, link 1 up: {peer:?}");
     assert_eq!(peer.channel_link, Some(1), "the peer channel moved to link 1");
-    assert!(status.events.iter().any(|e| e.text.contains("WARNING: link 0 to beta is silent")), "the loss of one link is reported");
+    assert!(
+        status.events.iter().any(|e| e.text.contains("WARNING: link 0 to beta is silent")),
+        "the loss of one link is reported"
+    );
     assert!(client.acks() > before + 50, "appends kept being acknowledged (replicated) during the cut");
     bed.cluster.cut_link0(false);
-    bed.cluster
-        .wait_for("alpha", common::WAIT, "link 0 back", |s| s.peers[0].links[0].up)
-        .await
-        .unwrap();
+    bed.cluster.wait_for("alpha", common::WAIT, "link 0 back", |s| s.peers[0].links[0].up).await.unwrap();
     bed.check_nothing_lost(&client).await;
     bed.cluster.shutdown().await;
 }

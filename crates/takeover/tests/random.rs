@@ -45,7 +45,9 @@ async fn random_kills_and_restarts_lose_no_acknowledged_record_and_never_overlap
     let budget = Duration::from_secs(env_u64("TAKEOVER_RANDOM_BUDGET_S", 200));
     let clock_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let first_seed = env_u64("TAKEOVER_RANDOM_SEED", clock_seed);
-    println!("random schedules: first seed {first_seed} (rerun one with TAKEOVER_RANDOM_SEED=<seed> TAKEOVER_RANDOM_SCHEDULES=1)");
+    println!(
+        "random schedules: first seed {first_seed} (rerun one with TAKEOVER_RANDOM_SEED=<seed> TAKEOVER_RANDOM_SCHEDULES=1)"
+    );
     let started = Instant::now();
     let (mut ran, mut acked, mut faults) = (0, 0, 0);
     for k in 0..schedules {
@@ -59,7 +61,10 @@ async fn random_kills_and_restarts_lose_no_acknowledged_record_and_never_overlap
         acked += n_acked;
         faults += n_faults;
     }
-    println!("schedules: {ran}, faults: {faults}, acknowledged: {acked}, violations: 0, in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "schedules: {ran}, faults: {faults}, acknowledged: {acked}, violations: 0, in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 async fn run_schedule(seed: u64) -> (usize, usize) {
@@ -102,10 +107,17 @@ async fn run_schedule(seed: u64) -> (usize, usize) {
         if matches!((a.as_deref(), b.as_deref()), (Some("M"), Some("SL")) | (Some("SL"), Some("M"))) {
             break;
         }
-        assert!(Instant::now() < deadline, "seed {seed}: the cluster did not heal: alpha {a:?}, beta {b:?}\n{}", bed.logs());
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the cluster did not heal: alpha {a:?}, beta {b:?}\n{}",
+            bed.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    client.wait_acks(client.acks() + 10, common::WAIT).await.unwrap_or_else(|e| panic!("seed {seed}: {e:#}\n{}", bed.logs()));
+    client
+        .wait_acks(client.acks() + 10, common::WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e:#}\n{}", bed.logs()));
     for node in nodes {
         let status = bed.cluster.status(node).await.unwrap();
         let g = group(&status).unwrap();

@@ -109,7 +109,13 @@ impl Bed {
         }
         assert!(!held.is_empty() || acked.is_empty(), "no active node to read from\n{}", self.logs());
         let lost: Vec<&String> = acked.keys().filter(|it| !held.contains(*it)).collect();
-        assert!(lost.is_empty(), "{} acknowledged records lost, e.g. {:?}\n{}", lost.len(), &lost[..lost.len().min(5)], self.logs());
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged records lost, e.g. {:?}\n{}",
+            lost.len(),
+            &lost[..lost.len().min(5)],
+            self.logs()
+        );
         let (_, overlaps) = serving_overlaps(&self.dir.join("app-records.log")).expect("the service's records");
         assert_eq!(overlaps, 0, "two service instances served at overlapping times\n{}", self.logs());
         acked.len()
