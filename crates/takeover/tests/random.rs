@@ -6,7 +6,7 @@
 //! - the service's own CLOCK_MONOTONIC start/ack records show no two instances serving
 //!   at overlapping times.
 //!
-//! CI runs `TAKEOVER_RANDOM_SCHEDULES` schedules (default 10) within
+//! CI runs `TAKEOVER_RANDOM_SCHEDULES` schedules (default 20) within
 //! `TAKEOVER_RANDOM_BUDGET_S` seconds (default 200). A longer run:
 //! `TAKEOVER_RANDOM_SCHEDULES=200 TAKEOVER_RANDOM_BUDGET_S=100000 cargo test --release -p takeover --test random -- --nocapture`.
 //! `TAKEOVER_RANDOM_SEED` fixes the first schedule's seed (printed on every run).
@@ -41,7 +41,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[tokio::test]
 async fn random_kills_and_restarts_lose_no_acknowledged_record_and_never_overlap() {
-    let schedules = env_u64("TAKEOVER_RANDOM_SCHEDULES", 10);
+    let schedules = env_u64("TAKEOVER_RANDOM_SCHEDULES", 20);
     let budget = Duration::from_secs(env_u64("TAKEOVER_RANDOM_BUDGET_S", 200));
     let clock_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let first_seed = env_u64("TAKEOVER_RANDOM_SEED", clock_seed);
@@ -78,21 +78,21 @@ async fn run_schedule(seed: u64) -> (usize, usize) {
     let client = bed.client(&format!("s{seed}"));
     client.wait_acks(10, common::WAIT).await.unwrap();
     let mut faults = 0;
-    for _ in 0..8 {
+    for _ in 0..12 {
         let node = nodes[rng.below(2) as usize];
         match rng.below(10) {
-            0..=2 if bed.cluster.is_running(node) => {
+            0..=3 if bed.cluster.is_running(node) => {
                 bed.cluster.power_off(node).await.unwrap();
                 faults += 1;
             }
-            3..=4 if bed.cluster.is_running(node) => {
+            4..=5 if bed.cluster.is_running(node) => {
                 bed.cluster.kill_agent(node).await.unwrap();
                 faults += 1;
             }
-            5..=7 if !bed.cluster.is_running(node) => bed.cluster.start(node, false).unwrap(),
+            0..=8 if !bed.cluster.is_running(node) => bed.cluster.start(node, false).unwrap(),
             _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(50 + rng.below(1500))).await;
+        tokio::time::sleep(Duration::from_millis(20 + rng.below(1200))).await;
     }
     // Heal: start whatever is down (a fence may take down a node that restarted quickly,
     // so keep starting) until the pair is formed again.
