@@ -3,10 +3,11 @@
 //!
 //! Two drivers:
 //! - [`Solo`] drives one [`Node`] by hand: the test chooses every event and instant, and the
-//!   peer's heartbeats arrive at the instants it lists.
+//!   peer's heartbeats arrive at the instants it lists; it names connections like a shell.
 //! - [`Sim`] runs two real nodes against each other over an in-memory network (two links,
-//!   one TCP-like channel, a virtual clock) and executes their commands; groups reach real
-//!   roles (M and confirmed SL) through real messages. It also drives the property tests.
+//!   TCP-like connections with ids, a virtual clock) and executes their commands; groups
+//!   reach real roles (M and confirmed SL) through real messages. It also drives the
+//!   property tests.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -129,10 +130,39 @@ fn beats(from: u64, to: u64, links: &[usize]) -> Vec<(Instant, usize)> {
     (from..=to).step_by(100).flat_map(|t| links.iter().map(move |&l| (ms(t), l))).collect()
 }
 
-/// One node driven by hand.
+/// The id the node gives its `n`th dial (from 1).
+fn dial_id(n: u64) -> ConnId {
+    ConnId(DIAL_IDS + n)
+}
+
+/// The connection an event is about, if any.
+fn event_conn(event: &NodeEvent) -> Option<ConnId> {
+    match *event {
+        NodeEvent::ChannelUp { conn, .. } | NodeEvent::ChannelDown { conn, .. } | NodeEvent::Message { conn, .. } => {
+            Some(conn)
+        }
+        _ => None,
+    }
+}
+
+/// One node driven by hand. Its peer's side of the channel is played like a careful shell:
+/// the node names its dials (checked to be `DIAL_IDS + 1`, `+ 2`, …), accepted connections
+/// get ids 1, 2, … (top bit clear), and `at` refuses to deliver an event of a connection
+/// the node closed or was told is down; `stale` delivers one anyway, for the tests of the
+/// core's own defence against a shell that reports late.
 struct Solo {
     node: Node,
     now: Instant,
+    /// Dials the node asked for so far.
+    dials: u64,
+    /// The dial under way: asked for, neither up nor failed nor abandoned yet.
+    dialing: Option<ConnId>,
+    /// Connections that came up and were not closed since, oldest first.
+    open: Vec<ConnId>,
+    /// Connections the node closed or was told are down: the shell reports nothing more of them.
+    gone: Vec<ConnId>,
+    /// The last id the shell gave an accepted connection.
+    accepted: u64,
 }
 
 impl Solo {
@@ -153,18 +183,72 @@ impl Solo {
             .collect();
         let mut node = Node::new(cfg, setups, ms(0));
         assert_eq!(drain(&mut node), vec![], "a fresh node in X has nothing to do");
-        Solo { node, now: ms(0) }
+        Solo::from_node(node, ms(0))
+    }
+
+    fn from_node(node: Node, now: Instant) -> Solo {
+        Solo { node, now, dials: 0, dialing: None, open: Vec::new(), gone: Vec::new(), accepted: 0 }
     }
 
     fn peer(&self) -> NodeId {
         self.node.config().peers[0]
     }
 
+    /// Whether this node dials its peer (the lower id dials).
+    fn dials_peer(&self) -> bool {
+        self.node.config().me < self.peer()
+    }
+
+    /// Delivers `event` at `t`, as a careful shell would.
     fn at(&mut self, t: Instant, event: NodeEvent) -> Vec<NodeCommand> {
+        if let Some(conn) = event_conn(&event) {
+            assert!(!self.gone.contains(&conn), "the shell reports nothing of a closed connection: {event:?}");
+        }
+        self.stale(t, event)
+    }
+
+    /// Delivers `event` at `t` even if it is about a connection the node closed (a late
+    /// report that a careless shell might still hand over).
+    fn stale(&mut self, t: Instant, event: NodeEvent) -> Vec<NodeCommand> {
         assert!(t >= self.now, "time goes forward");
         self.now = t;
+        let peer = self.peer();
+        match event {
+            NodeEvent::ChannelUp { peer: p, conn, .. } if p == peer => {
+                if self.dialing == Some(conn) {
+                    self.dialing = None;
+                }
+                if !self.open.contains(&conn) && !self.gone.contains(&conn) {
+                    self.open.push(conn);
+                }
+            }
+            NodeEvent::ChannelDown { peer: p, conn } if p == peer => self.forget(conn),
+            _ => {}
+        }
         self.node.handle(t, event);
-        drain(&mut self.node)
+        let out = drain(&mut self.node);
+        for command in &out {
+            match *command {
+                NodeCommand::Connect { peer: p, conn, .. } if p == peer => {
+                    self.dials += 1;
+                    assert_eq!(conn, dial_id(self.dials), "the node names its dials DIAL_IDS + 1, + 2, …");
+                    self.dialing = Some(conn);
+                }
+                NodeCommand::Disconnect { peer: p, conn } if p == peer => self.forget(conn),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn forget(&mut self, conn: ConnId) {
+        self.open.retain(|it| *it != conn);
+        if self.dialing == Some(conn) {
+            self.dialing = None;
+        }
+        if !self.gone.contains(&conn) {
+            self.gone.push(conn);
+        }
     }
 
     fn timeout(&mut self, t: Instant) -> Vec<NodeCommand> {
@@ -174,6 +258,62 @@ impl Solo {
     fn hb(&mut self, t: Instant, link: usize, incarnation: u64) -> Vec<NodeCommand> {
         let from = self.peer();
         self.at(t, NodeEvent::Heartbeat { from, link, incarnation: inc(incarnation) })
+    }
+
+    /// The id the node will give its next dial.
+    fn next_dial(&self) -> ConnId {
+        dial_id(self.dials + 1)
+    }
+
+    /// The dial under way.
+    fn dialing(&self) -> ConnId {
+        self.dialing.expect("a dial is under way")
+    }
+
+    /// The newest connection that is up.
+    fn conn(&self) -> ConnId {
+        *self.open.last().expect("a connection is up")
+    }
+
+    /// The id the shell gives the next connection it accepts.
+    fn accept(&mut self) -> ConnId {
+        self.accepted += 1;
+        assert!(self.accepted < DIAL_IDS);
+        ConnId(self.accepted)
+    }
+
+    /// A handshake with the peer's run `incarnation` completes on `link`: the dial under
+    /// way on the dialing side, a newly accepted connection on the other.
+    fn channel_up(&mut self, t: Instant, incarnation: u64, link: usize) -> Vec<NodeCommand> {
+        let conn = if self.dials_peer() { self.dialing() } else { self.accept() };
+        let peer = self.peer();
+        self.at(t, NodeEvent::ChannelUp { peer, incarnation: inc(incarnation), link, conn })
+    }
+
+    /// The newest connection that is up closes.
+    fn channel_down(&mut self, t: Instant) -> Vec<NodeCommand> {
+        let (peer, conn) = (self.peer(), self.conn());
+        self.at(t, NodeEvent::ChannelDown { peer, conn })
+    }
+
+    /// The dial under way fails.
+    fn dial_fails(&mut self, t: Instant) -> Vec<NodeCommand> {
+        let (peer, conn) = (self.peer(), self.dialing());
+        self.at(t, NodeEvent::ChannelDown { peer, conn })
+    }
+
+    /// A group message arrives on the newest connection that is up.
+    fn msg(&mut self, t: Instant, group: GroupIndex, msg: Message) -> Vec<NodeCommand> {
+        let (peer, conn) = (self.peer(), self.conn());
+        self.at(t, NodeEvent::Message { peer, conn, group, msg })
+    }
+
+    fn connect(&self, link: usize, conn: ConnId) -> NodeCommand {
+        NodeCommand::Connect { peer: self.peer(), link, conn }
+    }
+
+    fn disconnect(&self, conn: ConnId) -> NodeCommand {
+        NodeCommand::Disconnect { peer: self.peer(), conn }
     }
 
     /// Runs until `until`: the node's timer fires whenever `now` reaches `poll_timeout`
@@ -212,13 +352,13 @@ fn connected(me: NodeId) -> Solo {
     let mut first =
         vec![report(NodeReport::LinkUp { peer, link: 0 }), report(NodeReport::PeerAlive { peer, incarnation: inc(1) })];
     if me == A {
-        first.push(NodeCommand::Connect { peer, link: 0 });
+        first.push(s.connect(0, dial_id(1)));
     }
     assert_eq!(s.hb(ms(10), 0, 1), first);
     assert_eq!(s.hb(ms(10), 1, 1), vec![report(NodeReport::LinkUp { peer, link: 1 })]);
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
-        s.at(ms(20), NodeEvent::ChannelUp { peer, incarnation: inc(1), link: 0 }),
+        s.channel_up(ms(20), 1, 0),
         vec![
             report(NodeReport::ChannelUp { peer, link: 0 }),
             gcmd(G0, peer, Command::Send { to: inc(1), msg: Message::State(state) })
@@ -240,6 +380,7 @@ fn f2_1_peer_declared_dead_only_when_every_link_silent_for_dead_after() {
     for me in IDS {
         let peer = other(me);
         let mut s = connected(me);
+        let conn = s.conn();
         // Link 1 falls silent after 10 ms; link 0 keeps carrying heartbeats until 410.
         let out = s.run(ms(909), &beats(110, 410, &[0]), 1);
         assert_eq!(
@@ -256,7 +397,7 @@ fn f2_1_peer_declared_dead_only_when_every_link_silent_for_dead_after() {
             vec![
                 (ms(910), report(NodeReport::LinkDown { peer, link: 0, links_up: 0 })),
                 (ms(910), report(NodeReport::PeerDead { peer, incarnation: inc(1) })),
-                (ms(910), NodeCommand::Disconnect { peer }),
+                (ms(910), s.disconnect(conn)),
                 (ms(910), report(NodeReport::ChannelDown { peer })),
                 // The group's boot wait ends: alone with priority 2 or 3, it waits.
                 (
@@ -284,12 +425,13 @@ fn peer_death_noticed_at_once_on_both_links_does_not_redial() {
     for me in IDS {
         let peer = other(me);
         let mut s = connected(me);
+        let conn = s.conn();
         let out = s.run(ms(600), &[], 1);
         let at_510: Vec<NodeCommand> = out.iter().filter(|(t, _)| *t == ms(510)).map(|(_, c)| c.clone()).collect();
         assert!(at_510.contains(&report(NodeReport::PeerDead { peer, incarnation: inc(1) })), "{me:?}: {at_510:?}");
         let actions: Vec<&NodeCommand> =
             at_510.iter().filter(|c| !matches!(c, NodeCommand::Report(_) | NodeCommand::SendHeartbeats)).collect();
-        assert_eq!(actions, vec![&NodeCommand::Disconnect { peer }], "{me:?}: one Disconnect and no dial: {at_510:?}");
+        assert_eq!(actions, vec![&s.disconnect(conn)], "{me:?}: one Disconnect and no dial: {at_510:?}");
         for c in &at_510 {
             if let NodeCommand::Report(NodeReport::LinkDown { links_up, .. }) = c {
                 assert_eq!(*links_up, 0, "{me:?}: no link of the peer is still up: {at_510:?}");
@@ -301,21 +443,22 @@ fn peer_death_noticed_at_once_on_both_links_does_not_redial() {
 #[test]
 fn f1_7_channel_moves_to_the_other_link_when_its_link_fails() {
     let mut s = connected(A);
+    let (old, new) = (s.conn(), s.next_dial());
     // Link 0 (carrying the channel) falls silent; link 1 keeps working.
     let out = s.run(ms(515), &beats(110, 510, &[1]), 1);
     assert_eq!(
         no_heartbeats(&out),
         vec![
             (ms(510), report(NodeReport::LinkDown { peer: B, link: 0, links_up: 1 })),
-            (ms(510), NodeCommand::Disconnect { peer: B }),
+            (ms(510), s.disconnect(old)),
             (ms(510), report(NodeReport::ChannelDown { peer: B })),
-            (ms(510), NodeCommand::Connect { peer: B, link: 1 }),
+            (ms(510), s.connect(1, new)),
         ]
     );
     assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
-        s.at(ms(520), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 1 }),
+        s.channel_up(ms(520), 1, 1),
         vec![
             report(NodeReport::ChannelUp { peer: B, link: 1 }),
             gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
@@ -329,17 +472,20 @@ fn f1_7_a_dial_on_a_failed_link_moves_to_the_other_link() {
     let mut s = Solo::new(A, 1);
     s.timeout(ms(0));
     // Link 0 is heard first, so the dial goes over it; then only link 1 keeps working.
-    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    let first = s.next_dial();
+    assert!(s.hb(ms(10), 0, 1).contains(&s.connect(0, first)));
     assert_eq!(s.hb(ms(20), 1, 1), vec![report(NodeReport::LinkUp { peer: B, link: 1 })]);
+    let second = s.next_dial();
     let out = s.run(ms(515), &beats(120, 520, &[1]), 1);
     assert_eq!(
         no_heartbeats(&out),
         vec![
             (ms(510), report(NodeReport::LinkDown { peer: B, link: 0, links_up: 1 })),
-            (ms(510), NodeCommand::Disconnect { peer: B }),
-            (ms(510), NodeCommand::Connect { peer: B, link: 1 }),
+            (ms(510), s.disconnect(first)),
+            (ms(510), s.connect(1, second)),
         ]
     );
+    assert_eq!(s.dialing(), second);
 }
 
 #[test]
@@ -354,7 +500,7 @@ fn dialer_connects_only_after_hearing_the_peer() {
         vec![
             report(NodeReport::LinkUp { peer: B, link: 1 }),
             report(NodeReport::PeerAlive { peer: B, incarnation: inc(1) }),
-            NodeCommand::Connect { peer: B, link: 1 },
+            s.connect(1, dial_id(1)),
         ],
         "dials over the first link that is up"
     );
@@ -363,6 +509,7 @@ fn dialer_connects_only_after_hearing_the_peer() {
 #[test]
 fn non_dialer_never_dials() {
     let mut s = connected(B);
+    let conn = s.conn();
     let mut all = Vec::new();
     // The channel's link fails: the non-dialer closes its side and waits for the dialer.
     let out = s.run(ms(515), &beats(110, 510, &[1]), 1);
@@ -370,16 +517,14 @@ fn non_dialer_never_dials() {
         no_heartbeats(&out),
         vec![
             (ms(510), report(NodeReport::LinkDown { peer: A, link: 0, links_up: 1 })),
-            (ms(510), NodeCommand::Disconnect { peer: A }),
+            (ms(510), s.disconnect(conn)),
             (ms(510), report(NodeReport::ChannelDown { peer: A })),
         ]
     );
     all.extend(out);
     // The channel fails again, the peer dies, comes back: still no dial.
-    all.extend(
-        s.at(ms(600), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 1 }).into_iter().map(|c| (ms(600), c)),
-    );
-    all.extend(s.at(ms(650), NodeEvent::ChannelDown { peer: A }).into_iter().map(|c| (ms(650), c)));
+    all.extend(s.channel_up(ms(600), 1, 1).into_iter().map(|c| (ms(600), c)));
+    all.extend(s.channel_down(ms(650)).into_iter().map(|c| (ms(650), c)));
     all.extend(s.run(ms(3000), &beats(610, 1000, &[1]), 1));
     all.extend(s.run(ms(5000), &beats(3010, 5000, &[0, 1]), 1));
     assert!(all.iter().any(|(_, c)| *c == report(NodeReport::PeerDead { peer: A, incarnation: inc(1) })));
@@ -390,36 +535,33 @@ fn non_dialer_never_dials() {
 fn failed_dial_retried_after_backoff() {
     let mut s = Solo::new(A, 1);
     s.timeout(ms(0));
-    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    assert!(s.hb(ms(10), 0, 1).contains(&s.connect(0, dial_id(1))));
     // The dial fails: nothing to report (the channel never was up), nothing dialed yet.
-    assert_eq!(s.at(ms(20), NodeEvent::ChannelDown { peer: B }), vec![]);
+    assert_eq!(s.dial_fails(ms(20)), vec![]);
     let out = s.run(ms(400), &beats(110, 400, &[0, 1]), 1);
     assert_eq!(
         no_heartbeats(&out),
-        vec![
-            (ms(110), report(NodeReport::LinkUp { peer: B, link: 1 })),
-            (ms(220), NodeCommand::Connect { peer: B, link: 0 })
-        ]
+        vec![(ms(110), report(NodeReport::LinkUp { peer: B, link: 1 })), (ms(220), s.connect(0, dial_id(2)))]
     );
     // Fails again: retried again after the back-off.
-    assert_eq!(s.at(ms(400), NodeEvent::ChannelDown { peer: B }), vec![]);
+    assert_eq!(s.dial_fails(ms(400)), vec![]);
     let out = s.run(ms(700), &beats(410, 700, &[0, 1]), 1);
-    assert_eq!(no_heartbeats(&out), vec![(ms(600), NodeCommand::Connect { peer: B, link: 0 })]);
+    assert_eq!(no_heartbeats(&out), vec![(ms(600), s.connect(0, dial_id(3)))]);
 }
 
 #[test]
 fn dial_abandoned_after_dead_after() {
     let mut s = Solo::new(A, 1);
     s.timeout(ms(0));
-    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    assert!(s.hb(ms(10), 0, 1).contains(&s.connect(0, dial_id(1))));
     // The dial neither succeeds nor fails; the peer stays alive on both links.
     let out = s.run(ms(800), &beats(110, 800, &[0, 1]), 1);
     assert_eq!(
         no_heartbeats(&out),
         vec![
             (ms(110), report(NodeReport::LinkUp { peer: B, link: 1 })),
-            (ms(510), NodeCommand::Disconnect { peer: B }),
-            (ms(710), NodeCommand::Connect { peer: B, link: 0 }),
+            (ms(510), s.disconnect(dial_id(1))),
+            (ms(710), s.connect(0, dial_id(2))),
         ]
     );
 }
@@ -429,10 +571,8 @@ fn groups_told_connected_only_when_alive_and_channel_up_to_the_same_run() {
     // The channel comes up before any heartbeat: the groups hear nothing yet.
     let mut s = Solo::new(B, 1);
     s.timeout(ms(0));
-    assert_eq!(
-        s.at(ms(10), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
-        vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]
-    );
+    assert_eq!(s.channel_up(ms(10), 1, 0), vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]);
+    let first = s.conn();
     assert_eq!(group_peer(&s, G0), GroupPeer::Unknown);
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
@@ -451,14 +591,14 @@ fn groups_told_connected_only_when_alive_and_channel_up_to_the_same_run() {
         s.hb(ms(40), 0, 2),
         vec![
             report(NodeReport::PeerRestarted { peer: A, old: inc(1), new: inc(2) }),
-            NodeCommand::Disconnect { peer: A },
+            s.disconnect(first),
             report(NodeReport::ChannelDown { peer: A }),
         ]
     );
     assert_eq!(group_peer(&s, G0), GroupPeer::Down { inc: inc(1), stopped: true });
     assert_eq!(s.hb(ms(50), 1, 2), vec![]);
     assert_eq!(
-        s.at(ms(60), NodeEvent::ChannelUp { peer: A, incarnation: inc(2), link: 0 }),
+        s.channel_up(ms(60), 2, 0),
         vec![
             report(NodeReport::ChannelUp { peer: A, link: 0 }),
             gcmd(G0, A, Command::Send { to: inc(2), msg: Message::State(state) }),
@@ -473,10 +613,7 @@ fn groups_not_told_connected_while_the_peer_is_dead() {
     s.run(ms(600), &[], 1);
     assert_eq!(group_peer(&s, G0), GroupPeer::Down { inc: inc(1), stopped: false });
     // A channel to run 1 while no link hears it: the groups hear nothing.
-    assert_eq!(
-        s.at(ms(610), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
-        vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]
-    );
+    assert_eq!(s.channel_up(ms(610), 1, 0), vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]);
     assert_eq!(group_peer(&s, G0), GroupPeer::Down { inc: inc(1), stopped: false });
     // Heard again: now the same run is connected again.
     let out = s.hb(ms(620), 0, 1);
@@ -497,15 +634,15 @@ fn groups_not_told_connected_while_the_peer_is_dead() {
 fn channel_reconnect_to_same_run_tells_groups_again() {
     let mut s = connected(A);
     // The channel breaks while heartbeats keep arriving: the groups are not told.
-    assert_eq!(s.at(ms(50), NodeEvent::ChannelDown { peer: B }), vec![report(NodeReport::ChannelDown { peer: B })]);
+    assert_eq!(s.channel_down(ms(50)), vec![report(NodeReport::ChannelDown { peer: B })]);
     let out = s.run(ms(260), &beats(110, 260, &[0, 1]), 1);
-    assert_eq!(no_heartbeats(&out), vec![(ms(250), NodeCommand::Connect { peer: B, link: 0 })]);
+    assert_eq!(no_heartbeats(&out), vec![(ms(250), s.connect(0, dial_id(2)))]);
     assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
     // The new channel reaches the same run: the groups hear PeerConnected again and
     // restart from there (the group re-sends its state).
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
-        s.at(ms(270), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 }),
+        s.channel_up(ms(270), 1, 0),
         vec![
             report(NodeReport::ChannelUp { peer: B, link: 0 }),
             gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
@@ -529,7 +666,7 @@ fn peer_heard_again_after_death_is_redialed_after_backoff() {
         ]
     );
     let out = s.run(ms(800), &beats(750, 800, &[1]), 1);
-    assert_eq!(no_heartbeats(&out), vec![(ms(710), NodeCommand::Connect { peer: B, link: 1 })]);
+    assert_eq!(no_heartbeats(&out), vec![(ms(710), s.connect(1, dial_id(2)))]);
 }
 
 #[test]
@@ -538,7 +675,13 @@ fn heartbeat_on_unknown_link_or_from_unknown_node_ignored() {
     s.timeout(ms(0));
     assert_eq!(s.at(ms(10), NodeEvent::Heartbeat { from: B, link: 2, incarnation: inc(1) }), vec![]);
     assert_eq!(s.at(ms(10), NodeEvent::Heartbeat { from: NodeId(7), link: 0, incarnation: inc(1) }), vec![]);
-    assert_eq!(s.at(ms(10), NodeEvent::ChannelUp { peer: NodeId(7), incarnation: inc(1), link: 0 }), vec![]);
+    // A connection from an unknown node is closed, and changes nothing else.
+    let conn = s.accept();
+    assert_eq!(
+        s.at(ms(10), NodeEvent::ChannelUp { peer: NodeId(7), incarnation: inc(1), link: 0, conn }),
+        vec![NodeCommand::Disconnect { peer: NodeId(7), conn }]
+    );
+
     let status = s.node.status(ms(10));
     assert!(!status.peers[0].alive);
     assert_eq!(status.peers[0].incarnation, None);
@@ -560,14 +703,15 @@ fn newer_incarnation_in_heartbeat_tells_groups_old_run_gone_without_fence() {
         let before = s.node.group(G0).unwrap().durable();
         assert_eq!(before.epoch, Epoch { counter: 1, node: peer.0, forced: false });
         let t = s.now.after(Duration::from_millis(10));
+        let (conn, next) = (s.conn(), s.next_dial());
         let out = s.hb(t, 0, 2);
         let mut expected = vec![
             report(NodeReport::PeerRestarted { peer, old: inc(1), new: inc(2) }),
-            NodeCommand::Disconnect { peer },
+            s.disconnect(conn),
             report(NodeReport::ChannelDown { peer }),
         ];
         if me == A {
-            expected.push(NodeCommand::Connect { peer, link: 0 });
+            expected.push(s.connect(0, next));
         }
         let sm = GroupDurable {
             priority: Priority::P1,
@@ -617,11 +761,13 @@ fn late_heartbeat_from_older_run_ignored() {
 fn channel_from_older_run_rejected() {
     let mut s = Solo::new(A, 1);
     s.timeout(ms(0));
-    assert!(s.hb(ms(10), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    let first = s.next_dial();
+    assert!(s.hb(ms(10), 0, 1).contains(&s.connect(0, first)));
     // Run 2 is heard while the dial is under way; then the handshake completes with run 1.
     assert_eq!(s.hb(ms(20), 0, 2), vec![report(NodeReport::PeerRestarted { peer: B, old: inc(1), new: inc(2) })]);
-    let out = s.at(ms(30), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 });
-    assert_eq!(out.first(), Some(&NodeCommand::Disconnect { peer: B }), "{out:?}");
+    let second = s.next_dial();
+    let out = s.channel_up(ms(30), 1, 0);
+    assert_eq!(out.first(), Some(&s.disconnect(first)), "{out:?}");
     assert!(out.iter().all(|c| !matches!(c, NodeCommand::Group { .. } | NodeCommand::Report(_))), "{out:?}");
     assert_eq!(group_peer(&s, G0), GroupPeer::Unknown, "the groups heard nothing of run 1");
     assert_eq!(s.node.status(ms(30)).peers[0].channel_link, None);
@@ -631,7 +777,7 @@ fn channel_from_older_run_rejected() {
     after.extend(s.run(ms(800), &beats(120, 800, &[0]), 2));
     let first = channel_commands(&after).first().cloned();
     assert!(
-        matches!(first, Some((t, NodeCommand::Connect { peer: B, link: 0 })) if t <= ms(230)),
+        matches!(first, Some((t, NodeCommand::Connect { peer: B, link: 0, conn })) if t <= ms(230) && conn == second),
         "next channel command {first:?}, expected a dial by 230 ms: {after:?}"
     );
 }
@@ -641,12 +787,214 @@ fn non_dialer_rejects_a_channel_from_an_older_run() {
     let mut s = Solo::new(B, 1);
     s.timeout(ms(0));
     s.hb(ms(10), 0, 2);
-    assert_eq!(
-        s.at(ms(20), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
-        vec![NodeCommand::Disconnect { peer: A }]
-    );
+    let out = s.channel_up(ms(20), 1, 0);
+    assert_eq!(out, vec![s.disconnect(ConnId(1))]);
     assert_eq!(group_peer(&s, G0), GroupPeer::Unknown);
     assert_eq!(s.node.status(ms(20)).peers[0].channel_link, None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection ids
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn stale_channel_up_of_an_abandoned_dial_is_disconnected() {
+    let mut s = Solo::new(A, 1);
+    s.timeout(ms(0));
+    let first = s.next_dial();
+    assert!(s.hb(ms(10), 0, 1).contains(&s.connect(0, first)));
+    // The dial hangs: abandoned at 510, dialed again once the back-off ends.
+    let out = s.run(ms(720), &beats(110, 720, &[0, 1]), 1);
+    let second = s.dialing();
+    assert_ne!(second, first);
+    assert_eq!(
+        no_heartbeats(&out),
+        vec![
+            (ms(110), report(NodeReport::LinkUp { peer: B, link: 1 })),
+            (ms(510), s.disconnect(first)),
+            (ms(710), s.connect(0, second)),
+        ]
+    );
+    // The abandoned dial's handshake completes after all and a careless shell reports it:
+    // it is closed, not taken for the dial under way.
+    let stale = NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0, conn: first };
+    assert_eq!(s.stale(ms(720), stale), vec![s.disconnect(first)]);
+    assert_eq!(s.node.status(ms(720)).peers[0].channel_link, None);
+    assert_eq!(group_peer(&s, G0), GroupPeer::Unknown, "the groups heard nothing of it");
+    // Its late failure does not fail the dial under way either.
+    assert_eq!(s.stale(ms(725), NodeEvent::ChannelDown { peer: B, conn: first }), vec![]);
+    // Nor is a connection the peer dialed (it should not: the lower id dials) taken.
+    let inbound = s.accept();
+    assert_eq!(
+        s.at(ms(727), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 1, conn: inbound }),
+        vec![s.disconnect(inbound)]
+    );
+    assert_eq!(s.node.status(ms(727)).peers[0].channel_link, None);
+    // The dial under way completes: that is the channel, and nothing was dialed meanwhile.
+    let state = s.node.group(G0).unwrap().state_message();
+    assert_eq!(
+        s.channel_up(ms(730), 1, 0),
+        vec![
+            report(NodeReport::ChannelUp { peer: B, link: 0 }),
+            gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
+        ]
+    );
+    assert_eq!(s.conn(), second);
+    assert_eq!(s.dials, 2);
+    assert_eq!(s.node.status(ms(730)).peers[0].channel_link, Some(0));
+}
+
+#[test]
+fn accepting_side_replaces_the_previous_connection() {
+    // B accepts. A gave up on the connection (say its detector found link 0 silent first)
+    // and dialed again over link 1; B has not yet seen the old connection close.
+    let mut s = connected(B);
+    let old = s.conn();
+    let state = s.node.group(G0).unwrap().state_message();
+    let out = s.channel_up(ms(30), 1, 1);
+    let new = s.conn();
+    assert_ne!(new, old);
+    assert_eq!(
+        out,
+        vec![
+            s.disconnect(old),
+            report(NodeReport::ChannelUp { peer: A, link: 1 }),
+            // A new channel: the groups are told again and restart from there.
+            gcmd(G0, A, Command::Send { to: inc(1), msg: Message::State(state) }),
+        ]
+    );
+    assert_eq!(s.node.status(ms(30)).peers[0].channel_link, Some(1));
+    assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
+    // The old connection's close, should a shell still report it, changes nothing.
+    assert_eq!(s.stale(ms(40), NodeEvent::ChannelDown { peer: A, conn: old }), vec![]);
+    assert_eq!(s.node.status(ms(40)).peers[0].channel_link, Some(1));
+    // A connection from the peer's next run replaces it too, and its groups learn that
+    // run 1 is gone before they hear of run 2.
+    let out = s.channel_up(ms(50), 2, 0);
+    assert_eq!(
+        out[..3],
+        [
+            report(NodeReport::PeerRestarted { peer: A, old: inc(1), new: inc(2) }),
+            s.disconnect(new),
+            report(NodeReport::ChannelDown { peer: A }),
+        ],
+        "{out:?}"
+    );
+    assert_eq!(out.iter().filter(|c| matches!(c, NodeCommand::Disconnect { .. })).count(), 1, "{out:?}");
+    assert!(out.contains(&report(NodeReport::ChannelUp { peer: A, link: 0 })), "{out:?}");
+    assert!(
+        matches!(
+            out.last(),
+            Some(NodeCommand::Group {
+                group: G0,
+                command: Command::Send { to: Incarnation(2), msg: Message::State(_) },
+                ..
+            })
+        ),
+        "{out:?}"
+    );
+    assert_eq!(s.node.status(ms(50)).peers[0].channel_link, Some(0));
+    assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(2), role: None, priority: None, last_index: None });
+}
+
+fn x_state(priority: Priority) -> Message {
+    Message::State(PeerState {
+        role: Role::X,
+        priority,
+        epoch: Epoch::ZERO,
+        join_only: false,
+        following: None,
+        log: LogMeta::empty(),
+    })
+}
+
+#[test]
+fn messages_of_a_replaced_connection_are_dropped() {
+    // The accepting side: a message read from the replaced connection, reported late.
+    let mut s = connected(B);
+    let old = s.conn();
+    s.channel_up(ms(30), 1, 1);
+    let late = NodeEvent::Message { peer: A, conn: old, group: G0, msg: x_state(Priority::P2) };
+    assert_eq!(s.stale(ms(40), late), vec![]);
+    let fresh = GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None };
+    assert_eq!(group_peer(&s, G0), fresh, "the group never heard it");
+    // The same message on the current connection reaches the group.
+    s.msg(ms(50), G0, x_state(Priority::P2));
+    assert_eq!(
+        group_peer(&s, G0),
+        GroupPeer::Up { inc: inc(1), role: Some(Role::X), priority: Some(Priority::P2), last_index: Some(0) }
+    );
+
+    // The dialing side: a message of the channel that broke, while no channel is up and
+    // after the next one came up.
+    let mut s = connected(A);
+    let old = s.conn();
+    s.channel_down(ms(30));
+    let late = || NodeEvent::Message { peer: B, conn: old, group: G0, msg: x_state(Priority::P3) };
+    assert_eq!(s.stale(ms(40), late()), vec![]);
+    s.run(ms(230), &beats(110, 230, &[0, 1]), 1);
+    s.channel_up(ms(240), 1, 0);
+    assert_ne!(s.conn(), old);
+    assert_eq!(s.stale(ms(250), late()), vec![]);
+    assert_eq!(group_peer(&s, G0), fresh, "the group never heard either");
+    s.msg(ms(260), G0, x_state(Priority::P3));
+    assert_eq!(
+        group_peer(&s, G0),
+        GroupPeer::Up { inc: inc(1), role: Some(Role::X), priority: Some(Priority::P3), last_index: Some(0) }
+    );
+}
+
+#[test]
+fn early_messages_of_a_replaced_connection_are_not_delivered() {
+    // B accepts a channel before it hears A: a message on it is held. A then replaces
+    // the connection (its groups send their state again on the new one): the held message
+    // belonged to the old connection and never reaches the groups.
+    let mut s = Solo::new(B, 1);
+    s.timeout(ms(0));
+    assert_eq!(s.channel_up(ms(10), 1, 0), vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]);
+    let old = s.conn();
+    assert_eq!(s.msg(ms(15), G0, x_state(Priority::P2)), vec![]);
+    assert_eq!(s.channel_up(ms(20), 1, 0), vec![s.disconnect(old), report(NodeReport::ChannelUp { peer: A, link: 0 })]);
+    s.hb(ms(30), 0, 1);
+    assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
+}
+
+#[test]
+fn early_messages_beyond_the_limit_drop_the_channel() {
+    // B accepts a channel before it hears A, and A's messages keep coming: B holds up to
+    // EARLY_MESSAGES of them, then drops the channel.
+    let mut s = Solo::new(B, 1);
+    s.timeout(ms(0));
+    assert_eq!(s.channel_up(ms(10), 1, 0), vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]);
+    let conn = s.conn();
+    for n in 0..EARLY_MESSAGES {
+        assert_eq!(s.msg(ms(20), G0, x_state(Priority::P2)), vec![], "message {n} is held");
+    }
+    assert_eq!(
+        s.msg(ms(20), G0, x_state(Priority::P2)),
+        vec![s.disconnect(conn), report(NodeReport::ChannelDown { peer: A })],
+        "one message too many"
+    );
+    assert_eq!(s.node.status(ms(20)).peers[0].channel_link, None);
+    // A is heard: no channel, so the groups hear nothing, and the held messages are gone.
+    assert_eq!(
+        s.hb(ms(30), 0, 1),
+        vec![
+            report(NodeReport::LinkUp { peer: A, link: 0 }),
+            report(NodeReport::PeerAlive { peer: A, incarnation: inc(1) })
+        ]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Unknown);
+    // A reconnects: the groups start afresh on the new channel, without the old messages.
+    let state = s.node.group(G0).unwrap().state_message();
+    assert_eq!(
+        s.channel_up(ms(40), 1, 0),
+        vec![
+            report(NodeReport::ChannelUp { peer: A, link: 0 }),
+            gcmd(G0, A, Command::Send { to: inc(1), msg: Message::State(state) })
+        ]
+    );
+    assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -684,7 +1032,7 @@ fn poll_timeout_is_the_earliest_deadline() {
     // A non-dialer has no channel deadline; the dialer's dial deadline.
     let mut s = Solo::new(A, 1);
     s.timeout(ms(0));
-    assert!(s.hb(ms(50), 0, 1).contains(&NodeCommand::Connect { peer: B, link: 0 }));
+    assert!(s.hb(ms(50), 0, 1).contains(&s.connect(0, dial_id(1))));
     s.run(ms(500), &beats(150, 450, &[0]), 1);
     assert_eq!(s.node.poll_timeout(), Some(ms(550)), "dial started at 50, abandoned at 550");
     // The dialer's retry after a failed dial.
@@ -693,9 +1041,9 @@ fn poll_timeout_is_the_earliest_deadline() {
     let mut s = Solo::with(cfg, 1, STARTUP_WAIT);
     s.timeout(ms(0));
     s.run(ms(500), &beats(50, 450, &[0]), 1);
-    assert_eq!(s.at(ms(510), NodeEvent::ChannelDown { peer: B }), vec![]);
+    assert_eq!(s.dial_fails(ms(510)), vec![]);
     assert_eq!(s.node.poll_timeout(), Some(ms(540)));
-    assert_eq!(s.timeout(ms(540)), vec![NodeCommand::Connect { peer: B, link: 0 }]);
+    assert_eq!(s.timeout(ms(540)), vec![s.connect(0, dial_id(2))]);
     assert_eq!(s.node.poll_timeout(), Some(ms(600)));
     // A group's deadline (its boot wait).
     let mut s = Solo::with(node_config(A, &[B], 1), 1, Duration::from_millis(250));
@@ -920,7 +1268,7 @@ fn promoted_lost_with_the_channel_is_sent_again_after_the_rejoin() {
     let mut sim = Sim::new(&[0], Arbiter::Fence);
     sim.advance(ms(0));
     for _ in 0..100 {
-        if sim.inflight[0].iter().any(|p| p.msg == Message::Promoted) {
+        if sim.in_flight(0).any(|msg| *msg == Message::Promoted) {
             break;
         }
         if !sim.deliver(0) && !sim.deliver(1) {
@@ -928,7 +1276,8 @@ fn promoted_lost_with_the_channel_is_sent_again_after_the_rejoin() {
         }
     }
     assert_eq!(sim.node(0).group(G0).unwrap().role(), Role::M);
-    assert!(sim.inflight[0].iter().any(|p| p.msg == Message::Promoted));
+    assert!(sim.in_flight(0).any(|msg| *msg == Message::Promoted));
+
     sim.links[0] = false;
     sim.advance(ms(600));
     sim.deliver_all();
@@ -946,7 +1295,7 @@ fn sm_acknowledgements_stay_in_order_across_a_channel_rebuild() {
     let mut s = connected(A);
     let b_state =
         |role, priority, epoch, following, log| PeerState { role, priority, epoch, join_only: false, following, log };
-    let msg = |s: &mut Solo, t, msg| s.at(ms(t), NodeEvent::Message { peer: B, incarnation: inc(1), group: G0, msg });
+    let msg = |s: &mut Solo, t, msg| s.msg(ms(t), G0, msg);
     let out = msg(&mut s, 30, Message::State(b_state(Role::X, Priority::P3, Epoch::ZERO, None, LogMeta::empty())));
     assert!(out.contains(&gcmd(G0, B, Command::StartService)), "{out:?}");
     let mut acks = Vec::new();
@@ -966,10 +1315,11 @@ fn sm_acknowledgements_stay_in_order_across_a_channel_rebuild() {
     let out = msg(&mut s, 60, Message::Join { from_index: 0, from_epoch: None });
     assert_eq!(out, vec![gcmd(G0, B, Command::SendRecords { to: inc(1), from: 1, upto: 1 })]);
     append(&mut s, 70, 2); // Streamed live: waits for B.
-    s.at(ms(80), NodeEvent::ChannelDown { peer: B });
+    s.channel_down(ms(80));
+    let next = s.next_dial();
     let out = s.timeout(ms(280));
-    assert!(out.contains(&NodeCommand::Connect { peer: B, link: 0 }), "{out:?}");
-    s.at(ms(290), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 });
+    assert!(out.contains(&s.connect(0, next)), "{out:?}");
+    s.channel_up(ms(290), 1, 0);
     append(&mut s, 300, 3);
     assert!(acks.windows(2).all(|w| w[0] < w[1]), "acknowledgements out of order: {acks:?}");
     assert_eq!(s.node.group(G0).unwrap().check_invariants(), Ok(()));
@@ -983,10 +1333,7 @@ fn messages_before_the_groups_are_told_connected_are_not_lost() {
     // still reach B's group: A sends it only once per channel.
     let mut s = Solo::new(B, 1);
     s.timeout(ms(0));
-    assert_eq!(
-        s.at(ms(10), NodeEvent::ChannelUp { peer: A, incarnation: inc(1), link: 0 }),
-        vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]
-    );
+    assert_eq!(s.channel_up(ms(10), 1, 0), vec![report(NodeReport::ChannelUp { peer: A, link: 0 })]);
     let a_state = PeerState {
         role: Role::X,
         priority: Priority::P2,
@@ -995,7 +1342,7 @@ fn messages_before_the_groups_are_told_connected_are_not_lost() {
         following: None,
         log: LogMeta::empty(),
     };
-    s.at(ms(15), NodeEvent::Message { peer: A, incarnation: inc(1), group: G0, msg: Message::State(a_state) });
+    s.msg(ms(15), G0, Message::State(a_state));
     s.hb(ms(60), 0, 1);
     assert_eq!(
         group_peer(&s, G0),
@@ -1015,17 +1362,46 @@ fn message_for_unknown_group_reported_and_dropped() {
     let groups = vec![group_setup(G0, A, B, Arbiter::Fence), group_setup(G1, A, C, Arbiter::Fence)];
     let mut node = Node::new(node_config(A, &[B, C], 1), groups, ms(0));
     drain(&mut node);
-    let msg = Message::Ack { upto: 0 };
-    let cases = [(B, G1), (B, GroupIndex(9)), (NodeId(7), G0), (C, G0)];
+    // Both peers heard and connected (A dials both; its dials are named in order).
+    for (n, peer) in [B, C].into_iter().enumerate() {
+        node.handle(ms(5), NodeEvent::Heartbeat { from: peer, link: 0, incarnation: inc(1) });
+        let conn = dial_id(n as u64 + 1);
+        assert!(drain(&mut node).contains(&NodeCommand::Connect { peer, link: 0, conn }));
+        node.handle(ms(5), NodeEvent::ChannelUp { peer, incarnation: inc(1), link: 0, conn });
+        drain(&mut node);
+    }
+    let conn_of = |peer| if peer == B { dial_id(1) } else { dial_id(2) };
+    let statuses = |node: &Node| [node.group(G0).unwrap().status(), node.group(G1).unwrap().status()];
+    let before = statuses(&node);
+    let b_state = PeerState {
+        role: Role::X,
+        priority: Priority::P3,
+        epoch: Epoch::ZERO,
+        join_only: false,
+        following: None,
+        log: LogMeta::empty(),
+    };
+    let msg = Message::State(b_state);
+    let cases = [(B, G1), (B, GroupIndex(9)), (C, G0)];
     for (peer, group) in cases {
-        node.handle(ms(10), NodeEvent::Message { peer, incarnation: inc(1), group, msg: msg.clone() });
+        let conn = conn_of(peer);
+        node.handle(ms(10), NodeEvent::Message { peer, conn, group, msg: msg.clone() });
         assert_eq!(drain(&mut node), vec![report(NodeReport::UnknownGroup { peer, group })]);
     }
-    assert_eq!(node.group(G0).unwrap().status().peer, GroupPeer::Unknown);
-    assert_eq!(node.group(G1).unwrap().status().peer, GroupPeer::Unknown);
-    // A known group from its own peer reaches it (and is ignored there: B is not up).
-    node.handle(ms(10), NodeEvent::Message { peer: B, incarnation: inc(1), group: G0, msg });
+    assert_eq!(statuses(&node), before, "no group heard any of them");
+    // No channel with an unknown node exists (its ChannelUp is answered with Disconnect),
+    // so a message claiming to come from one is dropped too.
+    node.handle(ms(10), NodeEvent::Message { peer: NodeId(7), conn: ConnId(1), group: G0, msg: msg.clone() });
     assert_eq!(drain(&mut node), vec![]);
+    assert_eq!(statuses(&node), before);
+    // A known group from its own peer reaches it, and only it.
+    node.handle(ms(10), NodeEvent::Message { peer: B, conn: dial_id(1), group: G0, msg });
+    drain(&mut node);
+    assert_eq!(
+        node.group(G0).unwrap().status().peer,
+        GroupPeer::Up { inc: inc(1), role: Some(Role::X), priority: Some(Priority::P3), last_index: Some(0) }
+    );
+    assert_eq!(node.group(G1).unwrap().status(), before[1]);
 }
 
 #[test]
@@ -1048,7 +1424,7 @@ fn status_reports_links_channel_and_last_heard() {
     s.timeout(ms(0));
     s.hb(ms(10), 0, 1);
     s.hb(ms(30), 1, 1);
-    s.at(ms(40), NodeEvent::ChannelUp { peer: B, incarnation: inc(1), link: 0 });
+    s.channel_up(ms(40), 1, 0);
     let status = s.node.status(ms(100));
     assert_eq!(
         status.peers,
@@ -1079,7 +1455,8 @@ fn status_reports_links_channel_and_last_heard() {
         ]
     );
     assert_eq!(status.peers[0].channel_link, Some(0));
-    s.at(ms(620), NodeEvent::ChannelDown { peer: B });
+    s.channel_down(ms(620));
+
     assert_eq!(s.node.status(ms(620)).peers[0].channel_link, None);
 }
 
@@ -1105,27 +1482,42 @@ struct Disk {
     journal: Vec<Vec<Record>>,
 }
 
-/// A group message on the channel.
+/// A group message on a connection, with its place in the order of every send.
 #[derive(Clone, Debug)]
 struct Packet {
-    chan: u64,
-    from: Incarnation,
+    seq: u64,
     group: GroupIndex,
     msg: Message,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Chan {
-    id: u64,
+/// One TCP-like connection between the two nodes, FIFO per direction. Node 0 dialed it
+/// (only the lower id dials) and knows it by the id of its `Connect`; node 1's shell
+/// accepted it and gave it an id of its own.
+#[derive(Clone, Debug)]
+struct Conn {
+    /// The id each node knows it by.
+    ids: [ConnId; 2],
     link: usize,
+    /// The run at each end.
+    runs: [Incarnation; 2],
+    /// The node at this end was handed its ChannelUp (its shell sends on it from then on).
+    up: [bool; 2],
+    /// This end is closed: its node closed it, was told it is down, or lost power.
+    closed: [bool; 2],
+    /// This end's node closed it: the other end learns it once the link carries the FIN.
+    fin: [bool; 2],
+    /// `inflight[i]`: packets node `i` sent on it, oldest first.
+    inflight: [VecDeque<Packet>; 2],
 }
 
-/// Two nodes, two links, one channel (FIFO per direction, like TCP), a virtual clock.
+/// Two nodes, two links, TCP-like connections (FIFO per direction), a virtual clock.
 /// Commands run to completion in order, as the shell runs them: Persist and
-/// WriteRecords reach the disk at once; Send queues a packet that a later `deliver`
-/// hands over; heartbeats and channel events arrive at once. Fences wait for the test.
-/// Like a careful shell, it never tells a node about a channel after that node closed it
-/// (see `exec` of `Disconnect`).
+/// WriteRecords reach the disk at once; Send queues a packet on the newest connection to
+/// that run, which a later `deliver` hands over; heartbeats arrive at once; a dial
+/// completes at once on both sides if its link is up (else it fails); a close reaches
+/// the other end once its link is up (a powered-off node closes nothing: its peer notices
+/// by silence). Fences wait for the test. Like a careful shell, it never tells a node
+/// about a connection after that node closed it (checked in `flush`).
 struct Sim {
     now: Instant,
     arbiter: Arbiter,
@@ -1134,10 +1526,15 @@ struct Sim {
     disks: [Disk; 2],
     /// Whether each link carries packets (both ways).
     links: [bool; 2],
-    chan: Option<Chan>,
-    next_chan: u64,
-    /// `inflight[i]`: packets sent by node `i`, oldest first.
-    inflight: [VecDeque<Packet>; 2],
+    /// Connections with an end still open.
+    conns: Vec<Conn>,
+    /// Dials node `i`'s current run asked for.
+    dials: [u64; 2],
+    /// The last id node 1's shell gave an accepted connection (restarts with the node).
+    accepted: u64,
+    /// Connections node `i`'s current run closed.
+    disconnected: [Vec<ConnId>; 2],
+    next_seq: u64,
     pending: VecDeque<(usize, NodeEvent)>,
     /// The group's service runs (StartService executed, StopService not yet).
     processing: [Vec<bool>; 2],
@@ -1165,9 +1562,11 @@ impl Sim {
             runs: [0, 0],
             disks: [disk(0), disk(1)],
             links: [true, true],
-            chan: None,
-            next_chan: 0,
-            inflight: [VecDeque::new(), VecDeque::new()],
+            conns: Vec::new(),
+            dials: [0, 0],
+            accepted: 0,
+            disconnected: [Vec::new(), Vec::new()],
+            next_seq: 0,
             pending: VecDeque::new(),
             processing: [vec![false; preferred.len()], vec![false; preferred.len()]],
             fence: [None, None],
@@ -1204,19 +1603,40 @@ impl Sim {
         self.disks[0].durable.len()
     }
 
-    /// Takes node `i` out of the network to drive it by hand.
+    /// Takes node `i` out of the network to drive it by hand; the connections it has up
+    /// go with it (the peer's side is then played by the test).
     fn take(&mut self, i: usize) -> Solo {
-        Solo { node: self.nodes[i].take().expect("node is up"), now: self.now }
+        assert!(self.pending.is_empty());
+        let mut s = Solo::from_node(self.nodes[i].take().expect("node is up"), self.now);
+        s.dials = self.dials[i];
+        let mut open: Vec<ConnId> = self.conns.iter().filter(|c| c.up[i] && !c.closed[i]).map(|c| c.ids[i]).collect();
+        open.sort();
+        s.open = open;
+        s.gone = self.disconnected[i].clone();
+        if i == 1 {
+            s.accepted = self.accepted;
+        }
+        s
     }
 
     fn inc_of(&self, i: usize) -> Incarnation {
         inc(self.runs[i])
     }
 
+    /// The messages node `i` sent that are still in flight.
+    fn in_flight(&self, i: usize) -> impl Iterator<Item = &Message> {
+        self.conns.iter().flat_map(move |c| c.inflight[i].iter().map(|p| &p.msg))
+    }
+
     /// (Re)starts node `i` from its disk with the next incarnation.
     fn boot(&mut self, i: usize) {
         assert!(self.nodes[i].is_none());
         self.runs[i] += 1;
+        self.dials[i] = 0;
+        self.disconnected[i].clear();
+        if i == 1 {
+            self.accepted = 0;
+        }
         let (me, peer) = (IDS[i], IDS[1 - i]);
         let setups = (0..self.groups())
             .map(|g| GroupSetup {
@@ -1233,13 +1653,17 @@ impl Sim {
         self.flush();
     }
 
-    /// Powers node `i` off: no goodbye on the channel, its peer notices by silence.
+    /// Powers node `i` off: no goodbye on its connections, its peer notices by silence;
+    /// every packet in flight is lost.
     fn kill(&mut self, i: usize) {
         self.nodes[i] = None;
         self.processing[i].iter_mut().for_each(|it| *it = false);
         self.fence[i] = None;
-        self.chan = None;
-        self.inflight = [VecDeque::new(), VecDeque::new()];
+        for c in &mut self.conns {
+            c.closed[i] = true;
+            c.inflight = [VecDeque::new(), VecDeque::new()];
+        }
+        self.conns.retain(|c| !c.closed.iter().all(|it| *it));
         self.pending.retain(|(j, _)| *j != i);
     }
 
@@ -1249,15 +1673,41 @@ impl Sim {
         }
     }
 
-    fn flush(&mut self) {
-        while let Some((j, event)) = self.pending.pop_front() {
-            if let Some(node) = self.nodes[j].as_mut() {
-                if self.trace && !matches!(event, NodeEvent::Heartbeat { .. }) {
-                    eprintln!("{:?} n{j} <- {event:?}", self.now);
+    /// Closes reach the other end of connections whose link is up.
+    fn propagate_closes(&mut self) {
+        for c in &mut self.conns {
+            for (i, closer) in IDS.into_iter().enumerate() {
+                let j = 1 - i;
+                if c.fin[i] && !c.closed[j] && self.links[c.link] {
+                    c.closed[j] = true;
+                    c.inflight = [VecDeque::new(), VecDeque::new()];
+                    self.pending.push_back((j, NodeEvent::ChannelDown { peer: closer, conn: c.ids[j] }));
                 }
-                node.handle(self.now, event);
-                self.drain(j);
             }
+        }
+        self.conns.retain(|c| !c.closed.iter().all(|it| *it));
+    }
+
+    fn flush(&mut self) {
+        loop {
+            self.propagate_closes();
+            let Some((j, event)) = self.pending.pop_front() else { return };
+            let Some(node) = self.nodes[j].as_mut() else { continue };
+            if let Some(conn) = event_conn(&event) {
+                assert!(
+                    !self.disconnected[j].contains(&conn),
+                    "the shell reports nothing of a connection the node closed: n{j} <- {event:?}"
+                );
+            }
+            if let NodeEvent::ChannelUp { conn, .. } = event {
+                let c = self.conns.iter_mut().find(|c| c.ids[j] == conn && !c.closed[j]).expect("an open connection");
+                c.up[j] = true;
+            }
+            if self.trace && !matches!(event, NodeEvent::Heartbeat { .. }) {
+                eprintln!("{:?} n{j} <- {event:?}", self.now);
+            }
+            node.handle(self.now, event);
+            self.drain(j);
         }
     }
 
@@ -1266,19 +1716,19 @@ impl Sim {
         self.flush();
     }
 
-    fn close_chan(&mut self) {
-        self.chan = None;
-        self.inflight = [VecDeque::new(), VecDeque::new()];
-    }
-
+    /// Queues a packet on the newest connection node `i` has up to run `to` of its peer
+    /// (as the agent does); lost if there is none, or if its other end is closed.
     fn push_packet(&mut self, i: usize, group: GroupIndex, to: Incarnation, msg: Message) {
         let j = 1 - i;
-        if let Some(chan) = self.chan
-            && self.nodes[j].is_some()
-            && self.inc_of(j) == to
-        {
-            let from = self.inc_of(i);
-            self.inflight[i].push_back(Packet { chan: chan.id, from, group, msg });
+        let seq = self.next_seq;
+        let Some(c) =
+            self.conns.iter_mut().filter(|c| c.up[i] && !c.closed[i] && c.runs[j] == to).max_by_key(|c| c.ids[i])
+        else {
+            return;
+        };
+        if !c.closed[j] {
+            self.next_seq += 1;
+            c.inflight[i].push_back(Packet { seq, group, msg });
         }
     }
 
@@ -1299,33 +1749,43 @@ impl Sim {
                     }
                 }
             }
-            NodeCommand::Connect { peer: p, link } => {
+            NodeCommand::Connect { peer: p, link, conn } => {
                 assert_eq!(p, peer);
                 assert!(i == 0, "only the lower id dials");
+                self.dials[i] += 1;
+                assert_eq!(conn, dial_id(self.dials[i]), "the node names its dials DIAL_IDS + 1, + 2, …");
                 if self.links[link] && self.nodes[j].is_some() {
-                    self.close_chan();
-                    self.next_chan += 1;
-                    self.chan = Some(Chan { id: self.next_chan, link });
-                    let (inc_i, inc_j) = (self.inc_of(i), self.inc_of(j));
-                    self.pending.push_back((i, NodeEvent::ChannelUp { peer, incarnation: inc_j, link }));
-                    self.pending.push_back((j, NodeEvent::ChannelUp { peer: me, incarnation: inc_i, link }));
+                    self.accepted += 1;
+                    let mut ids = [conn; 2];
+                    ids[j] = ConnId(self.accepted);
+                    let mut runs = [self.inc_of(i); 2];
+                    runs[j] = self.inc_of(j);
+                    self.conns.push(Conn {
+                        ids,
+                        link,
+                        runs,
+                        up: [false; 2],
+                        closed: [false; 2],
+                        fin: [false; 2],
+                        inflight: [VecDeque::new(), VecDeque::new()],
+                    });
+                    self.pending.push_back((i, NodeEvent::ChannelUp { peer, incarnation: runs[j], link, conn }));
+                    let event = NodeEvent::ChannelUp { peer: me, incarnation: runs[i], link, conn: ids[j] };
+                    self.pending.push_back((j, event));
                 } else {
-                    self.pending.push_back((i, NodeEvent::ChannelDown { peer }));
+                    self.pending.push_back((i, NodeEvent::ChannelDown { peer, conn }));
                 }
             }
-            NodeCommand::Disconnect { peer: p } => {
+            NodeCommand::Disconnect { peer: p, conn } => {
                 assert_eq!(p, peer);
-                // The shell closes the channel or aborts the dial, and drops whatever it had
-                // not told the node yet about it (the core cannot tell a stale ChannelUp
-                // from a fresh one).
-                self.pending.retain(|(k, e)| {
-                    !(*k == i && matches!(e, NodeEvent::ChannelUp { .. } | NodeEvent::ChannelDown { .. }))
-                });
-                if self.chan.is_some() {
-                    self.close_chan();
-                    if self.nodes[j].is_some() {
-                        self.pending.push_back((j, NodeEvent::ChannelDown { peer: me }));
-                    }
+                // The shell closes the connection or aborts the dial, and drops whatever it
+                // had not told the node yet about it.
+                self.disconnected[i].push(conn);
+                self.pending.retain(|(k, e)| !(*k == i && event_conn(e) == Some(conn)));
+                if let Some(c) = self.conns.iter_mut().find(|c| c.ids[i] == conn && !c.closed[i]) {
+                    c.closed[i] = true;
+                    c.fin[i] = true;
+                    c.inflight = [VecDeque::new(), VecDeque::new()];
                 }
             }
             NodeCommand::Fence { peer: p } => {
@@ -1373,6 +1833,7 @@ impl Sim {
 
     /// Moves the clock to `to`, firing every node's timer when it is due.
     fn advance(&mut self, to: Instant) {
+        self.flush();
         for _ in 0..100_000 {
             let due = (0..2).filter_map(|i| self.nodes[i].as_ref().and_then(|n| n.poll_timeout())).min();
             match due {
@@ -1397,16 +1858,23 @@ impl Sim {
         panic!("timers do not move forward");
     }
 
-    /// Delivers the oldest packet node `i` sent, if the channel's link carries it.
+    /// Delivers the oldest packet node `i` sent on a connection whose link carries it.
     fn deliver(&mut self, i: usize) -> bool {
-        let Some(chan) = self.chan else { return false };
-        if !self.links[chan.link] {
+        self.flush();
+        let j = 1 - i;
+        let Some(k) = (0..self.conns.len())
+            .filter(|&k| self.links[self.conns[k].link])
+            .filter_map(|k| self.conns[k].inflight[i].front().map(|p| (p.seq, k)))
+            .min()
+            .map(|(_, k)| k)
+        else {
             return false;
-        }
-        let Some(packet) = self.inflight[i].pop_front() else { return false };
-        assert_eq!(packet.chan, chan.id);
-        let event = NodeEvent::Message { peer: IDS[i], incarnation: packet.from, group: packet.group, msg: packet.msg };
-        self.send_event(1 - i, event);
+        };
+        let c = &mut self.conns[k];
+        let packet = c.inflight[i].pop_front().expect("a packet");
+        assert!(c.up[j] && !c.closed[j], "packets travel only between open ends");
+        let event = NodeEvent::Message { peer: IDS[i], conn: c.ids[j], group: packet.group, msg: packet.msg };
+        self.send_event(j, event);
         true
     }
 
@@ -1475,6 +1943,7 @@ impl Sim {
                 if up || mode == Mode::Partitions || self.links[1 - l] {
                     self.links[l] = up;
                 }
+                self.flush();
             }
             Action::Deliver(i) => {
                 self.deliver(i);
