@@ -901,7 +901,7 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::*;
     use super::*;
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
 
     fn spec(dir: &Path, argv: &[&str]) -> ServiceSpec {
         ServiceSpec {
@@ -1163,70 +1163,9 @@ mod tests {
         drop(svc);
     }
 
-    const HELPER_ENV: &str = "TAKEOVER_TEST_AGENT_HELPER_DIR";
-
-    /// Not a test: the stand-in agent process for
-    /// `service_dies_when_agent_process_is_sigkilled`, which runs this test binary again
-    /// with only this function selected.
-    #[test]
-    #[ignore = "helper process; does nothing unless started by another test"]
-    fn helper_agent_process() {
-        let Ok(dir) = std::env::var(HELPER_ENV) else {
-            return;
-        };
-        let sup = ServiceSupervisor::new().unwrap();
-        let svc = sup.start_blocking(spec(Path::new(&dir), &["sh", "-c", "sleep 600 & wait"])).unwrap();
-        println!("SERVICE {} {}", svc.pid(), svc.starttime());
-        io::stdout().flush().unwrap();
-        // Wait for the parent test to SIGKILL us (or to close our stdin).
-        let _ = io::stdin().read(&mut [0u8; 1]);
-    }
-
-    #[test]
-    fn service_dies_when_agent_process_is_sigkilled() {
-        let dir = tempfile::tempdir().unwrap();
-        let helper = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "service::tests::helper_agent_process", "--nocapture", "--test-threads=1"])
-            .env(HELPER_ENV, dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut helper = ChildGuard(helper);
-        let mut out = BufReader::new(helper.0.stdout.take().unwrap());
-        let (pid, st) = loop {
-            let mut line = String::new();
-            assert!(out.read_line(&mut line).unwrap() > 0, "helper exited early");
-            // libtest prints "test NAME ... " without a newline before the test runs.
-            if let Some((_, rest)) = line.split_once("SERVICE ") {
-                let mut w = rest.split_whitespace().map(|x| x.parse::<u64>().unwrap());
-                break (w.next().unwrap() as i32, w.next().unwrap());
-            }
-        };
-        let _g = GroupGuard(pid);
-        assert!(alive(pid, st));
-        let grandchild = {
-            let mut g = vec![];
-            poll_until("sh and sleep in the service group", T, || {
-                g = live_group_members(pid).unwrap();
-                g.len() == 2
-            });
-            g.into_iter().find(|&p| p != pid).unwrap()
-        };
-        let gst = starttime(grandchild);
-
-        nix::sys::signal::kill(Pid::from_raw(helper.pid()), Signal::SIGKILL).unwrap();
-        poll_until("service main process killed by PDEATHSIG", T, || !alive(pid, st));
-        let _ = helper.0.wait();
-        // PDEATHSIG only reaches the main process: the grandchild is a leftover, and
-        // the pid file the dead agent left names the group.
-        assert!(alive(grandchild, gst), "grandchild should outlive the agent");
-        let report = kill_leftovers(&dir.path().join("service.pid")).unwrap();
-        assert_eq!(report, LeftoverReport::Killed { pid, pgid: pid, killed: vec![grandchild] });
-        assert!(!alive(grandchild, gst));
-        assert!(!dir.path().join("service.pid").exists());
-    }
+    // The service dying with its agent process (SIGKILL of the agent) is proven end to
+    // end with the real agent: crates/takeover/tests/e2e.rs,
+    // seed_op4_agent_killed_alone_its_service_dies_with_it_and_the_sl_takes_over.
 
     #[test]
     fn kill_leftovers_kills_a_live_group() {

@@ -1,5 +1,5 @@
-//! Small durable state files: a group's [`GroupDurable`] state, the node's incarnation and
-//! the agent's pid file.
+//! Small durable state files: a group's [`GroupDurable`] state and the node's incarnation.
+//! (The pid files for leftovers and `fence-local` live in [`crate::service`].)
 //!
 //! Every file is written whole with [`write_atomic`] (temporary file, fsync, rename,
 //! directory fsync), so after a crash it holds either the old or the new content. Each is
@@ -35,8 +35,6 @@ pub enum StateFile {
     Group,
     /// The node's agent incarnation.
     Node,
-    /// The running agent's pid and start time.
-    Pid,
 }
 
 impl StateFile {
@@ -52,10 +50,6 @@ impl StateFile {
                  the agents on the other nodes before removing it (they ignore an \
                  incarnation of this node that goes backwards)"
             }
-            StateFile::Pid => {
-                "check whether a takeover agent is still running on this node; if none is, \
-                 remove the file"
-            }
         }
     }
 
@@ -64,7 +58,6 @@ impl StateFile {
         match self {
             StateFile::Group => "takeover group-state v1",
             StateFile::Node => "takeover node-state v1",
-            StateFile::Pid => "takeover agent-pid v1",
         }
     }
 }
@@ -74,7 +67,6 @@ impl fmt::Display for StateFile {
         f.write_str(match self {
             StateFile::Group => "group state file",
             StateFile::Node => "node state file",
-            StateFile::Pid => "agent pid file",
         })
     }
 }
@@ -149,41 +141,6 @@ pub fn next_incarnation(path: &Path) -> Result<Incarnation, StoreError> {
     write_atomic(path, &render(StateFile::Node, &[("incarnation", next.to_string())]))
         .map_err(|source| StoreError::Io { file: StateFile::Node, path: path.to_owned(), op: "write", source })?;
     Ok(Incarnation(next))
-}
-
-/// Writes the agent's pid file atomically: its pid and its start time from
-/// [`proc_starttime`], which together name one process even after the pid is reused.
-pub fn write_pidfile(path: &Path, pid: u32, starttime: u64) -> io::Result<()> {
-    write_atomic(path, &render(StateFile::Pid, &[("pid", pid.to_string()), ("starttime", starttime.to_string())]))
-}
-
-/// Reads the pid file at `path`: `Ok(None)` if absent, else `(pid, starttime)`.
-pub fn read_pidfile(path: &Path) -> Result<Option<(u32, u64)>, StoreError> {
-    let Some(bytes) = read_if_exists(StateFile::Pid, path)? else {
-        return Ok(None);
-    };
-    let values = parse_u64_file(StateFile::Pid, path, &bytes, &["pid", "starttime"])?;
-    let pid = u32::try_from(values[0]).map_err(|_| StoreError::Corrupt {
-        file: StateFile::Pid,
-        path: path.to_owned(),
-        detail: format!("pid {} is out of range", values[0]),
-    })?;
-    Ok(Some((pid, values[1])))
-}
-
-/// The start time of process `pid`, in clock ticks since boot (field 22 of
-/// `/proc/<pid>/stat`); `None` if the process does not exist or the line cannot be parsed.
-pub fn proc_starttime(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_starttime(&stat)
-}
-
-/// Parses field 22 of a `/proc/<pid>/stat` line. The command name (field 2) is in
-/// parentheses and may itself contain spaces and parentheses, so fields are counted from
-/// after the last `)`, which is where field 3 begins.
-fn parse_stat_starttime(stat: &str) -> Option<u64> {
-    let (_, after_comm) = stat.rsplit_once(')')?;
-    after_comm.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// One step of [`write_atomic`], reported to tests so they can check the order and look
@@ -617,42 +574,5 @@ mod tests {
         let max = format!("takeover node-state v1\nincarnation = {}\n", u64::MAX);
         fs::write(&path, with_crc(&max)).unwrap();
         assert_corrupt(next_incarnation(&path), "at maximum");
-    }
-
-    #[test]
-    fn pidfile_round_trips_and_refuses_corruption() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.pid");
-        assert_eq!(read_pidfile(&path).unwrap(), None);
-        write_pidfile(&path, 4242, 987_654).unwrap();
-        assert_eq!(read_pidfile(&path).unwrap(), Some((4242, 987_654)));
-        let good = fs::read(&path).unwrap();
-        for len in 0..good.len() {
-            fs::write(&path, &good[..len]).unwrap();
-            assert_corrupt(read_pidfile(&path), &format!("truncated to {len}"));
-        }
-        for i in 0..good.len() {
-            let mut bad = good.clone();
-            bad[i] ^= 0x04;
-            fs::write(&path, &bad).unwrap();
-            assert_corrupt(read_pidfile(&path), &format!("flip {i}"));
-        }
-        let big = format!("takeover agent-pid v1\npid = {}\nstarttime = 1\n", 1u64 << 32);
-        fs::write(&path, with_crc(&big)).unwrap();
-        assert_corrupt(read_pidfile(&path), "pid out of range");
-    }
-
-    #[test]
-    fn proc_starttime_reads_field_22_after_the_last_paren() {
-        // Field 22 is the 20th field after the command name.
-        let tail = (3..=30).map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
-        for comm in ["sh", "a b", "x) 7 (y", "))", "("] {
-            let line = format!("123 ({comm}) {tail}\n");
-            assert_eq!(parse_stat_starttime(&line), Some(22), "comm {comm:?}");
-        }
-        assert_eq!(parse_stat_starttime("123 (sh) R 1 2"), None);
-        assert_eq!(parse_stat_starttime("garbage"), None);
-        assert!(proc_starttime(std::process::id()).is_some());
-        assert_eq!(proc_starttime(u32::MAX), None);
     }
 }

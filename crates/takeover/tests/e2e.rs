@@ -197,7 +197,7 @@ async fn malformed_heartbeats_and_frames_are_dropped_and_counted_never_acted_on(
 #[tokio::test]
 async fn the_demo_runs_and_reports_nothing_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let _turn = common::turn();
+    let _turn = common::turn().await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_takeover"))
         .args(["demo", "--dir"])
         .arg(tmp.path().join("demo"))

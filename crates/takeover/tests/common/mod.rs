@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use takeover_agent::api::{GroupDoc, StatusDoc};
@@ -18,11 +17,11 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// End-to-end tests share two cores: running clusters one at a time keeps the timing
 /// of each honest (a starved agent would be declared dead).
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Takes this test's turn to run a cluster.
-pub fn turn() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|it| it.into_inner())
+pub async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
 }
 
 pub struct Bed {
@@ -30,7 +29,7 @@ pub struct Bed {
     pub apps: BTreeMap<String, SocketAddr>,
     pub dir: PathBuf,
     _tmp: tempfile::TempDir,
-    _turn: MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 pub fn group(status: &StatusDoc) -> Option<&GroupDoc> {
@@ -39,7 +38,7 @@ pub fn group(status: &StatusDoc) -> Option<&GroupDoc> {
 
 impl Bed {
     pub async fn new() -> Bed {
-        let turn = turn();
+        let turn = turn().await;
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let dir = tmp.path().to_path_buf();
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_takeover"));
