@@ -42,6 +42,43 @@ pub struct Spec {
     pub arbiter: String,
 }
 
+impl Spec {
+    /// Two nodes, `alpha` (preferred) and `beta`, default timings, fencing by power-off,
+    /// running the demo's sample service (`takeover demo-app`) of `binary` on a free
+    /// loopback port per node; the service records what it served in `record`.
+    /// Returns the spec and where each node's service listens.
+    pub fn demo_service(
+        cluster: &str,
+        group: &str,
+        binary: &Path,
+        record: &Path,
+    ) -> anyhow::Result<(Spec, BTreeMap<String, SocketAddr>)> {
+        let mut apps = BTreeMap::new();
+        for node in ["alpha", "beta"] {
+            apps.insert(node.to_string(), SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")?)));
+        }
+        let listen = apps.iter().map(|(node, addr)| format!("{node}={addr}")).collect::<Vec<_>>().join(",");
+        let spec = Spec {
+            cluster: cluster.into(),
+            nodes: vec!["alpha".into(), "beta".into()],
+            group: group.into(),
+            service: Some(vec![
+                binary.display().to_string(),
+                "demo-app".into(),
+                "--listen".into(),
+                listen,
+                "--record".into(),
+                record.display().to_string(),
+            ]),
+            heartbeat_interval: Duration::from_millis(100),
+            dead_after: Duration::from_millis(500),
+            startup_wait: Duration::from_secs(2),
+            arbiter: "fence".into(),
+        };
+        Ok((spec, apps))
+    }
+}
+
 /// One node of a local cluster.
 #[derive(Clone, Debug)]
 pub struct LocalNode {

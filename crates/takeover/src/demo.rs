@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use takeover_agent::api::StatusDoc;
-use takeover_agent::localnet::{AppClient, LocalCluster, Spec, free_loopback_port, serving_overlaps};
+use takeover_agent::localnet::{AppClient, LocalCluster, Spec, serving_overlaps};
 use tokio::time::Instant;
 
 const GROUP: &str = "journal";
@@ -49,30 +49,7 @@ pub async fn run(dir: Option<PathBuf>, keep: bool) -> anyhow::Result<ExitCode> {
 
 async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
     let binary = std::env::current_exe().context("cannot find the takeover binary")?;
-    let app_ports = [free_loopback_port()?, free_loopback_port()?];
-    let apps: BTreeMap<String, SocketAddr> = [
-        ("alpha".to_string(), SocketAddr::from(([127, 0, 0, 1], app_ports[0]))),
-        ("beta".to_string(), SocketAddr::from(([127, 0, 0, 1], app_ports[1]))),
-    ]
-    .into();
-    let listen = apps.iter().map(|(node, addr)| format!("{node}={addr}")).collect::<Vec<_>>().join(",");
-    let spec = Spec {
-        cluster: "demo".into(),
-        nodes: vec!["alpha".into(), "beta".into()],
-        group: GROUP.into(),
-        service: Some(vec![
-            binary.display().to_string(),
-            "demo-app".into(),
-            "--listen".into(),
-            listen,
-            "--record".into(),
-            dir.join("app-records.log").display().to_string(),
-        ]),
-        heartbeat_interval: Duration::from_millis(100),
-        dead_after: Duration::from_millis(500),
-        startup_wait: Duration::from_secs(2),
-        arbiter: "fence".into(),
-    };
+    let (spec, apps) = Spec::demo_service("demo", GROUP, &binary, &dir.join("app-records.log"))?;
     let cluster = LocalCluster::create(dir, &binary, &spec).await?;
     println!(
         "demo: two agents, alpha and beta, on loopback; link 0 runs through a relay on 127.0.0.3 that the demo can cut, link 1 is direct"
@@ -128,6 +105,13 @@ impl Demo {
         let since = Instant::now();
         self.cluster.wait_for(node, WAIT, &format!("{GROUP} to be {role}"), role_is(role)).await?;
         Ok(since.elapsed())
+    }
+
+    /// Waits until `node` reports why it waits (alone, or [1 1]).
+    async fn wait_waiting(&self, node: &str) -> anyhow::Result<StatusDoc> {
+        self.cluster
+            .wait_for(node, WAIT, &format!("{node} to wait"), |s| group(s).is_some_and(|g| g.waiting.is_some()))
+            .await
     }
 
     /// Waits until an SL holds as many records as its active and the active is M.
@@ -226,10 +210,7 @@ impl Demo {
         self.cluster.power_off("beta").await?;
         self.cluster.power_off("alpha").await?;
         self.cluster.start("alpha", false)?;
-        let status = self
-            .cluster
-            .wait_for("alpha", WAIT, "alpha to wait", |s| group(s).is_some_and(|g| g.waiting.is_some()))
-            .await?;
+        let status = self.wait_waiting("alpha").await?;
         self.detail(format!(
             "alpha restarted first, alone, with priority {}: it waits ({})",
             group(&status).map_or(0, |g| g.priority),
@@ -242,10 +223,7 @@ impl Demo {
         self.cluster.power_off("alpha").await?;
         self.cluster.power_off("beta").await?;
         self.cluster.start("beta", false)?;
-        let status = self
-            .cluster
-            .wait_for("beta", WAIT, "beta to wait", |s| group(s).is_some_and(|g| g.waiting.is_some()))
-            .await?;
+        let status = self.wait_waiting("beta").await?;
         self.detail(format!(
             "beta restarted first, alone, with priority {}: it waits too (only priority 1 may start alone)",
             group(&status).map_or(0, |g| g.priority)
@@ -265,10 +243,7 @@ impl Demo {
         self.wait_acks(self.acks() + 20).await?;
         self.cluster.power_off("beta").await?;
         self.cluster.start("alpha", false)?;
-        let status = self
-            .cluster
-            .wait_for("alpha", WAIT, "alpha to wait", |s| group(s).is_some_and(|g| g.waiting.is_some()))
-            .await?;
+        let status = self.wait_waiting("alpha").await?;
         self.detail(format!(
             "alpha alone with priority {}: waits for beta, which processed last",
             group(&status).map_or(0, |g| g.priority)
@@ -296,9 +271,7 @@ impl Demo {
             "alpha powered off, then beta after acknowledging {beta_only}+ records alone (SM, priority 1)"
         ));
         self.cluster.start("alpha", false)?;
-        self.cluster
-            .wait_for("alpha", WAIT, "alpha to wait", |s| group(s).is_some_and(|g| g.waiting.is_some()))
-            .await?;
+        self.wait_waiting("alpha").await?;
         let answer = self.cluster.client("alpha").force_start(GROUP).await.map_err(|e| anyhow::anyhow!(e.message))?;
         self.detail(format!(
             "alpha waits; operator: `takeover force-start {GROUP}` on alpha → {}: {}",

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use takeover_agent::api::{GroupDoc, StatusDoc};
-use takeover_agent::localnet::{AppClient, LocalCluster, Spec, free_loopback_port, serving_overlaps};
+use takeover_agent::localnet::{AppClient, LocalCluster, Spec, serving_overlaps};
 
 pub const GROUP: &str = "journal";
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -42,28 +42,7 @@ impl Bed {
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let dir = tmp.path().to_path_buf();
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_takeover"));
-        let apps: BTreeMap<String, SocketAddr> = ["alpha", "beta"]
-            .iter()
-            .map(|name| (name.to_string(), SocketAddr::from(([127, 0, 0, 1], free_loopback_port().unwrap()))))
-            .collect();
-        let listen = apps.iter().map(|(node, addr)| format!("{node}={addr}")).collect::<Vec<_>>().join(",");
-        let spec = Spec {
-            cluster: "e2e".into(),
-            nodes: vec!["alpha".into(), "beta".into()],
-            group: GROUP.into(),
-            service: Some(vec![
-                binary.display().to_string(),
-                "demo-app".into(),
-                "--listen".into(),
-                listen,
-                "--record".into(),
-                dir.join("app-records.log").display().to_string(),
-            ]),
-            heartbeat_interval: Duration::from_millis(100),
-            dead_after: Duration::from_millis(500),
-            startup_wait: Duration::from_secs(2),
-            arbiter: "fence".into(),
-        };
+        let (spec, apps) = Spec::demo_service("e2e", GROUP, &binary, &dir.join("app-records.log")).expect("free ports");
         let cluster = LocalCluster::create(&dir, &binary, &spec).await.expect("a local cluster");
         Bed { cluster, apps, dir, _tmp: tmp, _turn: turn }
     }
