@@ -212,6 +212,7 @@ impl Agent {
             heartbeat_interval: cfg.heartbeat_interval,
             dead_after: cfg.dead_after,
             reconnect_backoff: cfg.heartbeat_interval,
+            pause_threshold: Some(cfg.dead_after / 2),
         };
         let node = Node::new(core_cfg, setups, Instant(0));
         let identity = Identity {
@@ -384,9 +385,9 @@ impl Agent {
                     self.node.handle(now, NodeEvent::ChannelDown { peer, conn: ConnId(conn) });
                 }
             }
-            Input::Frame { peer, conn, group, msg } => {
+            Input::Frame { peer, conn, group, epoch, msg } => {
                 if self.conns.contains_key(&conn) {
-                    self.node.handle(now, NodeEvent::Message { peer, conn: ConnId(conn), group, msg });
+                    self.node.handle(now, NodeEvent::Message { peer, conn: ConnId(conn), group, epoch, msg });
                 }
             }
         }
@@ -646,13 +647,13 @@ impl Agent {
                     self.record(text);
                 }
             }
-            Command::Send { to, msg } => self.send_frame(peer, to, Frame::Group { group: index, msg }),
-            Command::SendRecords { to, from, upto } => {
+            Command::Send { to, epoch, msg } => self.send_frame(peer, to, Frame::Group { group: index, epoch, msg }),
+            Command::SendRecords { to, epoch, from, upto } => {
                 let records: Vec<Record> = self.groups[g]
                     .journal
                     .read(from, upto)
                     .with_context(|| format!("cannot read the journal of group {}", self.groups[g].name))?;
-                self.send_frame(peer, to, Frame::Group { group: index, msg: group::Message::Records(records) });
+                self.send_frame(peer, to, Frame::Group { group: index, epoch, msg: group::Message::Records(records) });
             }
             Command::AckAppend { req, index } => {
                 if let Some(reply) = self.pending.remove(&req.0) {

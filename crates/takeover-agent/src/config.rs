@@ -238,6 +238,7 @@ impl ClusterConfig {
             arbiter: self.arbiter,
             startup_wait: self.startup_wait,
             fence_retry: self.fence_retry,
+            fence_delay: Duration::from_millis(200),
             catch_up_window: self.catch_up_window,
         }
     }

@@ -24,10 +24,25 @@ pub const WRITE_QUEUE: usize = 4096;
 /// What the network tasks tell the event loop.
 #[derive(Debug)]
 pub enum Input {
-    Heartbeat { link: usize, from: NodeId, incarnation: Incarnation },
-    ChannelUp { channel: Channel },
-    ChannelDown { peer: NodeId, conn: u64 },
-    Frame { peer: NodeId, conn: u64, group: GroupIndex, msg: takeover_core::group::Message },
+    Heartbeat {
+        link: usize,
+        from: NodeId,
+        incarnation: Incarnation,
+    },
+    ChannelUp {
+        channel: Channel,
+    },
+    ChannelDown {
+        peer: NodeId,
+        conn: u64,
+    },
+    Frame {
+        peer: NodeId,
+        conn: u64,
+        group: GroupIndex,
+        epoch: takeover_core::Epoch,
+        msg: takeover_core::group::Message,
+    },
 }
 
 /// An established peer channel.
@@ -205,8 +220,8 @@ fn start_channel(
     let read_task = tokio::spawn(async move {
         loop {
             match read_frame(&mut read).await {
-                Ok(Frame::Group { group, msg }) => {
-                    if inputs.send(Input::Frame { peer, conn, group, msg }).is_err() {
+                Ok(Frame::Group { group, epoch, msg }) => {
+                    if inputs.send(Input::Frame { peer, conn, group, epoch, msg }).is_err() {
                         return;
                     }
                 }

@@ -10,7 +10,7 @@
 //!
 //! Channel frame: `len u32 | crc32(body) u32 | body`, body = `kind u8 | …`:
 //! - kind 1, Hello: `version u8 | cluster u64 | from u16 | to u16 | incarnation u64`
-//! - kind 2, Group: `group u16 | message`, message = `tag u8 | …` (State, Join, Records,
+//! - kind 2, Group: `group u16 | epoch (counter u64, node u16, forced u8) | message`, message = `tag u8 | …` (State, Join, Records,
 //!   Ack, Promoted; see the encoders).
 
 use takeover_core::group::{Message, PeerState};
@@ -63,8 +63,18 @@ pub struct Heartbeat {
 /// A decoded channel frame body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    Hello { cluster: u64, from: NodeId, to: NodeId, incarnation: Incarnation },
-    Group { group: GroupIndex, msg: Message },
+    Hello {
+        cluster: u64,
+        from: NodeId,
+        to: NodeId,
+        incarnation: Incarnation,
+    },
+    /// A group message, stamped with the sender's durable epoch (the fencing token).
+    Group {
+        group: GroupIndex,
+        epoch: Epoch,
+        msg: Message,
+    },
 }
 
 /// The cluster id carried by every packet: FNV-1a of the cluster name.
@@ -134,9 +144,10 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
             body.extend_from_slice(&to.0.to_le_bytes());
             body.extend_from_slice(&incarnation.0.to_le_bytes());
         }
-        Frame::Group { group, msg } => {
+        Frame::Group { group, epoch, msg } => {
             body.push(2);
             body.extend_from_slice(&group.0.to_le_bytes());
+            put_epoch(&mut body, *epoch);
             encode_message(msg, &mut body);
         }
     }
@@ -175,7 +186,7 @@ pub fn decode_frame_body(body: &[u8], crc: u32) -> Result<Frame, WireError> {
                 incarnation: Incarnation(r.u64("incarnation")?),
             }
         }
-        2 => Frame::Group { group: GroupIndex(r.u16("group")?), msg: decode_message(&mut r)? },
+        2 => Frame::Group { group: GroupIndex(r.u16("group")?), epoch: r.epoch()?, msg: decode_message(&mut r)? },
         other => return Err(WireError::Unknown { what: "frame kind", value: other }),
     };
     r.finish()?;
@@ -204,9 +215,10 @@ fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             }
             out.extend_from_slice(&state.log.last_index().to_le_bytes());
         }
-        Message::Join { from_index, from_epoch } => {
+        Message::Join { from_index, from_epoch, session } => {
             out.push(2);
             out.extend_from_slice(&from_index.to_le_bytes());
+            out.extend_from_slice(&session.to_le_bytes());
             match from_epoch {
                 Some(epoch) => {
                     out.push(1);
@@ -226,11 +238,15 @@ fn encode_message(msg: &Message, out: &mut Vec<u8>) {
                 out.extend_from_slice(&record.payload);
             }
         }
-        Message::Ack { upto } => {
+        Message::Ack { upto, session } => {
             out.push(4);
             out.extend_from_slice(&upto.to_le_bytes());
+            out.extend_from_slice(&session.to_le_bytes());
         }
-        Message::Promoted => out.push(5),
+        Message::Promoted { session } => {
+            out.push(5);
+            out.extend_from_slice(&session.to_le_bytes());
+        }
     }
 }
 
@@ -254,8 +270,9 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, WireError> {
         }
         2 => {
             let from_index = r.u64("join index")?;
+            let session = r.u64("join session")?;
             let from_epoch = if r.flag("join epoch")? { Some(r.epoch()?) } else { None };
-            Message::Join { from_index, from_epoch }
+            Message::Join { from_index, from_epoch, session }
         }
         3 => {
             let n = r.count("records", 11 + 8 + 4 + 4)?;
@@ -270,8 +287,8 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, WireError> {
             }
             Message::Records(records)
         }
-        4 => Message::Ack { upto: r.u64("ack")? },
-        5 => Message::Promoted,
+        4 => Message::Ack { upto: r.u64("ack")?, session: r.u64("ack session")? },
+        5 => Message::Promoted { session: r.u64("promoted session")? },
         other => return Err(WireError::Unknown { what: "message tag", value: other }),
     })
 }
@@ -399,14 +416,14 @@ mod tests {
                 following: Some(Incarnation(7)),
                 log: LogMeta::empty(),
             }),
-            Message::Join { from_index: 0, from_epoch: None },
-            Message::Join { from_index: 3, from_epoch: Some(ep(1, 0, false)) },
+            Message::Join { from_index: 0, from_epoch: None, session: 1 },
+            Message::Join { from_index: 3, from_epoch: Some(ep(1, 0, false)), session: 2 },
             Message::Records(vec![
                 Record::new(ep(2, 1, true), 4, b"hello".to_vec()),
                 Record::new(ep(2, 1, true), 5, vec![]),
             ]),
-            Message::Ack { upto: 5 },
-            Message::Promoted,
+            Message::Ack { upto: 5, session: 2 },
+            Message::Promoted { session: 2 },
         ]
     }
 
@@ -419,7 +436,7 @@ mod tests {
             incarnation: Incarnation(9),
         });
         for msg in sample_messages() {
-            roundtrip(Frame::Group { group: GroupIndex(3), msg });
+            roundtrip(Frame::Group { group: GroupIndex(3), epoch: ep(4, 1, false), msg });
         }
     }
 
@@ -447,7 +464,11 @@ mod tests {
 
     #[test]
     fn corrupted_frame_refused_by_checksum() {
-        let bytes = encode_frame(&Frame::Group { group: GroupIndex(0), msg: Message::Ack { upto: 9 } });
+        let bytes = encode_frame(&Frame::Group {
+            group: GroupIndex(0),
+            epoch: Epoch::ZERO,
+            msg: Message::Ack { upto: 9, session: 1 },
+        });
         let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
         let mut body = bytes[8..].to_vec();
         body[3] ^= 0x40;
@@ -496,7 +517,7 @@ mod tests {
         #[test]
         fn truncating_a_valid_frame_is_refused(cut in 0usize..60, which in 0usize..7) {
             let msg = sample_messages().swap_remove(which);
-            let bytes = encode_frame(&Frame::Group { group: GroupIndex(1), msg });
+            let bytes = encode_frame(&Frame::Group { group: GroupIndex(1), epoch: ep(2, 0, true), msg });
             let body = &bytes[8..];
             let cut = cut.min(body.len().saturating_sub(1));
             let short = &body[..cut];

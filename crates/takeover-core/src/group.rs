@@ -55,6 +55,10 @@ pub struct GroupConfig {
     pub startup_wait: Duration,
     /// How long after a failed fence the fence is tried again.
     pub fence_retry: Duration,
+    /// How long an SL waits before fencing the active it lost, so that in a fence race
+    /// (a partition: both lose each other at once) the active, which fences at once,
+    /// wins (like Pacemaker's priority-fencing-delay).
+    pub fence_delay: Duration,
     /// How many records one catch-up batch may carry to a joining SL.
     pub catch_up_window: u64,
 }
@@ -104,15 +108,17 @@ pub enum Message {
     /// The sender's role, priority, epoch and log metadata.
     State(PeerState),
     /// SL → active: "my log equals yours up to `from_index` (whose epoch is
-    /// `from_epoch`), my priority 3 is durable; send what follows".
-    Join { from_index: u64, from_epoch: Option<Epoch> },
+    /// `from_epoch`), my priority 3 is durable; send what follows". `session` numbers this
+    /// join within the SL's run; acknowledgements and Promoted echo it, so that one left
+    /// over from an earlier join (before a cut, or a rejoin) is never taken for this one.
+    Join { from_index: u64, from_epoch: Option<Epoch>, session: u64 },
     /// Active → SL: consecutive records.
     Records(Vec<Record>),
-    /// SL → active: every record up to `upto` is durable here.
-    Ack { upto: u64 },
-    /// M → SL: "I am M: you hold every record I acknowledged". Before this message an SL
-    /// that loses its active goes to X, never SM.
-    Promoted,
+    /// SL → active: every record up to `upto` is durable here (join `session`).
+    Ack { upto: u64, session: u64 },
+    /// M → SL: "I am M: you hold every record I acknowledged" (join `session`). Before
+    /// this message an SL that loses its active goes to X, never SM.
+    Promoted { session: u64 },
 }
 
 /// What a fence action must stop.
@@ -140,8 +146,9 @@ pub enum Event {
     PeerStopped { target: FenceTarget },
     /// The arbiter could not confirm that the target stopped.
     FenceFailed { target: FenceTarget },
-    /// A message from incarnation `from` of the peer.
-    Message { from: Incarnation, msg: Message },
+    /// A message from incarnation `from` of the peer, whose durable epoch was `epoch`
+    /// when it sent it (the fencing token every message carries).
+    Message { from: Incarnation, epoch: Epoch, msg: Message },
     /// Client appends, in order.
     Append { entries: Vec<(ReqId, Vec<u8>)> },
     /// The operator's force start (F0.6).
@@ -160,12 +167,12 @@ pub enum Command {
     /// Cut the local journal after `keep_upto`, keeping the cut records aside
     /// (quarantined, reported, never silently dropped), durably, before going on.
     TruncateLog { keep_upto: u64, reason: DiscardReason },
-    /// Send a message to incarnation `to` of the peer; dropped if the channel now leads to
-    /// another incarnation.
-    Send { to: Incarnation, msg: Message },
+    /// Send a message, stamped with this node's durable `epoch`, to incarnation `to` of
+    /// the peer; dropped if the channel now leads to another incarnation.
+    Send { to: Incarnation, epoch: Epoch, msg: Message },
     /// Read records `from..=upto` from the local journal and send them as one
-    /// [`Message::Records`] to incarnation `to`.
-    SendRecords { to: Incarnation, from: u64, upto: u64 },
+    /// [`Message::Records`], stamped with `epoch`, to incarnation `to`.
+    SendRecords { to: Incarnation, epoch: Epoch, from: u64, upto: u64 },
     /// Tell the client its append is durable at `index`.
     AckAppend { req: ReqId, index: u64 },
     /// Tell the client its append was refused.
@@ -289,6 +296,21 @@ pub enum Report {
         own: Epoch,
         peer: Epoch,
     },
+    /// The peer speaks for a newer generation than this active node's: this node stops
+    /// being active before it writes anything more.
+    NewerGeneration {
+        own: Epoch,
+        peer: Epoch,
+    },
+    /// The SL waits `fence_delay` before fencing its lost active, so that the active wins
+    /// a fence race.
+    FenceDelayed {
+        target: FenceTarget,
+    },
+    /// The lost run came back before its fence started: it is trusted again.
+    FenceCancelled {
+        target: FenceTarget,
+    },
     /// A message broke the protocol and was dropped.
     MalformedMessage {
         what: &'static str,
@@ -334,6 +356,8 @@ pub struct Group {
     fence: Option<Fence>,
     /// The highest epoch the peer ever stated in this run; a new epoch goes above it.
     peer_epoch: Epoch,
+    /// Joins sent in this run, numbering them.
+    joins: u64,
     out: VecDeque<Command>,
     #[cfg(feature = "mutants")]
     mutant: Mutant,
@@ -353,6 +377,8 @@ pub enum Mutant {
     ActBeforePersist,
     /// In M, acknowledge an append after the local fsync, before the SL has it.
     AckBeforeSlHasRecord,
+    /// Take over from a lost peer without waiting for the arbiter (no fence).
+    NoFenceWait,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -398,6 +424,8 @@ struct Slave {
     confirmed: bool,
     /// The active was lost; waiting for the arbiter before taking over.
     taking_over: bool,
+    /// The number of the current join (see [`Message::Join`]).
+    session: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -425,12 +453,17 @@ struct SlLink {
     durable: u64,
     /// Records up to here were sent to it.
     sent: u64,
+    /// The join this link serves.
+    session: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Fence {
     target: FenceTarget,
-    retry_at: Option<Instant>,
+    /// The fence action is under way in the shell (FencePeer emitted, no result yet).
+    running: bool,
+    /// When to start it (after the fence-race delay, or the retry interval).
+    start_at: Option<Instant>,
 }
 
 impl Group {
@@ -454,6 +487,7 @@ impl Group {
             peer: PeerView::Unknown,
             fence: None,
             peer_epoch: Epoch::ZERO,
+            joins: 0,
             out: VecDeque::new(),
             #[cfg(feature = "mutants")]
             mutant: Mutant::None,
@@ -490,7 +524,7 @@ impl Group {
             Event::PeerGone { inc } => self.on_peer_gone(now, inc),
             Event::PeerStopped { target } => self.on_peer_stopped(now, target),
             Event::FenceFailed { target } => self.on_fence_failed(now, target),
-            Event::Message { from, msg } => self.on_message(now, from, msg),
+            Event::Message { from, epoch, msg } => self.on_message(now, from, epoch, msg),
             Event::Append { entries } => self.on_append(entries),
             Event::ForceStart => self.on_force_start(now),
             Event::Timeout => self.on_timeout(now),
@@ -513,7 +547,7 @@ impl Group {
             RoleState::X { phase: XPhase::Booting { until }, .. } => Some(until),
             _ => None,
         };
-        let fence = self.fence.and_then(|it| it.retry_at);
+        let fence = self.fence.filter(|it| !it.running).and_then(|it| it.start_at);
         match (boot, fence) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -656,7 +690,8 @@ impl Group {
 
     fn send(&mut self, msg: Message) {
         if let PeerView::Up { inc, .. } = self.peer {
-            self.emit(Command::Send { to: inc, msg });
+            let epoch = self.durable.epoch;
+            self.emit(Command::Send { to: inc, epoch, msg });
         }
     }
 
@@ -703,8 +738,23 @@ impl Group {
             PeerView::Down { stopped, .. } => {
                 // The same run is back after being declared down. Once it was confirmed
                 // stopped, or while a fence is deciding its fate, it is not trusted again.
-                if stopped || self.fence.is_some_and(|it| it.target == FenceTarget::Run(inc)) {
+                let fence = self.fence.filter(|it| it.target == FenceTarget::Run(inc));
+                if stopped || fence.is_some_and(|it| it.running) {
                     return;
+                }
+                // Its fence had not started (the fence-race delay, or waiting for a
+                // retry): nothing acted on the loss yet, so the run is trusted again.
+                if fence.is_some() {
+                    self.fence = None;
+                    self.report(Report::FenceCancelled { target: FenceTarget::Run(inc) });
+                }
+                match &mut self.role {
+                    RoleState::Sl(s) if s.master == inc => {
+                        s.taking_over = false;
+                        s.joined = false;
+                    }
+                    RoleState::Active(a) if a.lost_sl == Some(inc) => a.lost_sl = None,
+                    _ => {}
                 }
             }
         }
@@ -757,14 +807,23 @@ impl Group {
                 }
             }
             RoleState::Active(a) => {
+                // An M's peer is its SL, joined or rejoining: whatever the link's state,
+                // that peer may hold everything and take over, so it must be known
+                // stopped before M → SM.
+                if a.master {
+                    if a.lost_sl.is_some() {
+                        return;
+                    }
+                    a.sl = None;
+                    a.lost_sl = Some(inc);
+                    self.arbitrate(now, inc, stopped);
+                    return;
+                }
                 if a.sl.is_none_or(|it| it.inc != inc) {
                     return;
                 }
                 a.sl = None;
-                if a.master {
-                    a.lost_sl = Some(inc);
-                    self.arbitrate(now, inc, stopped);
-                } else {
+                {
                     // SM keeps processing; appends held for the SL are durable locally.
                     self.ack_all_pending();
                     self.report(Report::SlaveLost { inc });
@@ -775,20 +834,33 @@ impl Group {
 
     /// Asks the arbiter whether `inc` stopped, unless that is already known.
     fn arbitrate(&mut self, now: Instant, inc: Incarnation, stopped: bool) {
-        if stopped || self.cfg.arbiter == Arbiter::UnsafeAssumeCrashStop {
+        let skip = self.cfg.arbiter == Arbiter::UnsafeAssumeCrashStop || self.mutant() == Mutant::NoFenceWait;
+        if stopped || skip {
             self.run_stopped(now, inc);
             return;
         }
-        self.request_fence(FenceTarget::Run(inc));
+        // The SL of a lost M lets the M win a fence race; the M fences at once.
+        let delay = matches!(self.role, RoleState::Sl(_)) && !self.cfg.fence_delay.is_zero();
+        let start_at = delay.then(|| now.after(self.cfg.fence_delay));
+        self.request_fence(FenceTarget::Run(inc), start_at);
     }
 
-    fn request_fence(&mut self, target: FenceTarget) {
+    /// Fences `target` now, or at `start_at`.
+    fn request_fence(&mut self, target: FenceTarget, start_at: Option<Instant>) {
         if self.fence.is_some_and(|it| it.target == target) {
             return;
         }
-        self.fence = Some(Fence { target, retry_at: None });
-        self.emit(Command::FencePeer { target });
-        self.report(Report::FenceRequested { target });
+        match start_at {
+            Some(at) => {
+                self.fence = Some(Fence { target, running: false, start_at: Some(at) });
+                self.report(Report::FenceDelayed { target });
+            }
+            None => {
+                self.fence = Some(Fence { target, running: true, start_at: None });
+                self.emit(Command::FencePeer { target });
+                self.report(Report::FenceRequested { target });
+            }
+        }
     }
 
     fn on_peer_stopped(&mut self, now: Instant, target: FenceTarget) {
@@ -847,8 +919,10 @@ impl Group {
     fn on_fence_failed(&mut self, now: Instant, target: FenceTarget) {
         if let Some(fence) = &mut self.fence
             && fence.target == target
+            && fence.running
         {
-            fence.retry_at = Some(now.after(self.cfg.fence_retry));
+            fence.running = false;
+            fence.start_at = Some(now.after(self.cfg.fence_retry));
             self.report(Report::FenceFailed { target });
         }
     }
@@ -862,35 +936,47 @@ impl Group {
             self.try_decide(now);
         }
         if let Some(fence) = &mut self.fence
-            && fence.retry_at.is_some_and(|at| at <= now)
+            && !fence.running
+            && fence.start_at.is_some_and(|at| at <= now)
         {
-            fence.retry_at = None;
+            fence.running = true;
+            fence.start_at = None;
             let target = fence.target;
             self.emit(Command::FencePeer { target });
             self.report(Report::FenceRequested { target });
         }
     }
 
-    fn on_message(&mut self, now: Instant, from: Incarnation, msg: Message) {
-        let PeerView::Up { inc, state } = &mut self.peer else {
-            return;
-        };
-        if *inc != from {
-            return;
+    fn on_message(&mut self, now: Instant, from: Incarnation, epoch: Epoch, msg: Message) {
+        match &self.peer {
+            PeerView::Up { inc, .. } if *inc == from => {}
+            _ => return,
         }
+        self.peer_epoch = self.peer_epoch.max(epoch);
+        // Fencing token: a peer that speaks for a newer generation (an active, or an SL
+        // following one) means this node is a stale active — paused, or cut off while the
+        // peer took over. It stops before it writes or acknowledges anything more. A peer
+        // merely in X with a newer epoch is not processing and changes nothing.
+        let idle = matches!(&msg, Message::State(it) if it.role == Role::X);
+        if matches!(self.role, RoleState::Active(_)) && epoch > self.durable.epoch && !idle {
+            self.report(Report::NewerGeneration { own: self.durable.epoch, peer: epoch });
+            self.yield_active(now);
+        }
+        let PeerView::Up { state, .. } = &mut self.peer else { return };
         match msg {
             Message::State(peer_state) => {
                 self.peer_epoch = self.peer_epoch.max(peer_state.epoch);
                 *state = Some(peer_state);
                 self.on_peer_state(now, from);
             }
-            Message::Join { from_index, from_epoch } => self.on_join(from, from_index, from_epoch),
+            Message::Join { from_index, from_epoch, session } => self.on_join(from, from_index, from_epoch, session),
             Message::Records(records) => self.on_records(from, records),
-            Message::Ack { upto } => self.on_ack(from, upto),
-            Message::Promoted => {
+            Message::Ack { upto, session } => self.on_ack(from, upto, session),
+            Message::Promoted { session } => {
                 if let RoleState::Sl(s) = &mut self.role
                     && s.master == from
                     && s.joined
+                    && s.session == session
                     && !s.confirmed
                 {
                     s.confirmed = true;
@@ -919,16 +1005,9 @@ impl Group {
             RoleState::Active(a) => {
                 if peer_role.is_active() {
                     let own = self.durable.epoch;
+                    // The older generation yields on the message's stamp (on_message); this
+                    // node holds the newer or the same epoch.
                     self.report(Report::TwoActives { own, peer: peer_epoch });
-                    if own < peer_epoch {
-                        self.emit(Command::StopService);
-                        if let RoleState::Active(a) = &mut self.role {
-                            for (_, req) in std::mem::take(&mut a.pending) {
-                                self.out.push_back(Command::RejectAppend { req, reason: RejectReason::Abandoned });
-                            }
-                        }
-                        self.enter_x(now, Cause::YieldToNewerEpoch);
-                    }
                 } else if peer_role != Role::Sl && a.sl.is_some_and(|it| it.inc == from) {
                     // Our SL says it stopped following: it will not take over.
                     self.peer_lost(now, from, true);
@@ -937,7 +1016,7 @@ impl Group {
         }
     }
 
-    fn on_join(&mut self, from: Incarnation, from_index: u64, from_epoch: Option<Epoch>) {
+    fn on_join(&mut self, from: Incarnation, from_index: u64, from_epoch: Option<Epoch>, session: u64) {
         let RoleState::Active(a) = &mut self.role else {
             return;
         };
@@ -948,7 +1027,11 @@ impl Group {
             self.report(Report::MalformedMessage { what: "join position not in the active's log" });
             return;
         }
-        a.sl = Some(SlLink { inc: from, joined: true, confirmed: false, durable: from_index, sent: from_index });
+        a.sl =
+            Some(SlLink { inc: from, joined: true, confirmed: false, durable: from_index, sent: from_index, session });
+        // The join position is durable on the SL: appends held for an acknowledgement
+        // lost with the previous channel are released by it.
+        self.ack_held_by_sl();
         self.continue_catch_up();
         self.check_promotion();
     }
@@ -991,25 +1074,43 @@ impl Group {
         for record in &fresh {
             self.log.push(record.epoch, 1);
         }
+        // The active may have begun a newer epoch since this node joined: that epoch is
+        // made durable here before any record of it is written or acknowledged.
+        if last_epoch > self.durable.epoch {
+            self.durable.epoch = last_epoch;
+            self.emit(Command::Persist(self.durable));
+        }
         let upto = self.log.last_index();
         self.emit(Command::WriteRecords(fresh));
-        self.send(Message::Ack { upto });
+        let session = match &self.role {
+            RoleState::Sl(s) => s.session,
+            _ => 0,
+        };
+        self.send(Message::Ack { upto, session });
     }
 
-    fn on_ack(&mut self, from: Incarnation, upto: u64) {
+    fn on_ack(&mut self, from: Incarnation, upto: u64, session: u64) {
         let RoleState::Active(a) = &mut self.role else {
             return;
         };
         let Some(sl) = &mut a.sl else { return };
-        if sl.inc != from || !sl.joined {
-            return;
+        if sl.inc != from || !sl.joined || sl.session != session {
+            return; // An acknowledgement of an earlier join: its positions may since be cut.
         }
         if upto > sl.sent {
             self.report(Report::MalformedMessage { what: "acknowledgement past what was sent" });
             return;
         }
         sl.durable = sl.durable.max(upto);
-        let durable = sl.durable;
+        self.ack_held_by_sl();
+        self.continue_catch_up();
+        self.check_promotion();
+    }
+
+    /// Acknowledges, in order, the held appends that the SL now holds durably.
+    fn ack_held_by_sl(&mut self) {
+        let RoleState::Active(a) = &mut self.role else { return };
+        let Some(durable) = a.sl.filter(|it| it.joined).map(|it| it.durable) else { return };
         while let Some(&(index, req)) = a.pending.front() {
             if index > durable {
                 break;
@@ -1017,8 +1118,6 @@ impl Group {
             a.pending.pop_front();
             self.out.push_back(Command::AckAppend { req, index });
         }
-        self.continue_catch_up();
-        self.check_promotion();
     }
 
     /// Sends the next catch-up batch once the SL has everything sent so far.
@@ -1033,7 +1132,8 @@ impl Group {
             let upto = last.min(sl.sent + self.cfg.catch_up_window.max(1));
             sl.sent = upto;
             let to = sl.inc;
-            self.emit(Command::SendRecords { to, from, upto });
+            let epoch = self.durable.epoch;
+            self.emit(Command::SendRecords { to, epoch, from, upto });
         }
     }
 
@@ -1048,6 +1148,7 @@ impl Group {
             return;
         }
         sl.confirmed = true;
+        let session = sl.session;
         let promote = !a.master;
         if promote {
             a.master = true;
@@ -1056,7 +1157,7 @@ impl Group {
             self.emit(Command::Persist(self.durable));
             self.report(Report::Transition { from: Role::Sm, to: Role::M, cause: Cause::Synchronised });
         }
-        self.send(Message::Promoted);
+        self.send(Message::Promoted { session });
         if promote {
             self.send_state();
         }
@@ -1105,7 +1206,7 @@ impl Group {
             self.out.push_back(Command::AckAppend { req, index });
         }
         if let Some(to) = live {
-            self.out.push_back(Command::Send { to, msg: Message::Records(records) });
+            self.out.push_back(Command::Send { to, epoch, msg: Message::Records(records) });
         }
         if !wait_for_sl {
             for ((req, _), index) in entries.iter().zip(first..) {
@@ -1150,7 +1251,7 @@ impl Group {
                 PeerView::Up { inc, .. } | PeerView::Down { inc, .. } | PeerView::Replaced { inc } => Some(inc),
                 PeerView::Unknown => None,
             };
-            self.request_fence(FenceTarget::Node { known });
+            self.request_fence(FenceTarget::Node { known }, None);
         }
     }
 
@@ -1292,7 +1393,7 @@ impl Group {
         };
         self.emit(Command::Persist(self.durable));
         self.report(Report::Transition { from, to: Role::Sl, cause });
-        self.role = RoleState::Sl(Slave { master, joined: false, confirmed: false, taking_over: false });
+        self.role = RoleState::Sl(Slave { master, joined: false, confirmed: false, taking_over: false, session: 0 });
         self.send_state();
         self.try_join();
     }
@@ -1325,11 +1426,26 @@ impl Group {
             self.report(Report::Discarded { count: last - common, reason });
             self.log.truncate(common);
         }
+        self.joins += 1;
+        let session = self.joins;
         if let RoleState::Sl(s) = &mut self.role {
             s.joined = true;
+            s.session = session;
         }
         let from_epoch = self.log.epoch_at(common);
-        self.send(Message::Join { from_index: common, from_epoch });
+        self.send(Message::Join { from_index: common, from_epoch, session });
+    }
+
+    /// A stale active stops: the service first, then its held appends are answered
+    /// (their outcome is unknown), then X.
+    fn yield_active(&mut self, now: Instant) {
+        let RoleState::Active(a) = &mut self.role else { return };
+        let pending = std::mem::take(&mut a.pending);
+        self.emit(Command::StopService);
+        for (_, req) in pending {
+            self.out.push_back(Command::RejectAppend { req, reason: RejectReason::Abandoned });
+        }
+        self.enter_x(now, Cause::YieldToNewerEpoch);
     }
 
     /// Leaves SL or an active role for X. The priority stays as it is (F0.3).

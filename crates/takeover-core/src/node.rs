@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::group::{self, Event, FenceTarget, Group, GroupConfig, GroupDurable, GroupStatus, Message};
 use crate::log::LogMeta;
-use crate::types::{Incarnation, Instant, NodeId, ReqId};
+use crate::types::{Epoch, Incarnation, Instant, NodeId, ReqId};
 
 /// Names one peer-channel connection, so that events of a connection the node already
 /// gave up on are never taken for the current one. The node names its own dials (ids
@@ -56,6 +56,10 @@ pub struct NodeConfig {
     pub dead_after: Duration,
     /// How long the dialing side waits before it retries a failed channel.
     pub reconnect_backoff: Duration,
+    /// When the node is called this much later than it asked to be (its process was
+    /// paused, or starved), it gives every link a fresh `dead_after` instead of declaring
+    /// peers dead for its own silence. `None` turns the check off.
+    pub pause_threshold: Option<Duration>,
 }
 
 /// One group this node takes part in, as found on disk at start.
@@ -79,8 +83,9 @@ pub enum NodeEvent {
     ChannelUp { peer: NodeId, incarnation: Incarnation, link: usize, conn: ConnId },
     /// Connection `conn` to `peer` closed or failed to connect.
     ChannelDown { peer: NodeId, conn: ConnId },
-    /// A group message that arrived on connection `conn` from `peer`.
-    Message { peer: NodeId, conn: ConnId, group: GroupIndex, msg: Message },
+    /// A group message that arrived on connection `conn` from `peer`, stamped with the
+    /// sender's epoch.
+    Message { peer: NodeId, conn: ConnId, group: GroupIndex, epoch: Epoch, msg: Message },
     /// Client appends to a group.
     Append { group: GroupIndex, entries: Vec<(ReqId, Vec<u8>)> },
     /// The operator's force start of a group.
@@ -158,6 +163,10 @@ pub enum NodeReport {
         peer: NodeId,
         group: GroupIndex,
     },
+    /// The node ran this much later than it asked to: its links got a fresh dead_after.
+    PauseDetected {
+        late: Duration,
+    },
     FenceStarted {
         peer: NodeId,
     },
@@ -203,6 +212,8 @@ pub struct Node {
     groups: Vec<Slot>,
     next_heartbeat: Instant,
     next_dial: u64,
+    /// The instant [`Node::poll_timeout`] asked for after the previous event.
+    expected_wake: Option<Instant>,
     out: VecDeque<NodeCommand>,
 }
 
@@ -228,7 +239,7 @@ struct Peer {
     /// The channel came up since the groups were last told.
     channel_fresh: bool,
     /// Messages that arrived on the channel before the groups were told it is up.
-    early: Vec<(usize, Message)>,
+    early: Vec<(usize, Epoch, Message)>,
     /// Groups waiting on the fence in progress, and on the next one.
     fence_running: Option<Vec<(usize, FenceTarget)>>,
     /// The fence in progress was requested during the current event: the shell has not
@@ -282,8 +293,15 @@ impl Node {
                 fence_queued: Vec::new(),
             })
             .collect();
-        let mut node =
-            Node { cfg, peers, groups: Vec::new(), next_heartbeat: now, next_dial: DIAL_IDS, out: VecDeque::new() };
+        let mut node = Node {
+            cfg,
+            peers,
+            groups: Vec::new(),
+            next_heartbeat: now,
+            next_dial: DIAL_IDS,
+            expected_wake: None,
+            out: VecDeque::new(),
+        };
         for setup in groups {
             let peer = node
                 .peers
@@ -305,6 +323,7 @@ impl Node {
         for peer in &mut self.peers {
             peer.fence_fresh = false;
         }
+        self.check_pause(now);
         match event {
             NodeEvent::Heartbeat { from, link, incarnation } => {
                 if let Some(p) = self.peer_index(from)
@@ -324,7 +343,7 @@ impl Node {
                     self.on_channel_down(now, p);
                 }
             }
-            NodeEvent::Message { peer, conn, group, msg } => {
+            NodeEvent::Message { peer, conn, group, epoch, msg } => {
                 let Some(p) = self.peer_index(peer) else { return };
                 let Channel::Up { incarnation, conn: current, .. } = self.peers[p].channel else { return };
                 if current != conn {
@@ -336,11 +355,11 @@ impl Node {
                 };
                 let told = self.peers[p].groups_see == Some(incarnation) && !self.peers[p].channel_fresh;
                 if told {
-                    self.feed(slot, now, Event::Message { from: incarnation, msg });
+                    self.feed(slot, now, Event::Message { from: incarnation, epoch, msg });
                 } else if self.peers[p].early.len() < EARLY_MESSAGES {
                     // The peer's heartbeats have not been heard yet: hold the message until
                     // the groups are told the channel is up, so none is lost.
-                    self.peers[p].early.push((slot, msg));
+                    self.peers[p].early.push((slot, epoch, msg));
                 } else {
                     self.close_channel(now, p);
                 }
@@ -366,7 +385,27 @@ impl Node {
 
     /// The next command to execute, in order.
     pub fn poll_command(&mut self) -> Option<NodeCommand> {
+        if self.out.is_empty() {
+            self.expected_wake = self.poll_timeout();
+        }
         self.out.pop_front()
+    }
+
+    /// A node woken long after it asked (paused by SIGSTOP, starved of CPU) has not heard
+    /// its peers because it was not listening: their silence is its own. Every link gets a
+    /// fresh `dead_after`, so a paused active does not fence the peer that may have taken
+    /// over; it learns the newer generation from the peer's next messages instead.
+    fn check_pause(&mut self, now: Instant) {
+        let (Some(threshold), Some(expected)) = (self.cfg.pause_threshold, self.expected_wake) else { return };
+        if now <= expected.after(threshold) {
+            return;
+        }
+        for peer in &mut self.peers {
+            for link in peer.links.iter_mut().filter(|it| it.up) {
+                link.last_heard = Some(now);
+            }
+        }
+        self.report(NodeReport::PauseDetected { late: now.since(expected) });
     }
 
     /// When to call `handle(now, NodeEvent::Timeout)`.
@@ -587,8 +626,8 @@ impl Node {
         self.peers[p].groups_see = Some(incarnation);
         self.peers[p].groups_told = Some(incarnation);
         self.feed_peer_groups(p, now, Event::PeerConnected { inc: incarnation });
-        for (slot, msg) in std::mem::take(&mut self.peers[p].early) {
-            self.feed(slot, now, Event::Message { from: incarnation, msg });
+        for (slot, epoch, msg) in std::mem::take(&mut self.peers[p].early) {
+            self.feed(slot, now, Event::Message { from: incarnation, epoch, msg });
         }
     }
 

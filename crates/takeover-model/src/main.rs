@@ -1,6 +1,6 @@
 //! `takeover-model`: runs the exhaustive model check and prints what it explored.
 //!
-//! Usage: `takeover-model [--crashes N] [--crash-both N] [--appends N] [--force N]
+//! Usage: `takeover-model [--crashes N] [--crash-both N] [--appends N] [--force N] [--suspicions N] [--resets N] [--fence-failures N]
 //! [--max-states N] [--mutant act-before-persist|ack-before-sl]`.
 //! Exits 1 if a property fails or a Fig. 2 transition was not reached.
 
@@ -12,7 +12,15 @@ use takeover_model::world::Bounds;
 
 fn main() -> ExitCode {
     let mut opts = Options {
-        bounds: Bounds { crashes: 3, crash_both: 1, appends: 2, force_starts: 1 },
+        bounds: Bounds {
+            crashes: 2,
+            crash_both: 1,
+            appends: 1,
+            force_starts: 0,
+            suspicions: 0,
+            resets: 0,
+            fence_failures: 0,
+        },
         mutant: Mutant::None,
         max_states: 50_000_000,
     };
@@ -25,11 +33,15 @@ fn main() -> ExitCode {
             "--crash-both" => opts.bounds.crash_both = number(value()) as u8,
             "--appends" => opts.bounds.appends = number(value()) as u8,
             "--force" => opts.bounds.force_starts = number(value()) as u8,
+            "--suspicions" => opts.bounds.suspicions = number(value()) as u8,
+            "--resets" => opts.bounds.resets = number(value()) as u8,
+            "--fence-failures" => opts.bounds.fence_failures = number(value()) as u8,
             "--max-states" => opts.max_states = number(value()) as usize,
             "--mutant" => {
                 opts.mutant = match value().as_str() {
                     "act-before-persist" => Mutant::ActBeforePersist,
                     "ack-before-sl" => Mutant::AckBeforeSlHasRecord,
+                    "no-fence-wait" => Mutant::NoFenceWait,
                     other => usage(&format!("unknown mutant {other}")),
                 }
             }
@@ -51,7 +63,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: takeover-model [--crashes N] [--crash-both N] [--appends N] [--force N] [--max-states N] [--mutant act-before-persist|ack-before-sl]"
+        "usage: takeover-model [--crashes N] [--crash-both N] [--appends N] [--force N] [--suspicions N] [--resets N] [--fence-failures N] [--max-states N] [--mutant act-before-persist|ack-before-sl|no-fence-wait]"
     );
     std::process::exit(2)
 }

@@ -33,6 +33,22 @@ pub struct Bounds {
     pub appends: u8,
     /// Operator force starts.
     pub force_starts: u8,
+    /// Times a live peer is declared down (a partition, a pause, a slow link): the node
+    /// that suspects it closes the channel.
+    pub suspicions: u8,
+    /// Times the channel between the two runs drops, losing what is in flight; both
+    /// sides reconnect to the same runs.
+    pub resets: u8,
+    /// Fence actions that fail before powering anything off.
+    pub fence_failures: u8,
+}
+
+impl Bounds {
+    /// Whether any fault beyond crash-stop is allowed (then the seed's Fig. 2, a
+    /// crash-only diagram, does not apply).
+    pub fn partitions(&self) -> bool {
+        self.suspicions + self.resets > 0
+    }
 }
 
 /// One step of the model; replaying the same steps from the initial world gives the same
@@ -66,13 +82,28 @@ pub enum Step {
     Crash(u8),
     /// Both nodes crash at once.
     CrashBoth,
+    /// Node declares its live peer down and closes the channel.
+    Suspect(u8),
+    /// The channel drops: messages in flight are lost; both sides will reconnect.
+    Reset,
+    /// Node's fence action fails before powering anything off.
+    FenceFail(u8),
 }
 
 impl Step {
     /// Steps the environment takes at will (faults, operator, starts), as opposed to the
     /// steps that make progress on their own.
     pub fn is_environment(self) -> bool {
-        matches!(self, Step::Boot(_) | Step::Force(_) | Step::Crash(_) | Step::CrashBoth)
+        matches!(
+            self,
+            Step::Boot(_)
+                | Step::Force(_)
+                | Step::Crash(_)
+                | Step::CrashBoth
+                | Step::Suspect(_)
+                | Step::Reset
+                | Step::FenceFail(_)
+        )
     }
 }
 
@@ -122,6 +153,7 @@ pub struct Run {
 pub struct Packet {
     pub from: Incarnation,
     pub to: Incarnation,
+    pub epoch: Epoch,
     pub msg: Message,
 }
 
@@ -146,6 +178,12 @@ pub struct Ghost {
     pub must_join_only: [bool; 2],
     /// How the pair entered (SL SM)/(SM SL): from (X X) [1] or from (X SM)/(SM X) [3].
     pub sync_origin: u8,
+    pub suspicions_left: u8,
+    pub resets_left: u8,
+    pub fence_failures_left: u8,
+    /// The node's channel dropped and it has not reconnected to the same run yet: its
+    /// sends are lost and what is sent to it waits.
+    pub reconnect: [bool; 2],
 }
 
 impl World {
@@ -173,6 +211,10 @@ impl World {
                 last_processor: None,
                 must_join_only: [false, false],
                 sync_origin: 0,
+                suspicions_left: bounds.suspicions,
+                resets_left: bounds.resets,
+                fence_failures_left: bounds.fence_failures,
+                reconnect: [false, false],
             },
         }
     }
@@ -194,9 +236,11 @@ impl World {
                     Step::Boot(i),
                     Step::Force(i),
                     Step::Crash(i),
+                    Step::Suspect(i),
+                    Step::FenceFail(i),
                 ]
             })
-            .chain([Step::CrashBoth])
+            .chain([Step::CrashBoth, Step::Reset])
     }
 
     /// The world after `step`, or `None` if the step is not enabled here. `Err` when a
@@ -220,6 +264,9 @@ impl World {
             Step::Force(i) => w.force(i as usize),
             Step::Crash(i) => w.crash(i as usize),
             Step::CrashBoth => w.crash_both(),
+            Step::Suspect(i) => w.suspect(i as usize),
+            Step::Reset => w.reset(),
+            Step::FenceFail(i) => w.fence_fail(i as usize),
         };
         Ok(ok.then_some(w))
     }
@@ -239,6 +286,11 @@ impl World {
             Step::Force(i) => self.ghost.force_left > 0 && run(i).is_some_and(|it| it.core.role() == Role::X),
             Step::Crash(i) => self.ghost.crashes_left > 0 && run(i).is_some(),
             Step::CrashBoth => self.ghost.crash_both_left > 0 && self.nodes.iter().all(|it| it.run.is_some()),
+            Step::Suspect(i) => self.ghost.suspicions_left > 0 && run(i).is_some(),
+            Step::Reset => self.ghost.resets_left > 0 && self.nodes.iter().all(|it| it.run.is_some()),
+            Step::FenceFail(i) => {
+                self.ghost.fence_failures_left > 0 && run(i).is_some_and(|it| matches!(it.fence, Some((_, false))))
+            }
         }
     }
 
@@ -253,6 +305,7 @@ impl World {
             arbiter: Arbiter::Fence,
             startup_wait: Duration::from_secs(1),
             fence_retry: Duration::from_secs(1),
+            fence_delay: Duration::from_secs(1),
             catch_up_window: 1,
         }
     }
@@ -304,11 +357,53 @@ impl World {
         let Some(peer_inc) = self.nodes[Self::peer_of(i)].run.as_ref().map(|it| it.inc) else { return false };
         match self.peer_status(i) {
             None => return false,
-            Some(PeerStatus::Up { inc, .. }) if inc == peer_inc => return false,
+            // After a reset the same run reconnects.
+            Some(PeerStatus::Up { inc, .. }) if inc == peer_inc && !self.ghost.reconnect[i] => return false,
+            // A run declared down but alive (a false suspicion) is heard again.
+            Some(PeerStatus::Down { inc, stopped: false }) if inc == peer_inc => {}
             Some(PeerStatus::Down { inc, .. }) if inc >= peer_inc => return false,
             Some(_) => {}
         }
+        self.ghost.reconnect[i] = false;
         self.feed(i, NOW, Event::PeerConnected { inc: peer_inc });
+        true
+    }
+
+    /// Node `i` declares its live peer down and closes the channel; the peer sees the
+    /// channel drop and reconnects later.
+    fn suspect(&mut self, i: usize) -> bool {
+        let j = Self::peer_of(i);
+        let Some(PeerStatus::Up { inc, .. }) = self.peer_status(i) else { return false };
+        if self.nodes[j].run.as_ref().map(|it| it.inc) != Some(inc) {
+            return false; // Not a suspicion: that run is gone (Down covers it).
+        }
+        self.ghost.suspicions_left -= 1;
+        self.chan = [VecDeque::new(), VecDeque::new()];
+        self.ghost.reconnect[j] = true;
+        self.feed(i, NOW, Event::PeerDown { inc });
+        true
+    }
+
+    fn reset(&mut self) -> bool {
+        let connected = (0..2).all(|i| {
+            let peer = self.nodes[Self::peer_of(i)].run.as_ref().map(|it| it.inc);
+            matches!(self.peer_status(i), Some(PeerStatus::Up { inc, .. }) if Some(inc) == peer)
+        });
+        if !connected {
+            return false;
+        }
+        self.ghost.resets_left -= 1;
+        self.chan = [VecDeque::new(), VecDeque::new()];
+        self.ghost.reconnect = [true, true];
+        true
+    }
+
+    fn fence_fail(&mut self, i: usize) -> bool {
+        let Some(run) = self.nodes[i].run.as_mut() else { return false };
+        let Some((target, false)) = run.fence else { return false };
+        run.fence = None;
+        self.ghost.fence_failures_left -= 1;
+        self.feed(i, NOW, Event::FenceFailed { target });
         true
     }
 
@@ -348,11 +443,17 @@ impl World {
         }
         let from = packet.from;
         match self.peer_status(i) {
+            // The receiver has not reconnected yet: what the peer sent on the new
+            // connection waits for it.
+            Some(PeerStatus::Up { .. }) if self.ghost.reconnect[i] => false,
             Some(PeerStatus::Up { inc, .. }) if inc == from => {
                 let packet = self.chan[j].pop_front().expect("checked above");
-                self.feed(i, NOW, Event::Message { from, msg: packet.msg });
+                self.feed(i, NOW, Event::Message { from, epoch: packet.epoch, msg: packet.msg });
                 true
             }
+            // A run declared down but not known stopped may come back (a false suspicion):
+            // what it sent on its new connection waits, as the node layer holds it.
+            Some(PeerStatus::Down { inc, stopped: false }) if inc == from => false,
             Some(PeerStatus::Up { inc, .. } | PeerStatus::Down { inc, .. }) if inc >= from => {
                 self.chan[j].pop_front(); // The receiver moved on from that run.
                 true
@@ -368,6 +469,11 @@ impl World {
         let Some(run) = node.run.as_mut() else { return Ok(false) };
         let Some(command) = run.queue.pop_front() else { return Ok(false) };
         let from = run.inc;
+        // The shell sends only on a channel to that very run: none once this node
+        // declared it down, none while the channel is being rebuilt.
+        let peer_view = run.core.status().peer;
+        let channel_to =
+            |to: Incarnation| matches!(peer_view, PeerStatus::Up { inc, .. } if inc == to) && peer_inc == Some(to);
         match command {
             Command::Persist(durable) => {
                 let previous = node.disk.durable;
@@ -402,20 +508,20 @@ impl World {
                     node.disk.log.truncate(keep);
                 }
             }
-            Command::Send { to, msg } => {
-                if peer_inc == Some(to) {
-                    self.chan[i].push_back(Packet { from, to, msg });
+            Command::Send { to, epoch, msg } => {
+                if channel_to(to) && !self.ghost.reconnect[i] {
+                    self.chan[i].push_back(Packet { from, to, epoch, msg });
                 }
             }
-            Command::SendRecords { to, from: first, upto } => {
+            Command::SendRecords { to, epoch, from: first, upto } => {
                 let records: Vec<Record> = node
                     .disk
                     .log
                     .get(first as usize - 1..upto as usize)
                     .ok_or_else(|| format!("node {i} asked to send records {first}..={upto} it does not hold"))?
                     .to_vec();
-                if peer_inc == Some(to) {
-                    self.chan[i].push_back(Packet { from, to, msg: Message::Records(records) });
+                if channel_to(to) && !self.ghost.reconnect[i] {
+                    self.chan[i].push_back(Packet { from, to, epoch, msg: Message::Records(records) });
                 }
             }
             Command::AckAppend { req, index } => {
@@ -447,6 +553,7 @@ impl World {
         };
         if hit && self.nodes[j].run.is_some() {
             self.nodes[j].run = None;
+            self.ghost.reconnect[j] = false;
             self.chan[i].clear();
         }
         true
@@ -499,6 +606,7 @@ impl World {
             return false;
         }
         self.ghost.crashes_left -= 1;
+        self.ghost.reconnect[i] = false;
         self.nodes[i].run = None;
         self.chan[Self::peer_of(i)].clear();
         true
@@ -509,6 +617,7 @@ impl World {
             return false;
         }
         self.ghost.crash_both_left -= 1;
+        self.ghost.reconnect = [false, false];
         for node in &mut self.nodes {
             node.run = None;
         }
@@ -594,6 +703,6 @@ pub fn message_name(msg: &Message) -> &'static str {
         Message::Join { .. } => "Join",
         Message::Records(_) => "Records",
         Message::Ack { .. } => "Ack",
-        Message::Promoted => "Promoted",
+        Message::Promoted { .. } => "Promoted",
     }
 }

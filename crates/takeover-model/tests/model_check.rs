@@ -22,13 +22,12 @@ fn run(name: &str, bounds: Bounds, mutant: Mutant) -> Outcome {
     outcome
 }
 
+const CRASH_STOP: Bounds =
+    Bounds { crashes: 2, crash_both: 1, appends: 1, force_starts: 0, suspicions: 0, resets: 0, fence_failures: 0 };
+
 #[test]
 fn seed_000_crash_stop_reaches_every_fig_2_transition_and_every_property_holds() {
-    let out = run(
-        "seed-000 crash-stop: role machine + journal rules",
-        Bounds { crashes: 2, crash_both: 1, appends: 1, force_starts: 0 },
-        Mutant::None,
-    );
+    let out = run("seed-000 crash-stop: role machine + journal rules", CRASH_STOP, Mutant::None);
     assert!(!out.truncated, "the exploration hit the state limit");
     assert!(out.violation.is_none(), "a property failed: {:?}", out.violation.map(|v| v.property));
     assert_eq!(out.missing_transitions(), Vec::<&str>::new(), "Fig. 2 transitions not reached");
@@ -38,15 +37,15 @@ fn seed_000_crash_stop_reaches_every_fig_2_transition_and_every_property_holds()
 fn seed_000_with_force_start_every_safety_property_holds() {
     let out = run(
         "seed-000 with a force start (F0.6)",
-        Bounds { crashes: 1, crash_both: 0, appends: 1, force_starts: 1 },
+        Bounds { crashes: 1, crash_both: 0, appends: 1, force_starts: 1, suspicions: 0, resets: 0, fence_failures: 0 },
         Mutant::None,
     );
     assert!(!out.truncated, "the exploration hit the state limit");
     assert!(out.violation.is_none(), "a property failed: {:?}", out.violation.map(|v| v.property));
 }
 
-fn assert_caught(name: &str, mutant: Mutant) {
-    let out = run(name, Bounds { crashes: 2, crash_both: 1, appends: 1, force_starts: 0 }, mutant);
+fn assert_caught(name: &str, bounds: Bounds, mutant: Mutant) {
+    let out = run(name, bounds, mutant);
     let violation =
         out.violation.unwrap_or_else(|| panic!("the checker found no counter-example for mutant {mutant:?}"));
     assert!(!violation.trace.is_empty(), "a counter-example comes with its trace");
@@ -54,10 +53,41 @@ fn assert_caught(name: &str, mutant: Mutant) {
 
 #[test]
 fn mutant_act_before_persisting_the_priority_is_caught() {
-    assert_caught("MUTANT act before persisting the priority", Mutant::ActBeforePersist);
+    assert_caught("MUTANT act before persisting the priority", CRASH_STOP, Mutant::ActBeforePersist);
 }
 
 #[test]
 fn mutant_acknowledge_before_the_sl_has_the_record_is_caught() {
-    assert_caught("MUTANT acknowledge before the SL has the record", Mutant::AckBeforeSlHasRecord);
+    assert_caught("MUTANT acknowledge before the SL has the record", CRASH_STOP, Mutant::AckBeforeSlHasRecord);
+}
+
+fn assert_holds(name: &str, bounds: Bounds) {
+    let out = run(name, bounds, Mutant::None);
+    assert!(!out.truncated, "the exploration hit the state limit");
+    assert!(out.violation.is_none(), "a property failed: {:?}", out.violation.map(|v| v.property));
+}
+
+#[test]
+fn partitions_channel_resets_and_failing_fences_never_make_two_actives_or_lose_a_record() {
+    assert_holds(
+        "partitions: a live peer suspected, a channel reset, a fence failing",
+        Bounds { crashes: 0, crash_both: 0, appends: 1, force_starts: 0, suspicions: 1, resets: 1, fence_failures: 1 },
+    );
+}
+
+#[test]
+fn partitions_with_a_crash_and_a_failing_fence_never_make_two_actives_or_lose_a_record() {
+    assert_holds(
+        "partitions: a live peer suspected, a crash, a fence failing",
+        Bounds { crashes: 1, crash_both: 0, appends: 1, force_starts: 0, suspicions: 1, resets: 0, fence_failures: 1 },
+    );
+}
+
+#[test]
+fn mutant_taking_over_without_the_fence_wait_is_caught() {
+    assert_caught(
+        "MUTANT take over without waiting for the fence",
+        Bounds { crashes: 0, crash_both: 0, appends: 1, force_starts: 0, suspicions: 1, resets: 0, fence_failures: 0 },
+        Mutant::NoFenceWait,
+    );
 }
