@@ -831,6 +831,11 @@ impl Agent {
             NodeReport::UnknownGroup { peer, group } => {
                 format!("dropped a message from {} for unknown group #{}", self.peer_name(*peer), group.0)
             }
+            NodeReport::PauseDetected { late } => format!(
+                "WARNING: this agent ran {} ms late (paused or starved of CPU); peers get a fresh {} before being declared failed",
+                late.as_millis(),
+                config::format_duration(self.cfg.dead_after)
+            ),
             NodeReport::FenceStarted { peer } => format!("fence of {} started", self.peer_name(*peer)),
             NodeReport::FenceFinished { peer, confirmed } => {
                 format!(
@@ -878,6 +883,16 @@ impl Agent {
             Report::TwoActives { own, peer: theirs } => format!(
                 "ALARM: group {group}: this node (epoch {own}) and {peer} (epoch {theirs}) were both active; the older epoch stops"
             ),
+            Report::NewerGeneration { own, peer: theirs } => format!(
+                "ALARM: group {group}: {peer} speaks for epoch {theirs}, newer than this node's {own}: {peer} took over while this node was cut off or paused; stopping the service before writing anything more"
+            ),
+            Report::FenceDelayed { .. } => format!(
+                "group {group}: {peer} (the active) is lost; waiting {} before fencing it so that, if this is a partition, the active wins the fence race",
+                config::format_duration(self.node.group(rt.index).map_or(Duration::ZERO, |it| it.config().fence_delay))
+            ),
+            Report::FenceCancelled { .. } => {
+                format!("group {group}: {peer} came back before its fence started; nothing was done, it is trusted again")
+            }
             Report::MalformedMessage { what } => format!("group {group}: dropped a message from {peer}: {what}"),
         }
     }

@@ -1471,6 +1471,7 @@ nodes = ["b", "a"]
                 arbiter: Arbiter::Fence,
                 startup_wait: Duration::from_secs(4),
                 fence_retry: Duration::from_secs(1),
+                fence_delay: Duration::from_millis(200),
                 catch_up_window: 17,
             }
         );

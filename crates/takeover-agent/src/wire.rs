@@ -483,7 +483,9 @@ mod tests {
 
     #[test]
     fn huge_record_count_refused_without_allocating() {
-        let mut body = vec![2, 0, 0, 3];
+        let mut body = vec![2, 0, 0];
+        put_epoch(&mut body, Epoch::ZERO);
+        body.push(3);
         body.extend_from_slice(&u32::MAX.to_le_bytes());
         let crc = crc32fast::hash(&body);
         assert!(matches!(decode_frame_body(&body, crc), Err(WireError::Truncated { .. })));
@@ -492,7 +494,9 @@ mod tests {
     #[test]
     fn malformed_state_refused() {
         // A State whose epoch table claims an epoch holding no record.
-        let mut body = vec![2, 0, 0, 1, 3, 2];
+        let mut body = vec![2, 0, 0];
+        put_epoch(&mut body, ep(1, 0, false));
+        body.extend_from_slice(&[1, 3, 2]);
         body.extend_from_slice(&1u64.to_le_bytes());
         body.extend_from_slice(&0u16.to_le_bytes());
         body.extend_from_slice(&[0, 0, 0]);
