@@ -535,8 +535,8 @@ impl LocalCluster {
     }
 }
 
-/// Reads the demo service's `start`/`ack` records (CLOCK_MONOTONIC) and counts pairs of
-/// instances whose serving intervals [start, last ack] overlap. Returns (instances,
+/// Reads the demo service's `start`/`ack`/`tick` records (CLOCK_MONOTONIC) and counts
+/// pairs of instances whose serving intervals [start, last ack or tick] overlap. Returns (instances,
 /// overlapping pairs).
 pub fn serving_overlaps(path: &Path) -> anyhow::Result<(usize, usize)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -548,7 +548,7 @@ pub fn serving_overlaps(path: &Path) -> anyhow::Result<(usize, usize)> {
                 let (pid, ns) = (pid.parse()?, ns.parse()?);
                 spans.insert((node.to_string(), pid), (ns, ns));
             }
-            ["ack", node, pid, ns, _index] => {
+            ["ack", node, pid, ns, _] | ["tick", node, pid, ns] => {
                 let (pid, ns): (u32, u64) = (pid.parse()?, ns.parse()?);
                 if let Some(span) = spans.get_mut(&(node.to_string(), pid)) {
                     span.1 = span.1.max(ns);

@@ -8,7 +8,8 @@
 //! It also writes its own record of when it served, with CLOCK_MONOTONIC (one machine,
 //! one clock), so tests can check that two instances never served at overlapping times
 //! without trusting the agents: `start <node> <pid> <ns>` when it begins serving and
-//! `ack <node> <pid> <ns> <index>` for every acknowledged append.
+//! `ack <node> <pid> <ns> <index>` for every acknowledged append, and with `--tick-ms`
+//! `tick <node> <pid> <ns>` periodically.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,6 +31,10 @@ pub struct Args {
     /// Where to append this instance's start and ack records.
     #[arg(long)]
     record: PathBuf,
+    /// Also write a `tick` record this often while running (milliseconds; 0 = never), so
+    /// that a test can see when an instance ran even if no client reached it.
+    #[arg(long, default_value_t = 0)]
+    tick_ms: u64,
 }
 
 #[derive(Clone)]
@@ -68,6 +73,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let app = App { node: node.clone(), group, agent: Client::unix(socket), record: args.record };
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     app.note(&format!("start {} {} {}", app.node, std::process::id(), monotonic_ns()));
+    if args.tick_ms > 0 {
+        let (ticker, every) = (app.clone(), std::time::Duration::from_millis(args.tick_ms));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                ticker.note(&format!("tick {} {} {}", ticker.node, std::process::id(), monotonic_ns()));
+            }
+        });
+    }
     let router = Router::new()
         .route("/", get(|State(app): State<App>| async move { format!("{}\n", app.node) }))
         .route("/append", post(append))
