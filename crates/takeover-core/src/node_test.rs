@@ -25,6 +25,10 @@ const DEAD_AFTER: Duration = Duration::from_millis(500);
 const BACKOFF: Duration = Duration::from_millis(200);
 const STARTUP_WAIT: Duration = Duration::from_secs(2);
 const FENCE_RETRY: Duration = Duration::from_secs(1);
+/// The fence-race delay of [`Sim::with_fence_delay`] clusters.
+const FENCE_DELAY: Duration = Duration::from_millis(700);
+/// The session of a run's first join (an SL numbers its joins 1, 2, … per run).
+const FIRST_JOIN: u64 = 1;
 
 const A: NodeId = NodeId(0);
 const B: NodeId = NodeId(1);
@@ -59,11 +63,24 @@ fn node_config(me: NodeId, peers: &[NodeId], incarnation: u64) -> NodeConfig {
         heartbeat_interval: HEARTBEAT,
         dead_after: DEAD_AFTER,
         reconnect_backoff: BACKOFF,
+        // Off, so that a test's jumps in time are not taken for pauses of the node; the
+        // pause tests turn it on.
+        pause_threshold: None,
     }
 }
 
+/// A group's settings without the fence-race delay (an SL fences its lost M at once,
+/// like the M); [`Sim::with_fence_delay`] sets one.
 fn group_config(me: NodeId, peer: NodeId, arbiter: Arbiter) -> GroupConfig {
-    GroupConfig { me, peer, arbiter, startup_wait: STARTUP_WAIT, fence_retry: FENCE_RETRY, catch_up_window: 4 }
+    GroupConfig {
+        me,
+        peer,
+        arbiter,
+        startup_wait: STARTUP_WAIT,
+        fence_retry: FENCE_RETRY,
+        fence_delay: Duration::ZERO,
+        catch_up_window: 4,
+    }
 }
 
 /// A fresh group: node A is the preferred node (priority 2), B starts at 3.
@@ -75,6 +92,11 @@ fn group_setup(index: GroupIndex, me: NodeId, peer: NodeId, arbiter: Arbiter) ->
         log: LogMeta::empty(),
         join_only: false,
     }
+}
+
+/// A group sends its state, stamped with the epoch it states (its durable one).
+fn state_send(to: Incarnation, state: PeerState) -> Command {
+    Command::Send { to, epoch: state.epoch, msg: Message::State(state) }
 }
 
 fn report(r: NodeReport) -> NodeCommand {
@@ -302,10 +324,22 @@ impl Solo {
         self.at(t, NodeEvent::ChannelDown { peer, conn })
     }
 
-    /// A group message arrives on the newest connection that is up.
+    /// A group message arrives on the newest connection that is up, stamped as an honest
+    /// peer stamps it: a State with the epoch it states, a message of the replication
+    /// stream with the epoch of this node's group (the two ends of a stream share one
+    /// epoch: an SL makes its active's epoch durable before it joins).
     fn msg(&mut self, t: Instant, group: GroupIndex, msg: Message) -> Vec<NodeCommand> {
+        let epoch = match &msg {
+            Message::State(ps) => ps.epoch,
+            _ => self.node.group(group).map_or(Epoch::ZERO, |g| g.durable().epoch),
+        };
+        self.msg_at(t, group, epoch, msg)
+    }
+
+    /// A group message stamped with `epoch` arrives on the newest connection that is up.
+    fn msg_at(&mut self, t: Instant, group: GroupIndex, epoch: Epoch, msg: Message) -> Vec<NodeCommand> {
         let (peer, conn) = (self.peer(), self.conn());
-        self.at(t, NodeEvent::Message { peer, conn, group, msg })
+        self.at(t, NodeEvent::Message { peer, conn, group, epoch, msg })
     }
 
     fn connect(&self, link: usize, conn: ConnId) -> NodeCommand {
@@ -346,7 +380,13 @@ impl Solo {
 /// Node `me` hears run 1 of its peer on both links at 10 ms and the channel comes up on
 /// link 0 at 20 ms (the dialer dialed at 10 ms).
 fn connected(me: NodeId) -> Solo {
-    let mut s = Solo::new(me, 1);
+    connected_with(node_config(me, &[other(me)], 1))
+}
+
+/// [`connected`] for a node with configuration `cfg` (one peer, one group).
+fn connected_with(cfg: NodeConfig) -> Solo {
+    let me = cfg.me;
+    let mut s = Solo::with(cfg, 1, STARTUP_WAIT);
     let peer = other(me);
     assert_eq!(s.timeout(ms(0)), vec![NodeCommand::SendHeartbeats]);
     let mut first =
@@ -359,10 +399,7 @@ fn connected(me: NodeId) -> Solo {
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
         s.channel_up(ms(20), 1, 0),
-        vec![
-            report(NodeReport::ChannelUp { peer, link: 0 }),
-            gcmd(G0, peer, Command::Send { to: inc(1), msg: Message::State(state) })
-        ]
+        vec![report(NodeReport::ChannelUp { peer, link: 0 }), gcmd(G0, peer, state_send(inc(1), state))]
     );
     s
 }
@@ -459,10 +496,7 @@ fn f1_7_channel_moves_to_the_other_link_when_its_link_fails() {
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
         s.channel_up(ms(520), 1, 1),
-        vec![
-            report(NodeReport::ChannelUp { peer: B, link: 1 }),
-            gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
-        ]
+        vec![report(NodeReport::ChannelUp { peer: B, link: 1 }), gcmd(G0, B, state_send(inc(1), state))]
     );
     assert_eq!(s.node.status(s.now).peers[0].channel_link, Some(1));
 }
@@ -580,7 +614,7 @@ fn groups_told_connected_only_when_alive_and_channel_up_to_the_same_run() {
         vec![
             report(NodeReport::LinkUp { peer: A, link: 1 }),
             report(NodeReport::PeerAlive { peer: A, incarnation: inc(1) }),
-            gcmd(G0, A, Command::Send { to: inc(1), msg: Message::State(state.clone()) }),
+            gcmd(G0, A, state_send(inc(1), state.clone())),
         ]
     );
     // Further heartbeats of the same run tell the groups nothing new.
@@ -599,10 +633,7 @@ fn groups_told_connected_only_when_alive_and_channel_up_to_the_same_run() {
     assert_eq!(s.hb(ms(50), 1, 2), vec![]);
     assert_eq!(
         s.channel_up(ms(60), 2, 0),
-        vec![
-            report(NodeReport::ChannelUp { peer: A, link: 0 }),
-            gcmd(G0, A, Command::Send { to: inc(2), msg: Message::State(state) }),
-        ]
+        vec![report(NodeReport::ChannelUp { peer: A, link: 0 }), gcmd(G0, A, state_send(inc(2), state)),]
     );
     assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(2), role: None, priority: None, last_index: None });
 }
@@ -643,10 +674,7 @@ fn channel_reconnect_to_same_run_tells_groups_again() {
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
         s.channel_up(ms(270), 1, 0),
-        vec![
-            report(NodeReport::ChannelUp { peer: B, link: 0 }),
-            gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
-        ]
+        vec![report(NodeReport::ChannelUp { peer: B, link: 0 }), gcmd(G0, B, state_send(inc(1), state))]
     );
     // Only once per channel.
     assert_eq!(s.hb(ms(280), 0, 1), vec![]);
@@ -834,10 +862,7 @@ fn stale_channel_up_of_an_abandoned_dial_is_disconnected() {
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
         s.channel_up(ms(730), 1, 0),
-        vec![
-            report(NodeReport::ChannelUp { peer: B, link: 0 }),
-            gcmd(G0, B, Command::Send { to: inc(1), msg: Message::State(state) })
-        ]
+        vec![report(NodeReport::ChannelUp { peer: B, link: 0 }), gcmd(G0, B, state_send(inc(1), state))]
     );
     assert_eq!(s.conn(), second);
     assert_eq!(s.dials, 2);
@@ -860,7 +885,7 @@ fn accepting_side_replaces_the_previous_connection() {
             s.disconnect(old),
             report(NodeReport::ChannelUp { peer: A, link: 1 }),
             // A new channel: the groups are told again and restart from there.
-            gcmd(G0, A, Command::Send { to: inc(1), msg: Message::State(state) }),
+            gcmd(G0, A, state_send(inc(1), state)),
         ]
     );
     assert_eq!(s.node.status(ms(30)).peers[0].channel_link, Some(1));
@@ -887,7 +912,7 @@ fn accepting_side_replaces_the_previous_connection() {
             out.last(),
             Some(NodeCommand::Group {
                 group: G0,
-                command: Command::Send { to: Incarnation(2), msg: Message::State(_) },
+                command: Command::Send { to: Incarnation(2), msg: Message::State(_), .. },
                 ..
             })
         ),
@@ -914,7 +939,7 @@ fn messages_of_a_replaced_connection_are_dropped() {
     let mut s = connected(B);
     let old = s.conn();
     s.channel_up(ms(30), 1, 1);
-    let late = NodeEvent::Message { peer: A, conn: old, group: G0, msg: x_state(Priority::P2) };
+    let late = NodeEvent::Message { peer: A, conn: old, group: G0, epoch: Epoch::ZERO, msg: x_state(Priority::P2) };
     assert_eq!(s.stale(ms(40), late), vec![]);
     let fresh = GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None };
     assert_eq!(group_peer(&s, G0), fresh, "the group never heard it");
@@ -930,7 +955,7 @@ fn messages_of_a_replaced_connection_are_dropped() {
     let mut s = connected(A);
     let old = s.conn();
     s.channel_down(ms(30));
-    let late = || NodeEvent::Message { peer: B, conn: old, group: G0, msg: x_state(Priority::P3) };
+    let late = || NodeEvent::Message { peer: B, conn: old, group: G0, epoch: Epoch::ZERO, msg: x_state(Priority::P3) };
     assert_eq!(s.stale(ms(40), late()), vec![]);
     s.run(ms(230), &beats(110, 230, &[0, 1]), 1);
     s.channel_up(ms(240), 1, 0);
@@ -989,10 +1014,7 @@ fn early_messages_beyond_the_limit_drop_the_channel() {
     let state = s.node.group(G0).unwrap().state_message();
     assert_eq!(
         s.channel_up(ms(40), 1, 0),
-        vec![
-            report(NodeReport::ChannelUp { peer: A, link: 0 }),
-            gcmd(G0, A, Command::Send { to: inc(1), msg: Message::State(state) })
-        ]
+        vec![report(NodeReport::ChannelUp { peer: A, link: 0 }), gcmd(G0, A, state_send(inc(1), state))]
     );
     assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
 }
@@ -1256,6 +1278,156 @@ fn fence_retry_for_a_run_known_gone_is_not_sent() {
     assert!(out.iter().all(|(_, c)| !matches!(c, NodeCommand::Fence { .. })), "{out:?}");
 }
 
+#[test]
+fn fence_race_in_a_partition_the_m_fences_first() {
+    // Both links fail: each node declares the other dead at the same instant. The M fences
+    // at once; the SL only notes the delay. The M's fence powers the SL off first.
+    for m in [0, 1] {
+        let sl = 1 - m;
+        let mut sim = Sim::paired_with_fence_delay(&[m], Arbiter::Fence, FENCE_DELAY);
+        sim.links = [false, false];
+        sim.advance(ms(10).after(DEAD_AFTER));
+        let mut fences = [None, None];
+        fences[m] = Some(IDS[sl]);
+        assert_eq!(sim.fence, fences, "M on {m}: the M fences at once, the SL waits");
+        let target = FenceTarget::Run(inc(1));
+        assert_eq!(sim.node(sl).group(G0).unwrap().status().fencing, Some(target));
+        assert!(!sim.node(sl).status(sim.now).peers[0].fencing, "no fence action on the SL's node yet");
+        sim.finish_fence(m, true);
+        assert!(sim.nodes[sl].is_none(), "the SL was powered off");
+        assert_eq!(sim.node(m).group(G0).unwrap().role(), Role::Sm);
+        assert!(sim.processing[m][0]);
+    }
+}
+
+#[test]
+fn short_partition_cancels_the_delayed_fence_and_the_sl_rejoins() {
+    // The links fail for a little longer than dead_after. The M's fence fails; both nodes
+    // hear each other again before the SL's delay and the M's retry end: both fences are
+    // dropped, nobody is powered off, and the SL rejoins its M and is confirmed again.
+    let mut sim = Sim::paired_with_fence_delay(&[0], Arbiter::Fence, FENCE_DELAY);
+    sim.links = [false, false];
+    sim.advance(ms(600));
+    assert_eq!(sim.fence, [Some(B), None]);
+    let target = FenceTarget::Run(inc(1));
+    assert_eq!(sim.node(1).group(G0).unwrap().status().fencing, Some(target), "the SL's fence waits");
+    sim.links = [true, true];
+    sim.finish_fence(0, false);
+    for t in (600..=3000).step_by(50) {
+        sim.advance(ms(t));
+        sim.deliver_all();
+        assert_eq!(sim.fence, [None, None], "no fence started again at {t} ms");
+    }
+    assert!(sim.nodes.iter().all(Option::is_some), "nobody was powered off");
+    for i in 0..2 {
+        assert_eq!(sim.node(i).group(G0).unwrap().status().fencing, None);
+    }
+    assert_eq!(sim.node(0).group(G0).unwrap().role(), Role::M);
+    assert!(sim.processing[0][0] && !sim.processing[1][0]);
+    assert_eq!(sim.node(1).group(G0).unwrap().following(), Some((inc(1), true)));
+    assert_eq!(sim.check_safety(), Ok(()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Pauses of the node itself
+// ---------------------------------------------------------------------------------------
+
+const PAUSE_THRESHOLD: Duration = Duration::from_millis(200);
+
+/// Node `me` connected to its peer's run 1 (as [`connected`]) with pause detection on;
+/// then link 1 falls silent and link 0 carries heartbeats until 1000 ms, and the node
+/// asks to be called again at 1100 ms (its next heartbeat).
+fn heard_until_1000_with(pause_threshold: Option<Duration>, me: NodeId) -> Solo {
+    let peer = other(me);
+    let mut s = connected_with(NodeConfig { pause_threshold, ..node_config(me, &[peer], 1) });
+    let out = s.run(ms(1000), &beats(110, 1000, &[0]), 1);
+    assert_eq!(no_heartbeats(&out), vec![(ms(510), report(NodeReport::LinkDown { peer, link: 1, links_up: 1 }))]);
+    assert_eq!(s.node.poll_timeout(), Some(ms(1100)));
+    s
+}
+
+#[test]
+fn pause_gives_every_link_a_fresh_dead_after() {
+    for me in IDS {
+        let peer = other(me);
+        // Called late by no more than the threshold: not a pause.
+        let mut s = heard_until_1000_with(Some(PAUSE_THRESHOLD), me);
+        assert_eq!(s.timeout(ms(1100).after(PAUSE_THRESHOLD)), vec![NodeCommand::SendHeartbeats]);
+
+        // Called at 3000 ms instead of 1100: the node was paused. Link 0 was last heard at
+        // 1000, more than dead_after ago, but that silence is the node's own: the link gets
+        // a fresh dead_after from now. The link that was already down stays down.
+        let mut s = heard_until_1000_with(Some(PAUSE_THRESHOLD), me);
+        let out = s.timeout(ms(3000));
+        assert_eq!(
+            out,
+            vec![report(NodeReport::PauseDetected { late: Duration::from_millis(1900) }), NodeCommand::SendHeartbeats],
+            "{me:?}"
+        );
+        let status = s.node.status(ms(3000));
+        assert!(status.peers[0].alive);
+        assert_eq!(
+            status.peers[0].links,
+            vec![
+                LinkStatus { up: true, last_heard: Some(Duration::ZERO) },
+                LinkStatus { up: false, last_heard: Some(Duration::from_millis(2990)) },
+            ]
+        );
+        assert_eq!(group_peer(&s, G0), GroupPeer::Up { inc: inc(1), role: None, priority: None, last_index: None });
+        // Heard again on link 0: nothing happened.
+        assert_eq!(s.hb(ms(3010), 0, 1), vec![]);
+        // If the peer really stays silent, it is declared dead dead_after after its last
+        // heartbeat.
+        let out = s.run(ms(4000), &[], 1);
+        let dead = out.iter().find(|(_, c)| matches!(c, NodeCommand::Report(NodeReport::PeerDead { .. })));
+        assert_eq!(
+            dead,
+            Some(&(ms(3010).after(DEAD_AFTER), report(NodeReport::PeerDead { peer, incarnation: inc(1) })))
+        );
+
+        // Any event shows the pause, not only the timer: here a late heartbeat.
+        let mut s = heard_until_1000_with(Some(PAUSE_THRESHOLD), me);
+        assert_eq!(
+            s.hb(ms(3000), 1, 1),
+            vec![
+                report(NodeReport::PauseDetected { late: Duration::from_millis(1900) }),
+                report(NodeReport::LinkUp { peer, link: 1 }),
+            ]
+        );
+        assert!(s.timeout(ms(3000)).iter().all(|c| !matches!(c, NodeCommand::Report(NodeReport::PeerDead { .. }))));
+        assert!(s.node.status(ms(3000)).peers[0].links.iter().all(|it| it.up));
+    }
+}
+
+#[test]
+fn pause_detection_off_when_threshold_is_none() {
+    for me in IDS {
+        let peer = other(me);
+        let mut s = heard_until_1000_with(None, me);
+        let conn = s.conn();
+        // The same late call: link 0 is past its deadline, so the peer is declared dead.
+        let out = s.timeout(ms(3000));
+        assert_eq!(
+            out,
+            vec![
+                NodeCommand::SendHeartbeats,
+                report(NodeReport::LinkDown { peer, link: 0, links_up: 0 }),
+                report(NodeReport::PeerDead { peer, incarnation: inc(1) }),
+                s.disconnect(conn),
+                report(NodeReport::ChannelDown { peer }),
+                greport(
+                    G0,
+                    peer,
+                    Report::Waiting(WaitReason::Undetermined {
+                        own: if me == A { Priority::P2 } else { Priority::P3 }
+                    })
+                ),
+            ],
+            "{me:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Groups across channel rebuilds
 // ---------------------------------------------------------------------------------------
@@ -1268,7 +1440,7 @@ fn promoted_lost_with_the_channel_is_sent_again_after_the_rejoin() {
     let mut sim = Sim::new(&[0], Arbiter::Fence);
     sim.advance(ms(0));
     for _ in 0..100 {
-        if sim.in_flight(0).any(|msg| *msg == Message::Promoted) {
+        if sim.in_flight(0).any(|msg| matches!(msg, Message::Promoted { .. })) {
             break;
         }
         if !sim.deliver(0) && !sim.deliver(1) {
@@ -1276,7 +1448,7 @@ fn promoted_lost_with_the_channel_is_sent_again_after_the_rejoin() {
         }
     }
     assert_eq!(sim.node(0).group(G0).unwrap().role(), Role::M);
-    assert!(sim.in_flight(0).any(|msg| *msg == Message::Promoted));
+    assert!(sim.in_flight(0).any(|msg| matches!(msg, Message::Promoted { .. })));
 
     sim.links[0] = false;
     sim.advance(ms(600));
@@ -1312,8 +1484,8 @@ fn sm_acknowledgements_stay_in_order_across_a_channel_rebuild() {
     let out =
         msg(&mut s, 50, Message::State(b_state(Role::Sl, Priority::P3, sm_epoch, Some(inc(1)), LogMeta::empty())));
     assert_eq!(out, vec![]);
-    let out = msg(&mut s, 60, Message::Join { from_index: 0, from_epoch: None });
-    assert_eq!(out, vec![gcmd(G0, B, Command::SendRecords { to: inc(1), from: 1, upto: 1 })]);
+    let out = msg(&mut s, 60, Message::Join { from_index: 0, from_epoch: None, session: FIRST_JOIN });
+    assert_eq!(out, vec![gcmd(G0, B, Command::SendRecords { to: inc(1), epoch: sm_epoch, from: 1, upto: 1 })]);
     append(&mut s, 70, 2); // Streamed live: waits for B.
     s.channel_down(ms(80));
     let next = s.next_dial();
@@ -1385,17 +1557,20 @@ fn message_for_unknown_group_reported_and_dropped() {
     let cases = [(B, G1), (B, GroupIndex(9)), (C, G0)];
     for (peer, group) in cases {
         let conn = conn_of(peer);
-        node.handle(ms(10), NodeEvent::Message { peer, conn, group, msg: msg.clone() });
+        node.handle(ms(10), NodeEvent::Message { peer, conn, group, epoch: Epoch::ZERO, msg: msg.clone() });
         assert_eq!(drain(&mut node), vec![report(NodeReport::UnknownGroup { peer, group })]);
     }
     assert_eq!(statuses(&node), before, "no group heard any of them");
     // No channel with an unknown node exists (its ChannelUp is answered with Disconnect),
     // so a message claiming to come from one is dropped too.
-    node.handle(ms(10), NodeEvent::Message { peer: NodeId(7), conn: ConnId(1), group: G0, msg: msg.clone() });
+    node.handle(
+        ms(10),
+        NodeEvent::Message { peer: NodeId(7), conn: ConnId(1), group: G0, epoch: Epoch::ZERO, msg: msg.clone() },
+    );
     assert_eq!(drain(&mut node), vec![]);
     assert_eq!(statuses(&node), before);
     // A known group from its own peer reaches it, and only it.
-    node.handle(ms(10), NodeEvent::Message { peer: B, conn: dial_id(1), group: G0, msg });
+    node.handle(ms(10), NodeEvent::Message { peer: B, conn: dial_id(1), group: G0, epoch: Epoch::ZERO, msg });
     drain(&mut node);
     assert_eq!(
         node.group(G0).unwrap().status().peer,
@@ -1482,11 +1657,13 @@ struct Disk {
     journal: Vec<Vec<Record>>,
 }
 
-/// A group message on a connection, with its place in the order of every send.
+/// A group message on a connection, with its place in the order of every send and the
+/// sender's stamp.
 #[derive(Clone, Debug)]
 struct Packet {
     seq: u64,
     group: GroupIndex,
+    epoch: Epoch,
     msg: Message,
 }
 
@@ -1521,6 +1698,8 @@ struct Conn {
 struct Sim {
     now: Instant,
     arbiter: Arbiter,
+    /// The groups' fence-race delay.
+    fence_delay: Duration,
     nodes: [Option<Node>; 2],
     runs: [u64; 2],
     disks: [Disk; 2],
@@ -1551,6 +1730,11 @@ struct Sim {
 impl Sim {
     /// Both nodes started at 0 with fresh disks; group `g` prefers node `preferred[g]`.
     fn new(preferred: &[usize], arbiter: Arbiter) -> Sim {
+        Sim::with_fence_delay(preferred, arbiter, Duration::ZERO)
+    }
+
+    /// [`Sim::new`] with the groups' fence-race delay set to `fence_delay`.
+    fn with_fence_delay(preferred: &[usize], arbiter: Arbiter, fence_delay: Duration) -> Sim {
         let disk = |i: usize| Disk {
             durable: preferred.iter().map(|&p| GroupDurable::initial(p == i)).collect(),
             journal: vec![Vec::new(); preferred.len()],
@@ -1558,6 +1742,7 @@ impl Sim {
         let mut sim = Sim {
             now: ms(0),
             arbiter,
+            fence_delay,
             nodes: [None, None],
             runs: [0, 0],
             disks: [disk(0), disk(1)],
@@ -1583,7 +1768,12 @@ impl Sim {
     /// Both nodes up and connected at 0 (the last heartbeats arrived then); group `g` is M
     /// on `preferred[g]`, confirmed SL on the other node; nothing in flight.
     fn paired(preferred: &[usize], arbiter: Arbiter) -> Sim {
-        let mut sim = Sim::new(preferred, arbiter);
+        Sim::paired_with_fence_delay(preferred, arbiter, Duration::ZERO)
+    }
+
+    /// [`Sim::paired`] with the groups' fence-race delay set to `fence_delay`.
+    fn paired_with_fence_delay(preferred: &[usize], arbiter: Arbiter, fence_delay: Duration) -> Sim {
+        let mut sim = Sim::with_fence_delay(preferred, arbiter, fence_delay);
         sim.advance(ms(0));
         sim.deliver_all();
         for (g, &m) in preferred.iter().enumerate() {
@@ -1641,7 +1831,7 @@ impl Sim {
         let setups = (0..self.groups())
             .map(|g| GroupSetup {
                 index: GroupIndex(g as u16),
-                config: group_config(me, peer, self.arbiter),
+                config: GroupConfig { fence_delay: self.fence_delay, ..group_config(me, peer, self.arbiter) },
                 durable: self.disks[i].durable[g],
                 log: LogMeta::from_records(self.disks[i].journal[g].iter().map(|r| (r.epoch, r.index)))
                     .expect("the journal is consecutive"),
@@ -1718,7 +1908,7 @@ impl Sim {
 
     /// Queues a packet on the newest connection node `i` has up to run `to` of its peer
     /// (as the agent does); lost if there is none, or if its other end is closed.
-    fn push_packet(&mut self, i: usize, group: GroupIndex, to: Incarnation, msg: Message) {
+    fn push_packet(&mut self, i: usize, group: GroupIndex, to: Incarnation, epoch: Epoch, msg: Message) {
         let j = 1 - i;
         let seq = self.next_seq;
         let Some(c) =
@@ -1728,7 +1918,7 @@ impl Sim {
         };
         if !c.closed[j] {
             self.next_seq += 1;
-            c.inflight[i].push_back(Packet { seq, group, msg });
+            c.inflight[i].push_back(Packet { seq, group, epoch, msg });
         }
     }
 
@@ -1807,15 +1997,19 @@ impl Sim {
                         }
                     }
                     Command::TruncateLog { keep_upto, .. } => self.disks[i].journal[g].truncate(keep_upto as usize),
-                    Command::Send { to, msg } => self.push_packet(i, group, to, msg),
-                    Command::SendRecords { to, from, upto } => {
+                    Command::Send { to, epoch, msg } => {
+                        assert_eq!(epoch, self.disks[i].durable[g].epoch, "stamped with the durable epoch");
+                        self.push_packet(i, group, to, epoch, msg)
+                    }
+                    Command::SendRecords { to, epoch, from, upto } => {
+                        assert_eq!(epoch, self.disks[i].durable[g].epoch, "stamped with the durable epoch");
                         let journal = &self.disks[i].journal[g];
                         assert!(
                             1 <= from && from <= upto && upto as usize <= journal.len(),
                             "records {from}..={upto} exist"
                         );
                         let records = journal[from as usize - 1..upto as usize].to_vec();
-                        self.push_packet(i, group, to, Message::Records(records));
+                        self.push_packet(i, group, to, epoch, Message::Records(records));
                     }
                     Command::AckAppend { req, index } => {
                         let payload = self.payloads.iter().find(|(r, _)| *r == req).unwrap().1.clone();
@@ -1873,7 +2067,13 @@ impl Sim {
         let c = &mut self.conns[k];
         let packet = c.inflight[i].pop_front().expect("a packet");
         assert!(c.up[j] && !c.closed[j], "packets travel only between open ends");
-        let event = NodeEvent::Message { peer: IDS[i], conn: c.ids[j], group: packet.group, msg: packet.msg };
+        let event = NodeEvent::Message {
+            peer: IDS[i],
+            conn: c.ids[j],
+            group: packet.group,
+            epoch: packet.epoch,
+            msg: packet.msg,
+        };
         self.send_event(j, event);
         true
     }
@@ -2040,8 +2240,13 @@ fn actions(mode: Mode) -> impl Strategy<Value = Vec<Action>> {
 /// active node holds every acknowledged record; then heals the cluster (every message
 /// eventually delivered) and checks again.
 fn run_cluster(actions: &[Action], mode: Mode) -> Result<Sim, TestCaseError> {
+    run_cluster_with_fence_delay(actions, mode, Duration::ZERO)
+}
+
+/// [`run_cluster`] with the groups' fence-race delay set to `fence_delay`.
+fn run_cluster_with_fence_delay(actions: &[Action], mode: Mode, fence_delay: Duration) -> Result<Sim, TestCaseError> {
     let arbiter = if mode == Mode::Partitions { Arbiter::Fence } else { Arbiter::UnsafeAssumeCrashStop };
-    let mut sim = Sim::new(&[0, 1], arbiter);
+    let mut sim = Sim::with_fence_delay(&[0, 1], arbiter, fence_delay);
     sim.advance(ms(0));
     for (n, action) in actions.iter().enumerate() {
         sim.apply(action, mode);
@@ -2121,5 +2326,19 @@ proptest! {
     #[test]
     fn cluster_settles_as_m_and_confirmed_sl_after_partitions(actions in actions(Mode::Partitions)) {
         check_settled(&run_cluster(&actions, Mode::Partitions)?)?;
+    }
+
+    /// Partitions with the fence-race delay: an SL waits before it fences its lost M, and
+    /// a lost run heard again before its fence started is trusted again. Still no group is
+    /// active on both nodes while both are up, and no acknowledged record is lost.
+    #[test]
+    fn partitions_with_fence_delay_never_make_two_actives(actions in actions(Mode::Partitions)) {
+        run_cluster_with_fence_delay(&actions, Mode::Partitions, FENCE_DELAY)?;
+    }
+
+    /// After partitions with the fence-race delay, the cluster settles as M + confirmed SL.
+    #[test]
+    fn cluster_settles_as_m_and_confirmed_sl_after_partitions_with_fence_delay(actions in actions(Mode::Partitions)) {
+        check_settled(&run_cluster_with_fence_delay(&actions, Mode::Partitions, FENCE_DELAY)?)?;
     }
 }
