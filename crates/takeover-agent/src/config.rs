@@ -27,12 +27,38 @@
 //! startup_wait = "3s"           # default 3s (F0.5)
 //! arbiter = "fence"             # default; or "unsafe-assume-crash-stop"
 //! fence_retry = "1s"            # default 1s
+//! fence_delay = "200ms"         # default 200ms; 0 to under 60s (see ClusterConfig::fence_delay)
 //! catch_up_window = 4096        # default 4096 records per catch-up batch
 //!
 //! [fence]                       # required when arbiter = "fence"
 //! command = ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
-//! timeout = "10s"               # default 10s
+//! timeout = "10s"               # default 10s, per attempt
+//! retries = 1                   # default 1: extra attempts per device
+//! ```
 //!
+//! `command` is the shortcut for one level with one plain-command device. Instead of it,
+//! `[fence]` may list fence levels, tried in order until one confirms; every device of a
+//! level must confirm (like Pacemaker's fencing topology):
+//!
+//! ```toml
+//! [fence]
+//! timeout = "10s"
+//! retries = 1
+//! [[fence.level]]
+//! devices = [
+//!   { agent = "/usr/sbin/fence_ipmilan", timeout = "20s", options = { ip = "10.0.0.{node_index}", username = "admin", password_script = "/etc/takeover/ipmi-pass", plug = "{node}" } },
+//! ]
+//! [[fence.level]]
+//! devices = [ { command = ["/usr/local/bin/my-fence", "{node}"] } ]   # exit 0 = the node is off
+//! ```
+//!
+//! An `agent` is a fence-agents program given `key=value` lines on stdin (see
+//! [`crate::fence::fence_node`]); option values are strings, numbers or booleans (`true`
+//! is written `1`, `false` leaves the option out). `{node}` is the name of the node to
+//! fence and `{node_index}` its position in the `[[node]]` list, from 0, in option values
+//! and command arguments.
+//!
+//! ```toml
 //! [[node]]                      # NodeId = position in this list, from 0
 //! name = "alpha"
 //! state_dir = "/var/lib/takeover/alpha"
@@ -52,7 +78,7 @@
 //! stop_timeout = "5s"           # default 5s
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -61,6 +87,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use takeover_core::group::{Arbiter, GroupConfig as CoreGroupConfig};
+
+use crate::fence::{AgentOption, FenceDevice, FenceDeviceKind, FenceLevel, FencePlan};
 use takeover_core::types::NodeId;
 use toml::{Spanned, Value};
 
@@ -76,6 +104,14 @@ pub const DEFAULT_FENCE_RETRY: Duration = Duration::from_secs(1);
 pub const DEFAULT_CATCH_UP_WINDOW: u64 = 4096;
 /// Default of `fence.timeout`.
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `fence.retries`.
+pub const DEFAULT_FENCE_RETRIES: u32 = 1;
+/// The largest accepted `fence.retries`.
+pub const MAX_FENCE_RETRIES: u32 = 10;
+/// Default of `cluster.fence_delay`.
+pub const DEFAULT_FENCE_DELAY: Duration = Duration::from_millis(200);
+/// `cluster.fence_delay` must be below this.
+pub const MAX_FENCE_DELAY: Duration = Duration::from_secs(60);
 /// Default of `group.stop_timeout`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shortest accepted `cluster.heartbeat_interval`.
@@ -83,7 +119,7 @@ pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 /// `cluster.dead_after` must be at least this many heartbeat intervals.
 pub const MIN_HEARTBEATS_BEFORE_DEAD: u32 = 3;
 /// The placeholder in `fence.command` replaced by the name of the node to fence.
-pub const FENCE_NODE_PLACEHOLDER: &str = "{node}";
+pub const FENCE_NODE_PLACEHOLDER: &str = crate::fence::NODE_PLACEHOLDER;
 
 /// Longest path a Unix socket can bind to (`sun_path` is 108 bytes with the final NUL).
 const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -107,6 +143,11 @@ pub struct ClusterConfig {
     pub arbiter: Arbiter,
     /// How long after a failed fence the fence is tried again.
     pub fence_retry: Duration,
+    /// How long the node that does NOT hold a group waits before fencing its active
+    /// peer, so that in a fence race (both sides fencing each other across a partition)
+    /// the active node wins, like Pacemaker's `priority-fencing-delay`. From 0 to under
+    /// [`MAX_FENCE_DELAY`].
+    pub fence_delay: Duration,
     /// How many records one catch-up batch may carry.
     pub catch_up_window: u64,
     /// The `[fence]` table; always present when `arbiter` is [`Arbiter::Fence`].
@@ -120,11 +161,13 @@ pub struct ClusterConfig {
 /// The `[fence]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FenceConfig {
-    /// The argv of the fence command; `{node}` in any argument stands for the name of the
-    /// node to fence (see [`ClusterConfig::fence_argv`]). Never empty.
-    pub command: Vec<String>,
-    /// How long the fence command may run before the fence counts as failed.
+    /// `fence.timeout`: the default bound of one attempt of a device.
     pub timeout: Duration,
+    /// `fence.retries`: the default number of extra attempts per device.
+    pub retries: u32,
+    /// The levels, with every device's timeout and retries resolved. `command = [...]`
+    /// becomes one level with one [`FenceDeviceKind::Command`] device.
+    pub plan: FencePlan,
 }
 
 /// One `[[node]]` table.
@@ -243,14 +286,29 @@ impl ClusterConfig {
         }
     }
 
-    /// The fence command's argv for fencing `node_to_fence`, with `{node}` replaced by
-    /// its name in every argument. Empty when there is no `[fence]` table (only possible
-    /// with `arbiter = "unsafe-assume-crash-stop"`).
+    /// How to fence a node: the `[fence]` levels. `None` when there is no `[fence]`
+    /// table (only possible with `arbiter = "unsafe-assume-crash-stop"`). Run it with
+    /// [`crate::fence::fence_node`].
+    pub fn fence_plan(&self) -> Option<FencePlan> {
+        self.fence.as_ref().map(|f| f.plan.clone())
+    }
+
+    /// Legacy, for callers of [`crate::fence::run_fence_command`]: the argv of the only
+    /// device when the plan is one level with one plain command (as `command = [...]`
+    /// gives), with `{node}` replaced by `node_to_fence` in every argument. Empty
+    /// otherwise: with no `[fence]` table, or with levels or agents, which only
+    /// [`crate::fence::fence_node`] can run.
     pub fn fence_argv(&self, node_to_fence: &str) -> Vec<String> {
-        self.fence
-            .as_ref()
-            .map(|f| f.command.iter().map(|arg| arg.replace(FENCE_NODE_PLACEHOLDER, node_to_fence)).collect())
-            .unwrap_or_default()
+        let Some(fence) = &self.fence else { return Vec::new() };
+        match fence.plan.levels.as_slice() {
+            [level] => match level.devices.as_slice() {
+                [FenceDevice { kind: FenceDeviceKind::Command { argv }, .. }] => {
+                    argv.iter().map(|arg| arg.replace(FENCE_NODE_PLACEHOLDER, node_to_fence)).collect()
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -565,13 +623,31 @@ struct RawCluster {
     startup_wait: Option<Spanned<Value>>,
     arbiter: Option<Spanned<String>>,
     fence_retry: Option<Spanned<Value>>,
+    fence_delay: Option<Spanned<Value>>,
     catch_up_window: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFence {
-    command: RawStrings,
+    command: Option<RawStrings>,
+    timeout: Option<Spanned<Value>>,
+    retries: Option<Spanned<Value>>,
+    level: Option<Spanned<Vec<Spanned<RawLevel>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLevel {
+    devices: Option<Spanned<Vec<Spanned<RawDevice>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    agent: Option<Spanned<String>>,
+    command: Option<RawStrings>,
+    options: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
     timeout: Option<Spanned<Value>>,
 }
 
@@ -641,8 +717,19 @@ impl Checker<'_> {
         self.text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
-    /// A duration key: absent → `default`; zero is never meaningful in this file.
+    /// A duration key: absent → `default`; zero is an error.
     fn duration(&mut self, key: &str, raw: &Option<Spanned<Value>>, default: Duration) -> Setting<Duration> {
+        self.duration_from(key, raw, default, false)
+    }
+
+    /// A duration key: absent → `default`; zero is an error unless `zero_ok`.
+    fn duration_from(
+        &mut self,
+        key: &str,
+        raw: &Option<Spanned<Value>>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Setting<Duration> {
         let Some(raw) = raw else {
             return Setting { value: Some(default), span: None };
         };
@@ -650,7 +737,7 @@ impl Checker<'_> {
         let example = format_duration(default);
         let value = match raw.get_ref() {
             Value::String(s) => match parse_duration(s) {
-                Ok(d) if d.is_zero() => {
+                Ok(d) if d.is_zero() && !zero_ok => {
                     self.error(
                         span.clone(),
                         format!(
@@ -726,6 +813,22 @@ impl Checker<'_> {
         let dead_after = self.duration("cluster.dead_after", &cluster.dead_after, DEFAULT_DEAD_AFTER);
         let startup_wait = self.duration("cluster.startup_wait", &cluster.startup_wait, DEFAULT_STARTUP_WAIT);
         let fence_retry = self.duration("cluster.fence_retry", &cluster.fence_retry, DEFAULT_FENCE_RETRY);
+        let mut fence_delay =
+            self.duration_from("cluster.fence_delay", &cluster.fence_delay, DEFAULT_FENCE_DELAY, true);
+        if let Some(delay) = fence_delay.value
+            && delay >= MAX_FENCE_DELAY
+        {
+            self.error(
+                fence_delay.span.clone().unwrap_or_else(|| cluster_span.clone()),
+                format!(
+                    "cluster.fence_delay ({}) must be below {}: it only has to let the active node's fence win a fence race, and it delays every takeover from an active node; a few hundred milliseconds is enough, e.g. \"{}\" (the default)",
+                    format_duration(delay),
+                    format_duration(MAX_FENCE_DELAY),
+                    format_duration(DEFAULT_FENCE_DELAY)
+                ),
+            );
+            fence_delay.value = None;
+        }
         // A rule between two settings points at the first one if it is written in the
         // file, else at the second, else at the [cluster] header.
         let place = |a: &Setting<Duration>, b: &Setting<Duration>| {
@@ -813,19 +916,7 @@ impl Checker<'_> {
                 }
                 None
             }
-            Some(raw_fence) => {
-                let f = raw_fence.get_ref();
-                let command = self.argv(
-                    "fence.command",
-                    &f.command,
-                    "give the argv of a command that stops a node, with {node} standing for its name",
-                );
-                let timeout = self.duration("fence.timeout", &f.timeout, DEFAULT_FENCE_TIMEOUT);
-                match (command, timeout.value) {
-                    (Some(command), Some(timeout)) => Some(FenceConfig { command, timeout }),
-                    _ => None,
-                }
-            }
+            Some(raw_fence) => self.check_fence(raw_fence),
         };
 
         // ---- nodes ----
@@ -841,6 +932,7 @@ impl Checker<'_> {
             startup_wait: startup_wait.value?,
             arbiter: arbiter?,
             fence_retry: fence_retry.value?,
+            fence_delay: fence_delay.value?,
             catch_up_window: catch_up_window?,
             fence: match (arbiter?, fence) {
                 (Arbiter::Fence, None) => return None,
@@ -849,6 +941,244 @@ impl Checker<'_> {
             nodes: nodes?,
             groups: groups?,
         })
+    }
+
+    fn check_fence(&mut self, raw: &Spanned<RawFence>) -> Option<FenceConfig> {
+        let f = raw.get_ref();
+        let timeout = self.duration("fence.timeout", &f.timeout, DEFAULT_FENCE_TIMEOUT).value;
+        let retries = match &f.retries {
+            None => Some(DEFAULT_FENCE_RETRIES),
+            Some(r) => match r.get_ref() {
+                Value::Integer(n) if (0..=i64::from(MAX_FENCE_RETRIES)).contains(n) => Some(*n as u32),
+                other => {
+                    self.error(
+                        r.span(),
+                        format!(
+                            "fence.retries = {other} must be a whole number from 0 to {MAX_FENCE_RETRIES}: how many more times each device is tried after a failed attempt (default {DEFAULT_FENCE_RETRIES})"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let levels = match (&f.command, &f.level) {
+            (Some(command), Some(_)) => {
+                self.error(
+                    command.span(),
+                    "fence.command and [[fence.level]] cannot both be given: `command` is the shortcut for a single level with a single command; put it into a level instead, as devices = [{ command = [...] }]",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    raw.span(),
+                    "the [fence] table needs `command = [...]` (a command that stops a node, with {node} standing for its name) or at least one [[fence.level]] with devices",
+                );
+                None
+            }
+            (Some(command), None) => self
+                .argv(
+                    "fence.command",
+                    command,
+                    "give the argv of a command that stops a node, with {node} standing for its name",
+                )
+                .map(|argv| {
+                    vec![FenceLevel {
+                        devices: vec![FenceDevice {
+                            kind: FenceDeviceKind::Command { argv },
+                            timeout: timeout.unwrap_or(DEFAULT_FENCE_TIMEOUT),
+                            retries: retries.unwrap_or(DEFAULT_FENCE_RETRIES),
+                        }],
+                    }]
+                }),
+            (None, Some(levels)) => self.check_levels(levels, timeout, retries),
+        };
+        Some(FenceConfig { timeout: timeout?, retries: retries?, plan: FencePlan { levels: levels? } })
+    }
+
+    /// `[[fence.level]]` tables; `timeout` and `retries` are the `[fence]` defaults
+    /// (`None` if invalid, already reported).
+    fn check_levels(
+        &mut self,
+        levels: &Spanned<Vec<Spanned<RawLevel>>>,
+        timeout: Option<Duration>,
+        retries: Option<u32>,
+    ) -> Option<Vec<FenceLevel>> {
+        let usage =
+            "add devices = [{ agent = \"/usr/sbin/fence_...\", options = { ... } }] or devices = [{ command = [...] }]";
+        if levels.get_ref().is_empty() {
+            self.error(levels.span(), format!("fence.level is empty; give at least one level: {usage}"));
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::new();
+        for (l, level) in levels.get_ref().iter().enumerate() {
+            let devices = match &level.get_ref().devices {
+                None => {
+                    self.error(level.span(), format!("fence level {} has no devices; {usage}", l + 1));
+                    ok = false;
+                    continue;
+                }
+                Some(devices) if devices.get_ref().is_empty() => {
+                    self.error(devices.span(), format!("fence level {}: devices is empty; {usage}", l + 1));
+                    ok = false;
+                    continue;
+                }
+                Some(devices) => devices.get_ref(),
+            };
+            let mut checked = Vec::new();
+            for (k, device) in devices.iter().enumerate() {
+                let what = format!("fence level {}, device {}", l + 1, k + 1);
+                match self.check_device(&what, device, timeout, retries) {
+                    Some(device) => checked.push(device),
+                    None => ok = false,
+                }
+            }
+            out.push(FenceLevel { devices: checked });
+        }
+        ok.then_some(out)
+    }
+
+    fn check_device(
+        &mut self,
+        what: &str,
+        raw: &Spanned<RawDevice>,
+        timeout: Option<Duration>,
+        retries: Option<u32>,
+    ) -> Option<FenceDevice> {
+        let d = raw.get_ref();
+        let timeout = match &d.timeout {
+            None => timeout,
+            Some(_) => {
+                self.duration(&format!("{what}: timeout"), &d.timeout, timeout.unwrap_or(DEFAULT_FENCE_TIMEOUT)).value
+            }
+        };
+        let kind = match (&d.agent, &d.command) {
+            (Some(_), Some(command)) => {
+                self.error(
+                    command.span(),
+                    format!(
+                        "{what} has both `agent` and `command`; a device is either a fence agent (agent = \"/usr/sbin/fence_...\" with options) or a plain command (command = [...], exit 0 = the node is off), not both"
+                    ),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    raw.span(),
+                    format!(
+                        "{what} has neither `agent` nor `command`; give agent = \"/usr/sbin/fence_...\" (a fence-agents program, with options) or command = [...] (exit 0 = the node is off)"
+                    ),
+                );
+                None
+            }
+            (None, Some(command)) => {
+                let argv = self.argv(
+                    &format!("{what}: command"),
+                    command,
+                    "give the argv of a command that stops a node, with {node} standing for its name",
+                );
+                if let Some(options) = &d.options {
+                    self.error(
+                        options.span(),
+                        format!(
+                            "{what}: options are only for `agent` devices; a command gets its arguments in `command`"
+                        ),
+                    );
+                    None
+                } else {
+                    argv.map(|argv| FenceDeviceKind::Command { argv })
+                }
+            }
+            (Some(agent), None) => {
+                let path = agent.get_ref();
+                let path_ok = Path::new(path).is_absolute();
+                if !path_ok {
+                    self.error(
+                        agent.span(),
+                        format!(
+                            "{what}: agent {path:?} is not an absolute path; give the full path of the fence agent, e.g. \"/usr/sbin/fence_ipmilan\""
+                        ),
+                    );
+                }
+                let options = self.agent_options(what, d.options.as_ref());
+                match (path_ok, options) {
+                    (true, Some(options)) => Some(FenceDeviceKind::Agent { path: PathBuf::from(path), options }),
+                    _ => None,
+                }
+            }
+        };
+        Some(FenceDevice { kind: kind?, timeout: timeout?, retries: retries? })
+    }
+
+    /// The `options` of an agent device, in file order. Error messages never quote a
+    /// value: it may be a password.
+    fn agent_options(
+        &mut self,
+        what: &str,
+        raw: Option<&Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+    ) -> Option<Vec<AgentOption>> {
+        let Some(raw) = raw else { return Some(Vec::new()) };
+        let mut entries: Vec<_> = raw.get_ref().iter().collect();
+        entries.sort_by_key(|(key, _)| key.span().start);
+        let mut ok = true;
+        let mut options = Vec::new();
+        for (key, value) in entries {
+            let k = key.get_ref();
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                self.error(
+                    key.span(),
+                    format!(
+                        "{what}: option name {k:?} is not a fence-agent option; use only ASCII letters, digits, `_` and `-` (see the agent's `-o metadata`)"
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            if k == "action" {
+                self.error(
+                    key.span(),
+                    format!("{what}: option `action` is set by takeover (off, then status to verify); remove it"),
+                );
+                ok = false;
+                continue;
+            }
+            let text = match value.get_ref() {
+                Value::String(s) => Some(s.clone()),
+                Value::Integer(n) => Some(n.to_string()),
+                Value::Float(x) if x.is_finite() => Some(x.to_string()),
+                Value::Boolean(true) => Some("1".to_string()),
+                // fencing.py counts a flag given as 0 as set: leave it out instead.
+                Value::Boolean(false) => None,
+                other => {
+                    let kind = match other {
+                        Value::Float(_) => "an infinite or NaN float",
+                        Value::Array(_) => "an array",
+                        Value::Table(_) => "a table",
+                        _ => "a date-time",
+                    };
+                    self.error(
+                        value.span(),
+                        format!("{what}: option `{k}` must be a string, a number or a boolean, not {kind}"),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            let Some(text) = text else { continue };
+            if text.contains(['\n', '\r', '\0']) {
+                self.error(
+                    value.span(),
+                    format!(
+                        "{what}: option `{k}` contains a line break or a NUL; the agent reads one key=value per line on stdin"
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            options.push(AgentOption { key: k.clone(), value: text });
+        }
+        ok.then_some(options)
     }
 
     fn check_nodes(&mut self, raw_nodes: &[Spanned<RawNode>], cluster_span: &Range<usize>) -> Option<Vec<NodeConfig>> {
@@ -1333,8 +1663,26 @@ stop_timeout = "5s"
         assert_eq!(c.fence_retry, Duration::from_secs(1));
         assert_eq!(c.catch_up_window, 4096);
         let fence = c.fence.as_ref().unwrap();
-        assert_eq!(fence.command, ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]);
         assert_eq!(fence.timeout, Duration::from_secs(10));
+        assert_eq!(fence.retries, 1);
+        assert_eq!(
+            fence.plan,
+            FencePlan {
+                levels: vec![FenceLevel {
+                    devices: vec![FenceDevice {
+                        kind: FenceDeviceKind::Command {
+                            argv: ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
+                                .map(String::from)
+                                .to_vec()
+                        },
+                        timeout: Duration::from_secs(10),
+                        retries: 1,
+                    }]
+                }]
+            }
+        );
+        assert_eq!(c.fence_plan().as_ref(), Some(&fence.plan));
+        assert_eq!(c.fence_delay, Duration::from_millis(200));
         assert_eq!(c.nodes.len(), 2);
         assert_eq!(
             c.nodes[0],
@@ -1393,6 +1741,8 @@ nodes = ["b", "a"]
         assert_eq!(c.fence_retry, Duration::from_secs(1));
         assert_eq!(c.catch_up_window, 4096);
         assert_eq!(c.fence.as_ref().unwrap().timeout, Duration::from_secs(10));
+        assert_eq!(c.fence.as_ref().unwrap().retries, DEFAULT_FENCE_RETRIES);
+        assert_eq!(c.fence_delay, DEFAULT_FENCE_DELAY);
         assert_eq!(c.groups[0].stop_timeout, Duration::from_secs(5));
         assert_eq!(c.groups[0].service, None);
         assert_eq!(c.groups[0].preferred(), "b");
@@ -1405,6 +1755,7 @@ nodes = ["b", "a"]
         assert_eq!(c.arbiter, Arbiter::UnsafeAssumeCrashStop);
         assert_eq!(c.fence, None);
         assert!(c.fence_argv("beta").is_empty());
+        assert_eq!(c.fence_plan(), None);
     }
 
     #[test]
@@ -1673,6 +2024,277 @@ nodes = ["b", "a"]
             12,
             "fence.command: the program (first element) is empty",
         );
+    }
+
+    // ---- fence levels ----
+
+    /// FULL with the [fence] table (lines 10 to 12) replaced by `fence`: line k of
+    /// `fence` is line 9 + k of the file.
+    fn with_fence(fence: &str) -> String {
+        with_lines(&[(10, fence.trim_end_matches('\n')), (11, ""), (12, "")])
+    }
+
+    const LEVELS: &str = r#"[fence]
+timeout = "7s"
+retries = 2
+[[fence.level]]
+devices = [
+  { agent = "/usr/sbin/fence_ipmilan", options = { ip = "10.0.0.{node_index}", username = "admin", password_script = "/etc/takeover/ipmi-pass", plug = "{node}", lanplus = true, ssl = false, port = 623, wait = 1.5 }, timeout = "20s" },
+  { agent = "/usr/sbin/fence_apc", options = { ip = "10.0.1.1", password = "s3cret" } },
+]
+[[fence.level]]
+devices = [ { command = ["/usr/local/bin/my-fence", "{node}"] } ]
+"#;
+
+    fn option(key: &str, value: &str) -> AgentOption {
+        AgentOption { key: key.into(), value: value.into() }
+    }
+
+    #[test]
+    fn fence_levels_parse_into_a_plan() {
+        let c = parse(&with_fence(LEVELS), "cluster.toml").unwrap();
+        let fence = c.fence.as_ref().unwrap();
+        assert_eq!((fence.timeout, fence.retries), (Duration::from_secs(7), 2));
+        let plan = c.fence_plan().unwrap();
+        assert_eq!(
+            plan,
+            FencePlan {
+                levels: vec![
+                    FenceLevel {
+                        devices: vec![
+                            FenceDevice {
+                                kind: FenceDeviceKind::Agent {
+                                    path: "/usr/sbin/fence_ipmilan".into(),
+                                    // In file order; `ssl = false` is left out.
+                                    options: vec![
+                                        option("ip", "10.0.0.{node_index}"),
+                                        option("username", "admin"),
+                                        option("password_script", "/etc/takeover/ipmi-pass"),
+                                        option("plug", "{node}"),
+                                        option("lanplus", "1"),
+                                        option("port", "623"),
+                                        option("wait", "1.5"),
+                                    ],
+                                },
+                                timeout: Duration::from_secs(20),
+                                retries: 2,
+                            },
+                            FenceDevice {
+                                kind: FenceDeviceKind::Agent {
+                                    path: "/usr/sbin/fence_apc".into(),
+                                    options: vec![option("ip", "10.0.1.1"), option("password", "s3cret")],
+                                },
+                                timeout: Duration::from_secs(7),
+                                retries: 2,
+                            },
+                        ]
+                    },
+                    FenceLevel {
+                        devices: vec![FenceDevice {
+                            kind: FenceDeviceKind::Command {
+                                argv: vec!["/usr/local/bin/my-fence".into(), "{node}".into()]
+                            },
+                            timeout: Duration::from_secs(7),
+                            retries: 2,
+                        }]
+                    },
+                ]
+            }
+        );
+        // Only the single-command shortcut has a legacy argv.
+        assert!(c.fence_argv("beta").is_empty());
+        // Secrets are masked in describe() and Debug.
+        let described = plan.describe();
+        assert_eq!(
+            described,
+            "level 1: agent /usr/sbin/fence_ipmilan ip=10.0.0.{node_index} username=admin password_script=*** plug={node} lanplus=1 port=623 wait=1.5 (timeout 20s per attempt, 3 attempts) and agent /usr/sbin/fence_apc ip=10.0.1.1 password=*** (timeout 7s per attempt, 3 attempts); then level 2: command /usr/local/bin/my-fence {node} (timeout 7s per attempt, 3 attempts)"
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret") && !debug.contains("ipmi-pass"), "{debug}");
+        assert!(debug.contains("admin"));
+    }
+
+    #[test]
+    fn fence_devices_may_be_tables_of_their_own() {
+        let text = with_fence(
+            "[fence]\n[[fence.level]]\n[[fence.level.devices]]\nagent = \"/usr/sbin/fence_dummy\"\noptions = { type = \"file\" }\n",
+        );
+        let plan = parse(&text, "cluster.toml").unwrap().fence_plan().unwrap();
+        assert_eq!(plan.levels.len(), 1);
+        assert_eq!(plan.levels[0].devices[0].timeout, DEFAULT_FENCE_TIMEOUT);
+        assert_eq!(plan.levels[0].devices[0].retries, DEFAULT_FENCE_RETRIES);
+    }
+
+    #[test]
+    fn fence_command_shortcut_takes_timeout_and_retries() {
+        let text = with_lines(&[(12, "timeout = \"3s\"\nretries = 0")]);
+        let c = parse(&text, "cluster.toml").unwrap();
+        let device = &c.fence_plan().unwrap().levels[0].devices[0];
+        assert_eq!((device.timeout, device.retries), (Duration::from_secs(3), 0));
+        assert_eq!(c.fence_argv("alpha"), ["takeover", "fence-local", "--pidfile", "/tmp/x/alpha/agent.pid"]);
+    }
+
+    #[test]
+    fn fence_needs_a_command_or_levels_but_not_both() {
+        assert_single(&with_fence("[fence]\ntimeout = \"1s\""), 10, 1, "the [fence] table needs `command = [...]`");
+        let both = with_fence(
+            "[fence]\ncommand = [\"/bin/true\"]\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"] }]",
+        );
+        assert_single(&both, 11, 11, "fence.command and [[fence.level]] cannot both be given");
+        assert_single(&with_fence("[fence]\nlevel = []"), 11, 9, "fence.level is empty");
+    }
+
+    #[test]
+    fn fence_levels_must_have_devices() {
+        let (line, column, caret, message) =
+            single(&with_fence("[fence]\n[[fence.level]]\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"] }]"));
+        assert_eq!((line, column, caret), (11, 1, 15));
+        assert!(message.starts_with("fence level 1 has no devices; add devices = [{ agent = "), "{message}");
+        assert_single(
+            &with_fence(
+                "[fence]\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"] }]\n[[fence.level]]\ndevices = []",
+            ),
+            14,
+            11,
+            "fence level 2: devices is empty",
+        );
+    }
+
+    #[test]
+    fn fence_device_needs_exactly_one_of_agent_and_command() {
+        let neither = with_fence("[fence]\n[[fence.level]]\ndevices = [{ timeout = \"1s\" }]");
+        assert_single(&neither, 12, 12, "fence level 1, device 1 has neither `agent` nor `command`");
+        let both = with_fence(
+            "[fence]\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"] },\n  { agent = \"/usr/sbin/fence_dummy\", command = [\"/bin/true\"] }]",
+        );
+        assert_single(&both, 13, 48, "fence level 1, device 2 has both `agent` and `command`");
+    }
+
+    #[test]
+    fn fence_agent_path_must_be_absolute() {
+        let text = with_fence("[fence]\n[[fence.level]]\ndevices = [{ agent = \"fence_ipmilan\" }]");
+        let (line, column, caret, message) = single(&text);
+        assert_eq!((line, column, caret), (12, 22, 15));
+        assert_eq!(
+            message,
+            "fence level 1, device 1: agent \"fence_ipmilan\" is not an absolute path; give the full path of the fence agent, e.g. \"/usr/sbin/fence_ipmilan\""
+        );
+        assert_single(
+            &with_fence("[fence]\n[[fence.level]]\ndevices = [{ agent = \"\" }]"),
+            12,
+            22,
+            "agent \"\" is not an absolute path",
+        );
+    }
+
+    #[test]
+    fn fence_option_values_must_be_strings_numbers_or_booleans() {
+        let text = |v: &str| {
+            with_fence(&format!(
+                "[fence]\n[[fence.level]]\ndevices = [{{ agent = \"/usr/sbin/fence_dummy\", options = {{ password = {v} }} }}]"
+            ))
+        };
+        assert_single(
+            &text("[\"a\", \"b\"]"),
+            12,
+            70,
+            "fence level 1, device 1: option `password` must be a string, a number or a boolean, not an array",
+        );
+        assert_single(&text("{ x = 1 }"), 12, 70, "not a table");
+        assert_single(&text("1979-05-27"), 12, 70, "not a date-time");
+        assert_single(&text("nan"), 12, 70, "not an infinite or NaN float");
+        // A line break would inject a line into the agent's stdin; the value is not quoted.
+        let (line, column, _, message) = single(&text("\"pw\\naction=on\""));
+        assert_eq!((line, column), (12, 70));
+        assert_eq!(
+            message,
+            "fence level 1, device 1: option `password` contains a line break or a NUL; the agent reads one key=value per line on stdin"
+        );
+    }
+
+    #[test]
+    fn fence_option_names_are_checked() {
+        let text = |k: &str| {
+            with_fence(&format!(
+                "[fence]\n[[fence.level]]\ndevices = [{{ agent = \"/usr/sbin/fence_dummy\", options = {{ {k} = \"x\" }} }}]"
+            ))
+        };
+        assert_single(&text("action"), 12, 59, "option `action` is set by takeover");
+        assert_single(&text("\"a b\""), 12, 59, "option name \"a b\" is not a fence-agent option");
+        assert_single(&text("\"\""), 12, 59, "option name \"\" is not a fence-agent option");
+    }
+
+    #[test]
+    fn fence_options_are_only_for_agents() {
+        let text =
+            with_fence("[fence]\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"], options = { a = 1 } }]");
+        assert_single(&text, 12, 49, "fence level 1, device 1: options are only for `agent` devices");
+        let empty = with_fence("[fence]\n[[fence.level]]\ndevices = [{ command = [] }]");
+        assert_single(&empty, 12, 24, "fence level 1, device 1: command is empty");
+    }
+
+    #[test]
+    fn fence_timeouts_must_be_positive_durations() {
+        let device =
+            with_fence("[fence]\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"], timeout = \"0s\" }]");
+        assert_single(&device, 12, 49, "fence level 1, device 1: timeout is zero");
+        let device = with_fence("[fence]\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"], timeout = 20 }]");
+        assert_single(&device, 12, 49, "fence level 1, device 1: timeout = 20 has no unit");
+        let default =
+            with_fence("[fence]\ntimeout = \"0s\"\n[[fence.level]]\ndevices = [{ command = [\"/bin/true\"] }]");
+        assert_single(&default, 11, 11, "fence.timeout is zero");
+    }
+
+    #[test]
+    fn fence_retries_must_be_a_small_whole_number() {
+        assert_single(&with(12, "retries = -1"), 12, 11, "fence.retries = -1 must be a whole number from 0 to 10");
+        assert_single(&with(12, "retries = 11"), 12, 11, "fence.retries = 11 must be a whole number from 0 to 10");
+        assert_single(&with(12, "retries = \"2\""), 12, 11, "fence.retries = \"2\" must be a whole number");
+    }
+
+    #[test]
+    fn fence_level_and_device_unknown_keys_are_reported() {
+        let (line, column, _, message) = single(&with_fence("[fence]\n[[fence.level]]\nname = \"ipmi\"\ndevices = []"));
+        assert_eq!((line, column), (12, 1));
+        assert!(message.starts_with("unknown field `name`, expected `devices`"), "{message}");
+        let (line, column, _, message) = single(&with_fence(
+            "[fence]\n[[fence.level]]\ndevices = [{ agent = \"/usr/sbin/fence_dummy\", retry = 3 }]",
+        ));
+        assert_eq!((line, column), (12, 47));
+        assert!(message.starts_with("unknown field `retry`"), "{message}");
+        let (line, column, _, message) = single(&with(12, "levels = []"));
+        assert_eq!((line, column), (12, 1));
+        assert!(message.starts_with("unknown field `levels`"), "{message}");
+    }
+
+    #[test]
+    fn fence_errors_are_all_reported_together() {
+        let text = with_fence(
+            "[fence]\nretries = 99\n[[fence.level]]\ndevices = [{ agent = \"fence_x\", options = { action = \"off\" } },\n  { }]",
+        );
+        let errors = errors_of(&text);
+        let positions: Vec<_> = errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(positions, [(11, 11), (13, 22), (13, 45), (14, 3)], "{errors:#?}");
+    }
+
+    // ---- fence_delay ----
+
+    #[test]
+    fn fence_delay_is_parsed_and_may_be_zero() {
+        let c = parse(&with(8, "catch_up_window = 4096\nfence_delay = \"350ms\""), "cluster.toml").unwrap();
+        assert_eq!(c.fence_delay, Duration::from_millis(350));
+        let c = parse(&with(8, "catch_up_window = 4096\nfence_delay = \"0s\""), "cluster.toml").unwrap();
+        assert_eq!(c.fence_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn fence_delay_must_be_below_a_minute() {
+        let (line, column, caret, message) = single(&with(8, "fence_delay = \"60s\""));
+        assert_eq!((line, column, caret), (8, 15, 5));
+        assert!(message.starts_with("cluster.fence_delay (1m) must be below 1m: "), "{message}");
+        assert_single(&with(8, "fence_delay = \"-1s\""), 8, 15, "cluster.fence_delay = \"-1s\" is not a duration");
+        assert_single(&with(8, "fence_delay = 200"), 8, 15, "cluster.fence_delay = 200 has no unit");
+        parse(&with(8, "fence_delay = \"59.999s\""), "cluster.toml").unwrap();
     }
 
     // ---- nodes ----

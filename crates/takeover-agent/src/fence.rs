@@ -1,7 +1,15 @@
-//! Fencing: running fence commands, and the local fence for nodes that share one machine.
+//! Fencing: fence levels of fence-agents devices and plain commands, and the local fence
+//! for nodes that share one machine.
 //!
-//! - [`run_fence_command`] runs a configured fence command (e.g. a power switch client)
-//!   in its own process group, with a timeout. Exit 0 means the target is confirmed off.
+//! - [`fence_node`] runs a [`FencePlan`] (from `[fence]`, see
+//!   [`crate::config::ClusterConfig::fence_plan`]): levels in order until one confirms,
+//!   every device of a level, each with retries and a timeout per attempt. A device is a
+//!   fence-agents program spoken to with the stdin protocol (`action=off`, then
+//!   `action=status` to verify) or a plain command (exit 0 = off). It returns a
+//!   [`FenceReport`] listing every attempt, whose `Display` is one line for the logs.
+//!   Values of options whose name contains "pass" never appear in plans, reports or logs.
+//! - [`run_fence_command`] runs one fence command (e.g. a power switch client) in its own
+//!   process group, with a timeout. Exit 0 means the target is confirmed off.
 //! - [`fence_local`] implements `takeover fence-local --pidfile FILE`, a real power-off
 //!   of a node that runs on this same machine (test clusters, demos). Such a node's agent
 //!   is a session leader (started with `setsid`). Its services are in their own process
@@ -11,6 +19,7 @@
 //!   supposed to do that.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -21,7 +30,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::service::{
     GROUP_POLL, KILL_WAIT, ProcStat, ProcessExit, peek_exit, read_pidfile, scan_live, wait_group_empty,
@@ -105,49 +114,92 @@ impl Drop for GroupKillGuard {
 
 /// Run a fence command and wait at most `timeout` for it.
 ///
-/// The command runs in its own process group with stdin and stdout on `/dev/null`.
-/// Its stderr is captured, and the last [`STDERR_TAIL`] bytes are kept for the outcome.
-/// Exit 0 gives [`FenceOutcome::Confirmed`], any other exit gives
+/// The command runs in its own process group with stdin on `/dev/null`. Its stdout and
+/// stderr are captured, and the last [`STDERR_TAIL`] bytes of stderr are kept for the
+/// outcome. Exit 0 gives [`FenceOutcome::Confirmed`], any other exit gives
 /// [`FenceOutcome::Failed`], and the timeout gives [`FenceOutcome::TimedOut`]. Whatever
 /// the outcome, anything still left in the command's process group is SIGKILLed before
 /// this returns: a fence command is one-shot, and stray helpers must not pile up across
 /// retries. The process group is signalled before the command's main process is reaped,
 /// so its id cannot have been reused. If this future is dropped, the group is SIGKILLed.
 pub async fn run_fence_command(argv: &[String], timeout: Duration) -> FenceOutcome {
+    let run = run_process(argv, None, tokio::time::Instant::now() + timeout).await;
+    match run.end {
+        Ok(Some(exit)) if exit.success() => FenceOutcome::Confirmed,
+        Ok(Some(status)) => FenceOutcome::Failed { status, stderr_tail: run.stderr },
+        Ok(None) => FenceOutcome::TimedOut { stderr_tail: run.stderr },
+        Err(message) => FenceOutcome::Error { message },
+    }
+}
+
+/// How one run of a process ended, with the tails of its output.
+struct ProcessRun {
+    /// `Ok(Some(exit))`: it exited. `Ok(None)`: the deadline passed and its process group
+    /// was SIGKILLed. `Err`: it could not be run or waited for.
+    end: Result<Option<ProcessExit>, String>,
+    /// The last [`STDERR_TAIL`] bytes of its stdout (lossy UTF-8, trailing whitespace
+    /// trimmed).
+    stdout: String,
+    /// The same for its stderr.
+    stderr: String,
+}
+
+/// Read once from an optional pipe; `Ok(0)` means end of file.
+async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> io::Result<usize> {
+    match pipe {
+        Some(p) => p.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Run `argv` in its own process group until it exits or `deadline` passes, feeding it
+/// `stdin` (then end of file) or `/dev/null`, and capturing the tails of its stdout and
+/// stderr. See [`run_fence_command`] for the clean-up guarantees.
+async fn run_process(argv: &[String], stdin: Option<Vec<u8>>, deadline: tokio::time::Instant) -> ProcessRun {
+    let fail = |message: String| ProcessRun { end: Err(message), stdout: String::new(), stderr: String::new() };
     let Some((program, args)) = argv.split_first() else {
-        return FenceOutcome::Error { message: "empty fence command".into() };
+        return fail("empty fence command".into());
     };
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    cmd.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            return FenceOutcome::Error { message: format!("cannot spawn fence command {program:?}: {e}") };
-        }
+        Err(e) => return fail(format!("cannot spawn fence command {program:?}: {e}")),
     };
     let Some(pid) = child.id().map(|p| p as i32) else {
         // Only happens after the child was reaped, which we have not done.
-        return FenceOutcome::Error { message: "fence command has no pid".into() };
+        return fail("fence command has no pid".into());
     };
     let mut guard = GroupKillGuard(Some(pid));
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // Written by its own task so that a process that does not read cannot block the
+        // deadline. Once the process group is killed the write fails and the task ends.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&bytes).await;
+        });
+    }
+    let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let mut tail = Tail::default();
-    let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut out_tail, mut err_tail) = (Tail::default(), Tail::default());
+    let (mut out_buf, mut err_buf) = (vec![0u8; 4096], vec![0u8; 4096]);
     let mut tick = tokio::time::interval(FENCE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Ok(Some(exit)): exited. Ok(None): timed out.
     let result: io::Result<Option<ProcessExit>> = loop {
         tokio::select! {
-            r = async { stderr.as_mut().expect("guarded by if").read(&mut buf).await },
-                if stderr.is_some() =>
-            {
-                match r {
-                    Ok(n) if n > 0 => tail.push(&buf[..n]),
-                    _ => stderr = None,
-                }
-            }
+            r = read_some(&mut stdout, &mut out_buf), if stdout.is_some() => match r {
+                Ok(n) if n > 0 => out_tail.push(&out_buf[..n]),
+                _ => stdout = None,
+            },
+            r = read_some(&mut stderr, &mut err_buf), if stderr.is_some() => match r {
+                Ok(n) if n > 0 => err_tail.push(&err_buf[..n]),
+                _ => stderr = None,
+            },
             _ = tick.tick() => match peek_exit(pid) {
                 Ok(Some(exit)) => break Ok(Some(exit)),
                 Ok(None) if tokio::time::Instant::now() >= deadline => break Ok(None),
@@ -164,23 +216,482 @@ pub async fn run_fence_command(argv: &[String], timeout: Duration) -> FenceOutco
     let _ = child.wait().await;
     guard.0 = None;
 
-    if let Some(mut err) = stderr {
-        let _ = tokio::time::timeout(STDERR_DRAIN, async {
-            while let Ok(n) = err.read(&mut buf).await {
-                if n == 0 {
+    // Only a process that left the group can still hold a pipe open: wait for the rest of
+    // the output a bounded time.
+    let _ = tokio::time::timeout(STDERR_DRAIN, async {
+        while stdout.is_some() || stderr.is_some() {
+            tokio::select! {
+                r = read_some(&mut stdout, &mut out_buf), if stdout.is_some() => match r {
+                    Ok(n) if n > 0 => out_tail.push(&out_buf[..n]),
+                    _ => stdout = None,
+                },
+                r = read_some(&mut stderr, &mut err_buf), if stderr.is_some() => match r {
+                    Ok(n) if n > 0 => err_tail.push(&err_buf[..n]),
+                    _ => stderr = None,
+                },
+            }
+        }
+    })
+    .await;
+    ProcessRun {
+        end: result.map_err(|e| format!("waiting for fence command {program:?}: {e}")),
+        stdout: out_tail.into_string(),
+        stderr: err_tail.into_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fence levels: fence-agents devices and plain commands
+// ---------------------------------------------------------------------------------------
+
+/// The placeholder, in agent option values and command arguments, for the name of the
+/// node to fence.
+pub const NODE_PLACEHOLDER: &str = "{node}";
+/// The placeholder for the node's index in the configuration's `[[node]]` list (from 0).
+pub const NODE_INDEX_PLACEHOLDER: &str = "{node_index}";
+
+/// How a node is fenced: levels tried in order until one confirms (like Pacemaker's
+/// fencing topology). Built from the `[fence]` table by
+/// [`crate::config::ClusterConfig::fence_plan`]; run by [`fence_node`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FencePlan {
+    /// Never empty once validated.
+    pub levels: Vec<FenceLevel>,
+}
+
+/// One level: every device must confirm (two power supplies, say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceLevel {
+    /// Run in order; never empty once validated.
+    pub devices: Vec<FenceDevice>,
+}
+
+/// One fence device with its limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceDevice {
+    /// What to run.
+    pub kind: FenceDeviceKind,
+    /// The bound of one attempt (for an agent: `off` and the `status` check together).
+    pub timeout: Duration,
+    /// Extra attempts after a failed one: a device is tried at most `1 + retries` times.
+    pub retries: u32,
+}
+
+/// What a [`FenceDevice`] runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceDeviceKind {
+    /// A fence-agents agent (`/usr/sbin/fence_ipmilan`, ...), run without arguments and
+    /// given `key=value` lines on stdin: `action=off`, `nodename=<node>` (unless an option
+    /// sets it) and `options`. A successful `off` is checked with `action=status`.
+    Agent {
+        /// Absolute path of the agent.
+        path: PathBuf,
+        /// In file order. Values may hold [`NODE_PLACEHOLDER`] and
+        /// [`NODE_INDEX_PLACEHOLDER`].
+        options: Vec<AgentOption>,
+    },
+    /// A plain command; exit 0 means the node is off. Arguments may hold the
+    /// placeholders.
+    Command {
+        /// Never empty.
+        argv: Vec<String>,
+    },
+}
+
+/// One `key=value` option of an agent. Its `Debug` masks the value of a secret (a key
+/// containing "pass").
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentOption {
+    pub key: String,
+    pub value: String,
+}
+
+impl AgentOption {
+    /// Whether the value must never be shown: the key contains "pass" (`password`,
+    /// `passwd`, `password_script`, `snmp_priv_passwd`, ...), in any case.
+    pub fn is_secret(&self) -> bool {
+        self.key.to_ascii_lowercase().contains("pass")
+    }
+
+    /// `key=value`, or `key=***` for a secret.
+    pub fn shown(&self) -> String {
+        if self.is_secret() { format!("{}=***", self.key) } else { format!("{}={}", self.key, self.value) }
+    }
+}
+
+impl fmt::Debug for AgentOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value: &dyn fmt::Debug = if self.is_secret() { &"***" } else { &self.value };
+        f.debug_struct("AgentOption").field("key", &self.key).field("value", value).finish()
+    }
+}
+
+/// `text` with the placeholders replaced.
+fn substitute(text: &str, node: &str, node_index: usize) -> String {
+    text.replace(NODE_INDEX_PLACEHOLDER, &node_index.to_string()).replace(NODE_PLACEHOLDER, node)
+}
+
+impl FenceDevice {
+    /// A short name for logs: the file name of the agent or of the command's program.
+    pub fn name(&self) -> String {
+        let program = match &self.kind {
+            FenceDeviceKind::Agent { path, .. } => path.as_os_str().to_string_lossy().into_owned(),
+            FenceDeviceKind::Command { argv } => argv.first().cloned().unwrap_or_default(),
+        };
+        match program.rsplit_once('/') {
+            Some((_, base)) if !base.is_empty() => base.to_string(),
+            _ => program,
+        }
+    }
+
+    /// The device as configured, secrets masked, placeholders kept.
+    pub fn describe(&self) -> String {
+        let what = match &self.kind {
+            FenceDeviceKind::Agent { path, options } => {
+                let mut words = vec![format!("agent {}", path.display())];
+                words.extend(options.iter().map(AgentOption::shown));
+                words.join(" ")
+            }
+            FenceDeviceKind::Command { argv } => format!("command {}", argv.join(" ")),
+        };
+        let attempts = 1 + u64::from(self.retries);
+        let attempts = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
+        format!("{what} (timeout {} per attempt, {attempts})", crate::config::format_duration(self.timeout))
+    }
+
+    /// The stdin of the agent for `action`, placeholders substituted.
+    fn agent_stdin(options: &[AgentOption], action: &str, node: &str, node_index: usize) -> Vec<u8> {
+        let mut text = format!("action={action}\n");
+        if !options.iter().any(|o| o.key == "nodename") {
+            text.push_str(&format!("nodename={node}\n"));
+        }
+        for o in options {
+            text.push_str(&format!("{}={}\n", o.key, substitute(&o.value, node, node_index)));
+        }
+        text.into_bytes()
+    }
+}
+
+impl FencePlan {
+    /// One line for `status` and logs: `level 1: A and B; then level 2: C`. Secrets are
+    /// masked.
+    pub fn describe(&self) -> String {
+        if self.levels.is_empty() {
+            return "no fence level".to_string();
+        }
+        self.levels
+            .iter()
+            .enumerate()
+            .map(|(i, level)| {
+                let devices: Vec<String> = level.devices.iter().map(FenceDevice::describe).collect();
+                let all = if devices.is_empty() { "no device".to_string() } else { devices.join(" and ") };
+                format!("{}level {}: {all}", if i == 0 { "" } else { "then " }, i + 1)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A step of an agent attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceStep {
+    /// `action=off`, or the whole run of a plain command.
+    Off,
+    /// `action=status` after a successful `off`.
+    Status,
+}
+
+/// Why an attempt counts as confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// A plain command exited 0.
+    CommandExit0,
+    /// The agent's `off` exited 0 and its `status` then exited 2 (off).
+    StatusOff,
+    /// The agent's `off` exited 0 and it does not support `status`: the off is trusted.
+    StatusUnsupported,
+}
+
+/// How one attempt of one device ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The node is off.
+    Confirmed(Confirmation),
+    /// `off` (or the plain command) exited non-zero or was killed by a signal.
+    OffFailed(ProcessExit),
+    /// `off` exited 0 but `status` exited 0: the node still reports on.
+    StillOn,
+    /// `off` exited 0 but `status` failed (neither 0 nor 2, and not "unsupported").
+    StatusFailed(ProcessExit),
+    /// The attempt's timeout passed during this step; the process group was SIGKILLed.
+    TimedOut(FenceStep),
+    /// The device could not be run at all (agent missing, not executable, ...).
+    Error(String),
+}
+
+/// One attempt of one device, as reported by [`fence_node`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceAttempt {
+    /// The level, from 1.
+    pub level: usize,
+    /// The device within its level, from 1.
+    pub device: usize,
+    /// [`FenceDevice::name`].
+    pub device_name: String,
+    /// The attempt of this device, from 1.
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    /// How long the attempt took.
+    pub duration: Duration,
+    /// The last bytes of stderr of the step that decided the outcome (secret option
+    /// values replaced by `***`).
+    pub stderr_tail: String,
+}
+
+impl FenceAttempt {
+    pub fn is_confirmed(&self) -> bool {
+        matches!(self.outcome, AttemptOutcome::Confirmed(_))
+    }
+}
+
+/// What [`fence_node`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceReport {
+    /// The node that was fenced.
+    pub node: String,
+    /// Whether a level confirmed that the node is off.
+    pub confirmed: bool,
+    /// The level that confirmed, from 1.
+    pub confirmed_by_level: Option<usize>,
+    /// Every attempt, in the order run.
+    pub attempts: Vec<FenceAttempt>,
+    /// The time the whole fence took.
+    pub elapsed: Duration,
+}
+
+impl FenceReport {
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+}
+
+/// `35 ms`, `1.2 s`, `20 s`.
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(10) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} s", d.as_secs())
+    }
+}
+
+/// `line` without a leading `2024-05-01 12:00:00,123 ` (fencing.py's log time stamp).
+fn strip_log_time(line: &str) -> &str {
+    let b = line.as_bytes();
+    let shape = b"0000-00-00 00:00:00,000 ";
+    let fits =
+        b.len() > shape.len() && shape.iter().zip(b).all(|(s, c)| if *s == b'0' { c.is_ascii_digit() } else { s == c });
+    if fits { &line[shape.len()..] } else { line }
+}
+
+/// The last non-empty line of `tail` (without a log time stamp), at most 200
+/// characters.
+fn last_line(tail: &str) -> Option<String> {
+    let line = tail.lines().map(|l| strip_log_time(l.trim())).rfind(|l| !l.is_empty())?;
+    let n = line.chars().count();
+    Some(if n > 200 { format!("…{}", line.chars().skip(n - 199).collect::<String>()) } else { line.to_string() })
+}
+
+fn exit_words(status: &ProcessExit, tail: &str) -> String {
+    let status = match status {
+        ProcessExit::Code(c) => format!("exit {c}"),
+        ProcessExit::Signal(s) => match Signal::try_from(*s) {
+            Ok(sig) => format!("killed by {sig}"),
+            Err(_) => format!("killed by signal {s}"),
+        },
+    };
+    match last_line(tail) {
+        Some(line) => format!("{status}: {line}"),
+        None => status,
+    }
+}
+
+impl fmt::Display for FenceAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "level {} device {}", self.level, self.device_name)?;
+        if self.attempt > 1 {
+            write!(f, " (attempt {})", self.attempt)?;
+        }
+        let took = human(self.duration);
+        let tail = &self.stderr_tail;
+        match &self.outcome {
+            AttemptOutcome::Confirmed(Confirmation::CommandExit0) => write!(f, ": confirmed off in {took}"),
+            AttemptOutcome::Confirmed(Confirmation::StatusOff) => {
+                write!(f, ": confirmed off in {took} (status says off)")
+            }
+            AttemptOutcome::Confirmed(Confirmation::StatusUnsupported) => {
+                write!(f, ": confirmed off in {took} (off succeeded; the agent does not support status)")
+            }
+            AttemptOutcome::OffFailed(status) => write!(f, ": off failed ({}) after {took}", exit_words(status, tail)),
+            AttemptOutcome::StillOn => write!(f, ": off exited 0 but status still says on, after {took}"),
+            AttemptOutcome::StatusFailed(status) => {
+                write!(f, ": off exited 0 but the status check failed ({}) after {took}", exit_words(status, tail))
+            }
+            AttemptOutcome::TimedOut(step) => {
+                let step = match step {
+                    FenceStep::Off => "off",
+                    FenceStep::Status => "the status check after off",
+                };
+                write!(f, ": {step} timed out after {took} and was killed")?;
+                match last_line(tail) {
+                    Some(line) => write!(f, " (last stderr: {line})"),
+                    None => Ok(()),
+                }
+            }
+            AttemptOutcome::Error(message) => write!(f, ": could not run ({message})"),
+        }
+    }
+}
+
+impl fmt::Display for FenceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.confirmed_by_level {
+            Some(level) if self.confirmed => {
+                write!(f, "{} confirmed off by level {level} in {}", self.node, human(self.elapsed))?
+            }
+            _ => write!(
+                f,
+                "{} NOT confirmed off: every level failed ({} attempt{} in {})",
+                self.node,
+                self.attempts.len(),
+                if self.attempts.len() == 1 { "" } else { "s" },
+                human(self.elapsed)
+            )?,
+        }
+        if self.attempts.is_empty() {
+            return write!(f, ": no fence device is configured");
+        }
+        for (i, attempt) in self.attempts.iter().enumerate() {
+            write!(f, "{}{attempt}", if i == 0 { ": " } else { "; " })?;
+        }
+        Ok(())
+    }
+}
+
+/// Fence `node` (the `node_index`-th `[[node]]` of the configuration, from 0) with
+/// `plan`: the levels in order, until one confirms; within a level every device in
+/// order, each tried up to `1 + retries` times, until one fails for good (the level then
+/// fails: the rest of its devices are not run). Each attempt is bounded by its device's
+/// timeout, and whatever it started is SIGKILLed (its process group) before the next
+/// step. If this future is dropped, the running process group is SIGKILLed.
+///
+/// An agent attempt runs the agent with `action=off`; exit 0 is then checked with
+/// `action=status`: exit 2 (off) confirms, exit 0 (on) fails the attempt, and an agent
+/// that does not support status (fencing.py's "Unrecognised action", or output saying
+/// "not supported"/"unsupported") is trusted. A command attempt confirms on exit 0.
+pub async fn fence_node(plan: &FencePlan, node: &str, node_index: usize) -> FenceReport {
+    let started = Instant::now();
+    let mut attempts = Vec::new();
+    for (l, level) in plan.levels.iter().enumerate() {
+        let mut level_ok = !level.devices.is_empty();
+        for (d, device) in level.devices.iter().enumerate() {
+            let mut device_ok = false;
+            for attempt in 1..=1 + device.retries {
+                let t0 = Instant::now();
+                let (outcome, stderr_tail) = attempt_device(device, node, node_index).await;
+                let confirmed = matches!(outcome, AttemptOutcome::Confirmed(_));
+                attempts.push(FenceAttempt {
+                    level: l + 1,
+                    device: d + 1,
+                    device_name: device.name(),
+                    attempt,
+                    outcome,
+                    duration: t0.elapsed(),
+                    stderr_tail,
+                });
+                if confirmed {
+                    device_ok = true;
                     break;
                 }
-                tail.push(&buf[..n]);
             }
-        })
-        .await;
+            if !device_ok {
+                level_ok = false;
+                break;
+            }
+        }
+        if level_ok {
+            return FenceReport {
+                node: node.to_string(),
+                confirmed: true,
+                confirmed_by_level: Some(l + 1),
+                attempts,
+                elapsed: started.elapsed(),
+            };
+        }
     }
-    let stderr_tail = tail.into_string();
-    match result {
-        Ok(Some(exit)) if exit.success() => FenceOutcome::Confirmed,
-        Ok(Some(status)) => FenceOutcome::Failed { status, stderr_tail },
-        Ok(None) => FenceOutcome::TimedOut { stderr_tail },
-        Err(e) => FenceOutcome::Error { message: format!("waiting for fence command {program:?}: {e}") },
+    FenceReport {
+        node: node.to_string(),
+        confirmed: false,
+        confirmed_by_level: None,
+        attempts,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Does this output of a failed `status` say that the agent has no status action?
+fn says_status_unsupported(run: &ProcessRun) -> bool {
+    let text = format!("{}\n{}", run.stdout, run.stderr).to_ascii_lowercase();
+    ["unrecognised action", "unrecognized action", "not supported", "unsupported"].iter().any(|p| text.contains(p))
+}
+
+/// One attempt of `device`: the outcome and the deciding step's stderr tail (secrets
+/// masked).
+async fn attempt_device(device: &FenceDevice, node: &str, node_index: usize) -> (AttemptOutcome, String) {
+    let deadline = tokio::time::Instant::now() + device.timeout;
+    match &device.kind {
+        FenceDeviceKind::Command { argv } => {
+            let argv: Vec<String> = argv.iter().map(|a| substitute(a, node, node_index)).collect();
+            let run = run_process(&argv, None, deadline).await;
+            let outcome = match run.end {
+                Ok(Some(exit)) if exit.success() => AttemptOutcome::Confirmed(Confirmation::CommandExit0),
+                Ok(Some(exit)) => AttemptOutcome::OffFailed(exit),
+                Ok(None) => AttemptOutcome::TimedOut(FenceStep::Off),
+                Err(message) => AttemptOutcome::Error(message),
+            };
+            (outcome, run.stderr)
+        }
+        FenceDeviceKind::Agent { path, options } => {
+            let secrets: Vec<String> = options
+                .iter()
+                .filter(|o| o.is_secret())
+                .map(|o| substitute(&o.value, node, node_index))
+                .filter(|v| !v.is_empty())
+                .collect();
+            let mask = |text: String| secrets.iter().fold(text, |t, s| t.replace(s.as_str(), "***"));
+            let argv = [path.as_os_str().to_string_lossy().into_owned()];
+            let off =
+                run_process(&argv, Some(FenceDevice::agent_stdin(options, "off", node, node_index)), deadline).await;
+            match off.end {
+                Ok(Some(exit)) if exit.success() => {}
+                Ok(Some(exit)) => return (AttemptOutcome::OffFailed(exit), mask(off.stderr)),
+                Ok(None) => return (AttemptOutcome::TimedOut(FenceStep::Off), mask(off.stderr)),
+                Err(message) => return (AttemptOutcome::Error(mask(message)), String::new()),
+            }
+            let status =
+                run_process(&argv, Some(FenceDevice::agent_stdin(options, "status", node, node_index)), deadline).await;
+            let outcome = match status.end {
+                Ok(Some(ProcessExit::Code(2))) => AttemptOutcome::Confirmed(Confirmation::StatusOff),
+                Ok(Some(ProcessExit::Code(0))) => AttemptOutcome::StillOn,
+                Ok(Some(_)) if says_status_unsupported(&status) => {
+                    AttemptOutcome::Confirmed(Confirmation::StatusUnsupported)
+                }
+                Ok(Some(exit)) => AttemptOutcome::StatusFailed(exit),
+                Ok(None) => AttemptOutcome::TimedOut(FenceStep::Status),
+                Err(message) => AttemptOutcome::Error(mask(message)),
+            };
+            (outcome, mask(status.stderr))
+        }
     }
 }
 
@@ -497,6 +1008,362 @@ mod tests {
         assert!(matches!(run_fence_command(&[], T).await, FenceOutcome::Error { .. }));
         let out = run_fence_command(&argv(&["/nonexistent/fence-agent"]), T).await;
         assert!(matches!(out, FenceOutcome::Error { ref message } if message.contains("nonexistent")), "{out:?}");
+    }
+
+    // ---- fence levels ----
+
+    const FENCE_DUMMY: &str = "/usr/sbin/fence_dummy";
+
+    fn agent_device(path: &Path, options: &[(&str, &str)]) -> FenceDevice {
+        FenceDevice {
+            kind: FenceDeviceKind::Agent {
+                path: path.to_path_buf(),
+                options: options
+                    .iter()
+                    .map(|(k, v)| AgentOption { key: k.to_string(), value: v.to_string() })
+                    .collect(),
+            },
+            timeout: T,
+            retries: 0,
+        }
+    }
+
+    fn command_device(a: &[&str]) -> FenceDevice {
+        FenceDevice { kind: FenceDeviceKind::Command { argv: argv(a) }, timeout: T, retries: 0 }
+    }
+
+    fn retried(mut device: FenceDevice, retries: u32) -> FenceDevice {
+        device.retries = retries;
+        device
+    }
+
+    fn plan(levels: Vec<Vec<FenceDevice>>) -> FencePlan {
+        FencePlan { levels: levels.into_iter().map(|devices| FenceLevel { devices }).collect() }
+    }
+
+    /// fence_dummy keeping the power state of node `{node}` in `dir/{node}.status`.
+    fn dummy_file(dir: &Path) -> FenceDevice {
+        assert!(Path::new(FENCE_DUMMY).exists(), "fence-agents is not installed: {FENCE_DUMMY} is missing");
+        let status_file = format!("{}/{{node}}.status", dir.display());
+        agent_device(Path::new(FENCE_DUMMY), &[("type", "file"), ("status_file", &status_file)])
+    }
+
+    /// fence_dummy that cannot power anything off. power_timeout = 1 makes its `off` give
+    /// up after about a second instead of the default 20.
+    fn dummy_fail() -> FenceDevice {
+        agent_device(Path::new(FENCE_DUMMY), &[("type", "fail"), ("power_timeout", "1")])
+    }
+
+    /// Write an executable script. The file is written by a child `sh`, never opened for
+    /// writing in this (multi-threaded) process, so that no fork of another test thread
+    /// can hold it open and make its exec fail with ETXTBSY.
+    fn write_script(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut child = Command::new("sh")
+            .args(["-c", r#"cat > "$1" && chmod 755 "$1""#, "sh"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
+    fn outcomes(report: &FenceReport) -> Vec<(usize, usize, u32, AttemptOutcome)> {
+        report.attempts.iter().map(|a| (a.level, a.device, a.attempt, a.outcome.clone())).collect()
+    }
+
+    #[tokio::test]
+    async fn fence_dummy_confirms_and_its_status_file_says_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("beta.status");
+        // fence_dummy reads a missing file as "off" and then writes nothing: start "on".
+        fs::write(&status, "on").unwrap();
+        let report = fence_node(&plan(vec![vec![dummy_file(dir.path())]]), "beta", 1).await;
+        assert!(report.confirmed, "{report}");
+        assert_eq!(report.confirmed_by_level, Some(1));
+        assert_eq!(outcomes(&report), [(1, 1, 1, AttemptOutcome::Confirmed(Confirmation::StatusOff))]);
+        assert_eq!(report.attempts[0].device_name, "fence_dummy");
+        assert_eq!(fs::read_to_string(&status).unwrap(), "off");
+        let shown = report.to_string();
+        assert!(shown.starts_with("beta confirmed off by level 1 in "), "{shown}");
+        assert!(shown.contains(": level 1 device fence_dummy: confirmed off in "), "{shown}");
+        assert!(shown.ends_with(" ms (status says off)") || shown.ends_with(" s (status says off)"), "{shown}");
+
+        // Already off: fence_dummy says "Success: Already OFF", status confirms.
+        let again = fence_node(&plan(vec![vec![dummy_file(dir.path())]]), "beta", 1).await;
+        assert!(again.confirmed, "{again}");
+        assert_eq!(fs::read_to_string(&status).unwrap(), "off");
+    }
+
+    #[tokio::test]
+    async fn a_failing_first_level_falls_through_to_the_second() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("beta.status"), "on").unwrap();
+        let report = fence_node(&plan(vec![vec![dummy_fail()], vec![dummy_file(dir.path())]]), "beta", 1).await;
+        assert!(report.confirmed, "{report}");
+        assert_eq!(report.confirmed_by_level, Some(2));
+        assert_eq!(
+            outcomes(&report),
+            [
+                (1, 1, 1, AttemptOutcome::OffFailed(ProcessExit::Code(1))),
+                (2, 1, 1, AttemptOutcome::Confirmed(Confirmation::StatusOff)),
+            ]
+        );
+        let failed = &report.attempts[0];
+        assert!(failed.stderr_tail.contains("Failed: Timed out waiting to power OFF"), "{:?}", failed.stderr_tail);
+        assert_eq!(fs::read_to_string(dir.path().join("beta.status")).unwrap(), "off");
+        let shown = report.to_string();
+        // fencing.py's time stamp is left out of the summary.
+        assert!(
+            shown.contains(": level 1 device fence_dummy: off failed (exit 1: ERROR: Failed: Timed out waiting to power OFF) after "),
+            "{shown}"
+        );
+        assert!(shown.contains("; level 2 device fence_dummy: confirmed off in "), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn when_every_level_fails_every_attempt_is_listed() {
+        let plan = plan(vec![
+            vec![retried(dummy_fail(), 1)],
+            vec![retried(command_device(&["sh", "-c", "echo 'switch says no' >&2; exit 3"]), 1)],
+            vec![agent_device(Path::new("/nonexistent/fence_x"), &[])],
+        ]);
+        let report = fence_node(&plan, "alpha", 0).await;
+        assert!(!report.confirmed && !report.is_confirmed(), "{report}");
+        assert_eq!(report.confirmed_by_level, None);
+        let outcomes = outcomes(&report);
+        assert_eq!(outcomes.len(), 5, "{report}");
+        assert_eq!(
+            outcomes[..4],
+            [
+                (1, 1, 1, AttemptOutcome::OffFailed(ProcessExit::Code(1))),
+                (1, 1, 2, AttemptOutcome::OffFailed(ProcessExit::Code(1))),
+                (2, 1, 1, AttemptOutcome::OffFailed(ProcessExit::Code(3))),
+                (2, 1, 2, AttemptOutcome::OffFailed(ProcessExit::Code(3))),
+            ]
+        );
+        assert!(matches!(&outcomes[4], (3, 1, 1, AttemptOutcome::Error(m)) if m.contains("/nonexistent/fence_x")));
+        assert_eq!(report.attempts[2].stderr_tail, "switch says no");
+        let shown = report.to_string();
+        assert!(shown.starts_with("alpha NOT confirmed off: every level failed (5 attempts in "), "{shown}");
+        assert!(shown.contains("; level 1 device fence_dummy (attempt 2): off failed (exit 1: "), "{shown}");
+        assert!(shown.contains("; level 2 device sh: off failed (exit 3: switch says no) after "), "{shown}");
+        assert!(shown.contains("; level 3 device fence_x: could not run (cannot spawn"), "{shown}");
+        // Nothing configured: not confirmed, and said so.
+        let empty = fence_node(&FencePlan { levels: vec![] }, "alpha", 0).await;
+        assert!(!empty.confirmed && empty.attempts.is_empty());
+        assert!(empty.to_string().ends_with(": no fence device is configured"), "{empty}");
+    }
+
+    #[tokio::test]
+    async fn retries_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("count");
+        let counter = counter.to_str().unwrap();
+        // Fails on its first two runs, succeeds from the third.
+        let script =
+            r#"n=$(cat "$1" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$1"; echo "run $n" >&2; [ $n -ge 3 ]"#;
+        let flaky = command_device(&["sh", "-c", script, "sh", counter]);
+
+        let report = fence_node(&plan(vec![vec![retried(flaky.clone(), 1)]]), "beta", 1).await;
+        assert!(!report.confirmed, "{report}");
+        assert_eq!(
+            outcomes(&report),
+            [
+                (1, 1, 1, AttemptOutcome::OffFailed(ProcessExit::Code(1))),
+                (1, 1, 2, AttemptOutcome::OffFailed(ProcessExit::Code(1))),
+            ]
+        );
+        assert_eq!(report.attempts[1].stderr_tail, "run 2");
+        assert_eq!(fs::read_to_string(counter).unwrap().trim(), "2");
+
+        fs::remove_file(counter).unwrap();
+        let report = fence_node(&plan(vec![vec![retried(flaky, 2)]]), "beta", 1).await;
+        assert!(report.confirmed, "{report}");
+        let attempts: Vec<u32> = report.attempts.iter().map(|a| a.attempt).collect();
+        assert_eq!(attempts, [1, 2, 3]);
+        assert_eq!(report.attempts[2].outcome, AttemptOutcome::Confirmed(Confirmation::CommandExit0));
+        assert_eq!(fs::read_to_string(counter).unwrap().trim(), "3");
+    }
+
+    /// `sh -c` script for a device that hangs: it records its pid and a child's in
+    /// `pids`, says so on stderr, and waits.
+    fn hanging_script(pids: &Path) -> String {
+        format!(
+            "echo $$ > {p}.tmp; sleep 600 & echo $! >> {p}.tmp; mv {p}.tmp {p}; echo hanging >&2; wait",
+            p = pids.display()
+        )
+    }
+
+    fn assert_all_dead(pids: &Path) {
+        let text = fs::read_to_string(pids).expect("the device recorded its pids");
+        let pids: Vec<i32> = text.lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(pids.len(), 2);
+        let _g = GroupGuard(pids[0]);
+        for p in pids {
+            let st = ProcStat::read(p).unwrap();
+            assert!(st.is_none_or(|st| st.is_dead()), "{p} survived: {st:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hanging_device_times_out_and_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let mut hang = command_device(&["sh", "-c", &hanging_script(&pids)]);
+        hang.timeout = Duration::from_secs(2);
+        let report = fence_node(&plan(vec![vec![hang], vec![command_device(&["true"])]]), "beta", 1).await;
+        assert!(report.confirmed, "{report}");
+        assert_eq!(report.confirmed_by_level, Some(2));
+        let timed_out = &report.attempts[0];
+        assert_eq!(timed_out.outcome, AttemptOutcome::TimedOut(FenceStep::Off));
+        assert_eq!(timed_out.stderr_tail, "hanging");
+        assert!(timed_out.duration >= Duration::from_secs(2), "{:?}", timed_out.duration);
+        // Its whole process group is gone when fence_node returns.
+        assert_all_dead(&pids);
+        let shown = report.to_string();
+        assert!(
+            shown.contains("level 1 device sh: off timed out after 2.0 s and was killed (last stderr: hanging)"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_fence_kills_its_running_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let plan = plan(vec![vec![command_device(&["sh", "-c", &hanging_script(&pids)])]]);
+        let recorded = async {
+            let deadline = Instant::now() + T;
+            while !pids.exists() {
+                assert!(Instant::now() < deadline, "the device never recorded its pids");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            report = fence_node(&plan, "beta", 1) => panic!("the hanging device finished: {report}"),
+            () = recorded => {}
+        }
+        // The fence future is dropped: its device's process group was SIGKILLed.
+        let text = fs::read_to_string(&pids).unwrap();
+        let first: i32 = text.lines().next().unwrap().parse().unwrap();
+        poll_until("the dropped device's group is gone", T, || {
+            crate::service::live_group_members(first).is_ok_and(|live| live.is_empty())
+        });
+        assert_all_dead(&pids);
+    }
+
+    /// A fake agent in `dir`: it appends every stdin it gets to `dir/stdin.log`, and
+    /// answers `off` and `status` with the shell code `off` and `status`.
+    fn fake_agent(dir: &Path, off: &str, status: &str) -> PathBuf {
+        let path = dir.join("fence_fake");
+        let script = format!(
+            r#"#!/bin/sh
+input=$(cat)
+printf '%s\n--\n' "$input" >> "$(dirname "$0")/stdin.log"
+case "$input" in
+  *action=off*) {off} ;;
+  *action=status*) {status} ;;
+esac
+exit 1
+"#
+        );
+        write_script(&path, &script);
+        path
+    }
+
+    #[tokio::test]
+    async fn status_check_catches_an_agent_whose_off_lies() {
+        let dir = tempfile::tempdir().unwrap();
+        let liar = fake_agent(dir.path(), "echo 'Success: Powered OFF'; exit 0", "echo 'Status: ON'; exit 0");
+        let report = fence_node(&plan(vec![vec![retried(agent_device(&liar, &[]), 1)]]), "beta", 1).await;
+        assert!(!report.confirmed, "{report}");
+        assert_eq!(outcomes(&report), [(1, 1, 1, AttemptOutcome::StillOn), (1, 1, 2, AttemptOutcome::StillOn)]);
+        let log = fs::read_to_string(dir.path().join("stdin.log")).unwrap();
+        let actions: Vec<&str> = log.lines().filter_map(|l| l.strip_prefix("action=")).collect();
+        assert_eq!(actions, ["off", "status", "off", "status"]);
+        assert!(report.to_string().contains("level 1 device fence_fake: off exited 0 but status still says on"));
+    }
+
+    #[tokio::test]
+    async fn status_unsupported_trusts_the_off_and_status_errors_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        // What fencing.py prints for an agent without status (e.g. fence_rcd_serial).
+        let no_status =
+            fake_agent(dir.path(), "exit 0", r#"echo "ERROR:root:Failed: Unrecognised action 'status'" >&2; exit 1"#);
+        let report = fence_node(&plan(vec![vec![agent_device(&no_status, &[])]]), "beta", 1).await;
+        assert!(report.confirmed, "{report}");
+        assert_eq!(report.attempts[0].outcome, AttemptOutcome::Confirmed(Confirmation::StatusUnsupported));
+
+        let broken = fake_agent(dir.path(), "exit 0", "echo 'Connection lost' >&2; exit 1");
+        let report = fence_node(&plan(vec![vec![agent_device(&broken, &[])]]), "beta", 1).await;
+        assert!(!report.confirmed, "{report}");
+        assert_eq!(report.attempts[0].outcome, AttemptOutcome::StatusFailed(ProcessExit::Code(1)));
+        assert!(
+            report.to_string().contains("off exited 0 but the status check failed (exit 1: Connection lost)"),
+            "{report}"
+        );
+    }
+
+    #[tokio::test]
+    async fn options_reach_the_agent_with_the_node_substituted_and_secrets_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = fake_agent(
+            dir.path(),
+            "exit 0",
+            r#"echo "login with password s3cret failed, status anyway" >&2; echo 'Status: OFF'; exit 2"#,
+        );
+        let device = agent_device(
+            &agent,
+            &[("plug", "{node}"), ("ip", "10.0.0.{node_index}"), ("password", "s3cret"), ("x", "{node}-{node}")],
+        );
+        let plan = plan(vec![vec![device]]);
+        let report = fence_node(&plan, "beta", 1).await;
+        assert!(report.confirmed, "{report}");
+        assert_eq!(report.attempts[0].outcome, AttemptOutcome::Confirmed(Confirmation::StatusOff));
+        let log = fs::read_to_string(dir.path().join("stdin.log")).unwrap();
+        let lines = "nodename=beta\nplug=beta\nip=10.0.0.1\npassword=s3cret\nx=beta-beta\n--\n";
+        assert_eq!(log, format!("action=off\n{lines}action=status\n{lines}"));
+        // The password never shows: not in the stderr tail, the report, or the plan.
+        assert_eq!(report.attempts[0].stderr_tail, "login with password *** failed, status anyway");
+        for text in [report.to_string(), format!("{report:?}"), plan.describe(), format!("{plan:?}")] {
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        assert!(plan.describe().contains("password=*** x={node}-{node}"), "{}", plan.describe());
+
+        // An explicit nodename option replaces the default line.
+        fs::remove_file(dir.path().join("stdin.log")).unwrap();
+        let device = agent_device(&agent, &[("nodename", "beta.example.com")]);
+        assert!(
+            fence_node(&FencePlan { levels: vec![FenceLevel { devices: vec![device] }] }, "beta", 1).await.confirmed
+        );
+        let log = fs::read_to_string(dir.path().join("stdin.log")).unwrap();
+        assert_eq!(log, "action=off\nnodename=beta.example.com\n--\naction=status\nnodename=beta.example.com\n--\n");
+    }
+
+    #[tokio::test]
+    async fn every_device_of_a_level_must_confirm() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("beta.status"), "on").unwrap();
+        let log = dir.path().join("ran");
+        let mark = |name: &str| command_device(&["sh", "-c", &format!("echo {name} >> {}", log.display())]);
+        // Level 1: the second device fails, so the third is not run and level 2 decides.
+        let report = fence_node(
+            &plan(vec![
+                vec![mark("a"), command_device(&["false"]), mark("never")],
+                vec![mark("b"), dummy_file(dir.path())],
+            ]),
+            "beta",
+            1,
+        )
+        .await;
+        assert!(report.confirmed, "{report}");
+        assert_eq!(report.confirmed_by_level, Some(2));
+        let devices: Vec<(usize, usize)> = report.attempts.iter().map(|a| (a.level, a.device)).collect();
+        assert_eq!(devices, [(1, 1), (1, 2), (2, 1), (2, 2)]);
+        assert_eq!(fs::read_to_string(&log).unwrap(), "a\nb\n");
+        assert_eq!(fs::read_to_string(dir.path().join("beta.status")).unwrap(), "off");
     }
 
     /// Start `sh -c SCRIPT` as a session leader (like an agent started with setsid),

@@ -13,8 +13,9 @@
 //! - [`service`]: the group's application process: dies with its agent, own process
 //!   group, leftovers killed at start.
 //! - [`wire`]: heartbeat datagrams and peer-channel frames, with total decoders.
-//! - [`fence`]: running fence commands, and `fence-local`, the power-off of a node that
-//!   runs on this machine.
+//! - [`fence`]: fence levels (fence-agents devices and plain commands, with retries,
+//!   timeouts and a status check), and `fence-local`, the power-off of a node that runs
+//!   on this machine.
 
 pub mod agent;
 pub mod api;
