@@ -869,7 +869,7 @@ pub fn fence_local(pidfile: &Path, deadline: Duration) -> Result<FenceLocalRepor
 /// reused in between, the check may look at the new process, but the signal goes through
 /// the pidfd to the old, dead one and is dropped (ESRCH). Returns whether a signal was
 /// delivered. Falls back to plain `kill` on kernels without pidfds (< 5.3).
-fn kill_verified(pid: i32, check: impl Fn(&ProcStat) -> bool) -> io::Result<bool> {
+pub(crate) fn kill_verified(pid: i32, check: impl Fn(&ProcStat) -> bool) -> io::Result<bool> {
     let matches = || -> io::Result<bool> { Ok(ProcStat::read(pid)?.is_some_and(|st| !st.is_dead() && check(&st))) };
     // SAFETY: plain syscall. The result is a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

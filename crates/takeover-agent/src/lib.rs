@@ -4,6 +4,8 @@
 //! - [`agent`]: `takeover agent`: start-up and the event loop around the core.
 //! - [`api`]: the local HTTP/JSON API, its documents and the CLI's client.
 //! - [`localnet`]: real agents on loopback with a cuttable link, for the demo and tests.
+//! - [`netbed`]: nodes in network namespaces on two bridged links, with nftables partitions,
+//!   power-off and a test fence agent (root only; tests).
 //! - [`net`]: heartbeat receivers and the peer channel's connections.
 //! - [`config`]: the cluster configuration file, with file:line:column errors.
 //! - [`store`]: atomically written, checksummed state files (group state, incarnation,
@@ -24,6 +26,7 @@ pub mod fence;
 pub mod journal;
 pub mod localnet;
 pub mod net;
+pub mod netbed;
 pub mod service;
 pub mod store;
 pub mod wire;
