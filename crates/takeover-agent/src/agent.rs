@@ -34,7 +34,6 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::api::{self, ApiCall, ApiError, AppendDoc, EventDoc, ForceStartDoc, RecordDoc, RecordsDoc, StatusDoc};
 use crate::config::{self, ApiAddr, ClusterConfig, NodeConfig};
-use crate::fence::{FenceOutcome, run_fence_command};
 use crate::journal::{self, Journal};
 use crate::net::{self, Channel, Dropped, Identity, Input};
 use crate::service::{self, RunningService, ServiceSpec, ServiceSupervisor, StopReport};
@@ -79,8 +78,8 @@ struct Agent {
     inputs_tx: mpsc::UnboundedSender<Input>,
     inputs: mpsc::UnboundedReceiver<Input>,
     api_calls: mpsc::UnboundedReceiver<ApiCall>,
-    fence_tx: mpsc::UnboundedSender<(NodeId, FenceOutcome)>,
-    fence_rx: mpsc::UnboundedReceiver<(NodeId, FenceOutcome)>,
+    fence_tx: mpsc::UnboundedSender<(NodeId, FenceDone)>,
+    fence_rx: mpsc::UnboundedReceiver<(NodeId, FenceDone)>,
     pending: HashMap<u64, AppendReply>,
     next_req: u64,
     events: VecDeque<EventDoc>,
@@ -90,6 +89,12 @@ struct Agent {
     heartbeat_seq: u64,
     /// Group reports captured while answering an API call.
     captured: Vec<(GroupIndex, Report)>,
+}
+
+/// What a fence action came to.
+enum FenceDone {
+    Report(crate::fence::FenceReport),
+    NotConfigured,
 }
 
 /// Where an append's outcome goes.
@@ -393,13 +398,15 @@ impl Agent {
         }
     }
 
-    fn on_fence_done(&mut self, peer: NodeId, outcome: FenceOutcome) {
-        let name = self.peer_name(peer);
-        let confirmed = outcome.is_confirmed();
+    fn on_fence_done(&mut self, peer: NodeId, outcome: FenceDone) {
+        let confirmed = matches!(&outcome, FenceDone::Report(report) if report.is_confirmed());
         self.record(match &outcome {
-            FenceOutcome::Confirmed => format!("fence of {name} confirmed: it is powered off"),
-            other => {
-                format!("ALARM: fence of {name} FAILED ({other:?}); nothing moves until a fence succeeds (retrying)")
+            FenceDone::Report(report) if confirmed => format!("fence confirmed: {report}"),
+            FenceDone::Report(report) => {
+                format!("ALARM: fence FAILED on every level: {report}; nothing moves until a fence succeeds (retrying)")
+            }
+            FenceDone::NotConfigured => {
+                format!("ALARM: cannot fence {}: no [fence] in the configuration; nothing moves", self.peer_name(peer))
             }
         });
         let now = self.now();
@@ -594,15 +601,17 @@ impl Agent {
 
     fn fence(&mut self, peer: NodeId) {
         let name = self.peer_name(peer);
-        let argv = self.cfg.fence_argv(&name);
-        let timeout = self.cfg.fence.as_ref().map_or(Duration::from_secs(10), |it| it.timeout);
-        self.record(format!("fencing {name}: {}", argv.join(" ")));
+        let index = self.cfg.node_id(&name).map_or(0, |it| it.0 as usize);
+        let plan = self.cfg.fence_plan();
+        self.record(match &plan {
+            Some(plan) => format!("fencing {name}: {}", plan.describe()),
+            None => format!("ALARM: {name} must be fenced but no [fence] is configured"),
+        });
         let done = self.fence_tx.clone();
         tokio::spawn(async move {
-            let outcome = if argv.is_empty() {
-                FenceOutcome::Error { message: "no [fence] command is configured".into() }
-            } else {
-                run_fence_command(&argv, timeout).await
+            let outcome = match plan {
+                Some(plan) => FenceDone::Report(crate::fence::fence_node(&plan, &name, index).await),
+                None => FenceDone::NotConfigured,
             };
             let _ = done.send((peer, outcome));
         });
@@ -891,7 +900,9 @@ impl Agent {
                 config::format_duration(self.node.group(rt.index).map_or(Duration::ZERO, |it| it.config().fence_delay))
             ),
             Report::FenceCancelled { .. } => {
-                format!("group {group}: {peer} came back before its fence started; nothing was done, it is trusted again")
+                format!(
+                    "group {group}: {peer} came back before its fence started; nothing was done, it is trusted again"
+                )
             }
             Report::MalformedMessage { what } => format!("group {group}: dropped a message from {peer}: {what}"),
         }

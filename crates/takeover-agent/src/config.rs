@@ -281,7 +281,7 @@ impl ClusterConfig {
             arbiter: self.arbiter,
             startup_wait: self.startup_wait,
             fence_retry: self.fence_retry,
-            fence_delay: Duration::from_millis(200),
+            fence_delay: self.fence_delay,
             catch_up_window: self.catch_up_window,
         }
     }
@@ -291,24 +291,6 @@ impl ClusterConfig {
     /// [`crate::fence::fence_node`].
     pub fn fence_plan(&self) -> Option<FencePlan> {
         self.fence.as_ref().map(|f| f.plan.clone())
-    }
-
-    /// Legacy, for callers of [`crate::fence::run_fence_command`]: the argv of the only
-    /// device when the plan is one level with one plain command (as `command = [...]`
-    /// gives), with `{node}` replaced by `node_to_fence` in every argument. Empty
-    /// otherwise: with no `[fence]` table, or with levels or agents, which only
-    /// [`crate::fence::fence_node`] can run.
-    pub fn fence_argv(&self, node_to_fence: &str) -> Vec<String> {
-        let Some(fence) = &self.fence else { return Vec::new() };
-        match fence.plan.levels.as_slice() {
-            [level] => match level.devices.as_slice() {
-                [FenceDevice { kind: FenceDeviceKind::Command { argv }, .. }] => {
-                    argv.iter().map(|arg| arg.replace(FENCE_NODE_PLACEHOLDER, node_to_fence)).collect()
-                }
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        }
     }
 }
 
@@ -1754,7 +1736,6 @@ nodes = ["b", "a"]
         let c = parse(&text, "cluster.toml").unwrap();
         assert_eq!(c.arbiter, Arbiter::UnsafeAssumeCrashStop);
         assert_eq!(c.fence, None);
-        assert!(c.fence_argv("beta").is_empty());
         assert_eq!(c.fence_plan(), None);
     }
 
@@ -1839,9 +1820,15 @@ nodes = ["b", "a"]
     }
 
     #[test]
-    fn fence_argv_substitutes_the_node_name() {
+    fn fence_command_shortcut_is_one_level_with_one_command_device() {
         let c = parse(FULL, "cluster.toml").unwrap();
-        assert_eq!(c.fence_argv("beta"), ["takeover", "fence-local", "--pidfile", "/tmp/x/beta/agent.pid"]);
+        let plan = c.fence_plan().unwrap();
+        assert_eq!(plan.levels.len(), 1);
+        assert!(matches!(
+            &plan.levels[0].devices[..],
+            [FenceDevice { kind: FenceDeviceKind::Command { argv }, .. }]
+                if argv == &["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
+        ));
     }
 
     // ---- durations ----
@@ -2101,8 +2088,6 @@ devices = [ { command = ["/usr/local/bin/my-fence", "{node}"] } ]
                 ]
             }
         );
-        // Only the single-command shortcut has a legacy argv.
-        assert!(c.fence_argv("beta").is_empty());
         // Secrets are masked in describe() and Debug.
         let described = plan.describe();
         assert_eq!(
@@ -2131,7 +2116,6 @@ devices = [ { command = ["/usr/local/bin/my-fence", "{node}"] } ]
         let c = parse(&text, "cluster.toml").unwrap();
         let device = &c.fence_plan().unwrap().levels[0].devices[0];
         assert_eq!((device.timeout, device.retries), (Duration::from_secs(3), 0));
-        assert_eq!(c.fence_argv("alpha"), ["takeover", "fence-local", "--pidfile", "/tmp/x/alpha/agent.pid"]);
     }
 
     #[test]

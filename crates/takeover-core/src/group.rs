@@ -960,6 +960,11 @@ impl Group {
         let idle = matches!(&msg, Message::State(it) if it.role == Role::X);
         if matches!(self.role, RoleState::Active(_)) && epoch > self.durable.epoch && !idle {
             self.report(Report::NewerGeneration { own: self.durable.epoch, peer: epoch });
+            // What the peer said before is outdated by this very message: nothing may be
+            // decided on it while yielding (the message itself is handled next).
+            if let PeerView::Up { state, .. } = &mut self.peer {
+                *state = None;
+            }
             self.yield_active(now);
         }
         let PeerView::Up { state, .. } = &mut self.peer else { return };

@@ -1677,7 +1677,7 @@ fn rule_sl_persists_a_newer_epoch_before_writing_its_records() {
     assert_eq!(g.log(), &theirs);
 }
 
-/// SUSPECTED BUG (see the report): an active that hears a newer generation yields, then
+/// Regression test (a bug found by this test, since fixed): an active that hears a newer generation yields, then
 /// should handle the message as X. But the yield itself (`enter_x`) runs the X decision
 /// before the message is handled, on the peer state this node held from before — here its
 /// SL following this very run, which counts as a peer in X with priority 3. So the node
@@ -2218,7 +2218,7 @@ fn channel_reconnect_to_same_run_restarts_replication_sl_rejoins() {
     );
 }
 
-/// SUSPECTED BUG (see the report): an SM that streams live to a joined SL holds those
+/// Regression test (a bug found by this test, since fixed): an SM that streams live to a joined SL holds those
 /// appends until the SL acknowledges them. If the channel to the same SL run is rebuilt,
 /// the link stops being live and the next append is acknowledged at once on the local
 /// write, ahead of the earlier append still held: acknowledgements go out of index order
@@ -2245,7 +2245,7 @@ fn sm_append_after_channel_reconnect_keeps_acknowledgements_in_order() {
     assert!(acked.is_empty() || acked == [2, 3], "acknowledgements out of order: {out:?}");
 }
 
-/// SUSPECTED BUG, same as above, reached without any reconnect on this node: the SL's
+/// Regression test, same as above, reached without any reconnect on this node: the SL's
 /// failure detector alone declared this run down (one-way loss), the SL went to X (5-2),
 /// heard this same run again and re-joined it. Here that is just a second Join, which
 /// restarts the catch-up behind the appends this SM holds for the SL; the next append is
@@ -2273,7 +2273,7 @@ fn sm_append_after_sl_rejoins_keeps_acknowledgements_in_order() {
     assert!(acked.is_empty() || acked == [2, 3, 4, 5], "acknowledgements out of order: {out:?}");
 }
 
-/// SUSPECTED BUG (see the report): in [1 1] both nodes are up and neither may start by
+/// Regression test (a bug found by this test, since fixed): in [1 1] both nodes are up and neither may start by
 /// itself (F0.6). A quick restart of the peer (its next run connects before the old one
 /// was declared down) makes this node decide as if it were alone with priority 1, although
 /// the peer is up.
@@ -2293,7 +2293,7 @@ fn f0_6_equal_priorities_survive_a_fast_peer_restart() {
     assert_eq!(g.role(), Role::X);
 }
 
-/// SUSPECTED BUG (see the report): once the peer's next run proves the fenced run
+/// Regression test (a bug found by this test, since fixed): once the peer's next run proves the fenced run
 /// stopped, a fence retry still pending for that run is sent again.
 #[test]
 fn fence_retry_dropped_once_a_newer_incarnation_proves_the_run_stopped() {

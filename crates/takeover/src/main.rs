@@ -85,6 +85,12 @@ enum Cmd {
     /// The demo's sample service (started by the agent).
     #[command(hide = true)]
     DemoApp(demo_app::Args),
+    /// The network-namespace test bed's fence agent (fence-agents stdin protocol).
+    #[command(hide = true)]
+    FenceNetns {
+        #[arg(long)]
+        bed: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +250,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{report:?}");
         }
         Cmd::DemoApp(args) => demo_app::run(args).await?,
+        Cmd::FenceNetns { bed } => {
+            let code = tokio::task::spawn_blocking(move || {
+                takeover_agent::netbed::fence_agent_main(std::io::stdin().lock(), &bed)
+            })
+            .await?;
+            return Ok(ExitCode::from(code as u8));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
