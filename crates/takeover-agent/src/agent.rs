@@ -899,6 +899,10 @@ impl Agent {
                 "group {group}: {peer} (the active) is lost; waiting {} before fencing it so that, if this is a partition, the active wins the fence race",
                 config::format_duration(self.node.group(rt.index).map_or(Duration::ZERO, |it| it.config().fence_delay))
             ),
+            Report::StoppedRunAlive { inc } => format!(
+                "ALARM: group {group}: {peer} (incarnation {}) is alive although a fence confirmed it off: check the fence configuration; it is told about the newer epoch so that it stops",
+                inc.0
+            ),
             Report::FenceCancelled { .. } => {
                 format!(
                     "group {group}: {peer} came back before its fence started; nothing was done, it is trusted again"

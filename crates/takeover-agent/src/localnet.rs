@@ -425,19 +425,50 @@ pub struct AppClient {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Where a client appends on one node.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The demo service's HTTP `/append` (it appends through its agent).
+    App(SocketAddr),
+    /// The agent's API socket, for a group.
+    Agent { socket: PathBuf, group: String },
+}
+
+impl Target {
+    /// Appends `payload`; the index once acknowledged.
+    async fn append(&self, payload: Vec<u8>) -> Option<u64> {
+        match self {
+            Target::App(addr) => match http(*addr, "POST", "/append", payload).await {
+                Ok((200, body)) => Some(body.trim().parse().unwrap_or(0)),
+                _ => None,
+            },
+            Target::Agent { socket, group } => {
+                let client = Client::unix(socket);
+                let call = client.append(group, payload);
+                tokio::time::timeout(Duration::from_secs(2), call).await.ok()?.ok().map(|it| it.index)
+            }
+        }
+    }
+}
+
 impl AppClient {
     pub fn start(apps: BTreeMap<String, SocketAddr>, prefix: &str, interval: Duration) -> AppClient {
+        let targets = apps.into_iter().map(|(node, addr)| (node, Target::App(addr))).collect();
+        AppClient::start_targets(targets, prefix, interval)
+    }
+
+    /// A client appending through whichever target acknowledges, every `interval`.
+    pub fn start_targets(targets: BTreeMap<String, Target>, prefix: &str, interval: Duration) -> AppClient {
         let log = Arc::new(Mutex::new(ClientLog::default()));
         let (shared, prefix) = (log.clone(), prefix.to_string());
         let task = tokio::spawn(async move {
-            let nodes: Vec<(String, SocketAddr)> = apps.into_iter().collect();
+            let nodes: Vec<(String, Target)> = targets.into_iter().collect();
             let mut target = 0;
             for seq in 0u64.. {
                 let payload = format!("{prefix}-{seq}");
                 let (node, addr) = &nodes[target];
-                match http(*addr, "POST", "/append", payload.clone().into_bytes()).await {
-                    Ok((200, body)) => {
-                        let index = body.trim().parse().unwrap_or(0);
+                match addr.append(payload.clone().into_bytes()).await {
+                    Some(index) => {
                         let now = tokio::time::Instant::now();
                         let mut log = shared.lock().unwrap_or_else(|it| it.into_inner());
                         log.acked.insert(payload, (node.clone(), index));

@@ -247,6 +247,7 @@ fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.push(5);
             out.extend_from_slice(&session.to_le_bytes());
         }
+        Message::AskState => out.push(6),
     }
 }
 
@@ -289,6 +290,7 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, WireError> {
         }
         4 => Message::Ack { upto: r.u64("ack")?, session: r.u64("ack session")? },
         5 => Message::Promoted { session: r.u64("promoted session")? },
+        6 => Message::AskState,
         other => return Err(WireError::Unknown { what: "message tag", value: other }),
     })
 }
@@ -424,6 +426,7 @@ mod tests {
             ]),
             Message::Ack { upto: 5, session: 2 },
             Message::Promoted { session: 2 },
+            Message::AskState,
         ]
     }
 
@@ -519,7 +522,7 @@ mod tests {
         }
 
         #[test]
-        fn truncating_a_valid_frame_is_refused(cut in 0usize..60, which in 0usize..7) {
+        fn truncating_a_valid_frame_is_refused(cut in 0usize..60, which in 0usize..8) {
             let msg = sample_messages().swap_remove(which);
             let bytes = encode_frame(&Frame::Group { group: GroupIndex(1), epoch: ep(2, 0, true), msg });
             let body = &bytes[8..];

@@ -119,6 +119,9 @@ pub enum Message {
     /// M → SL: "I am M: you hold every record I acknowledged" (join `session`). Before
     /// this message an SL that loses its active goes to X, never SM.
     Promoted { session: u64 },
+    /// "Tell me your state": sent by a node that takes back a run it had declared down,
+    /// whose State it may have dropped meanwhile. Answered with a State.
+    AskState,
 }
 
 /// What a fence action must stop.
@@ -307,6 +310,10 @@ pub enum Report {
     FenceDelayed {
         target: FenceTarget,
     },
+    /// A run of the peer that a fence confirmed stopped is alive again.
+    StoppedRunAlive {
+        inc: Incarnation,
+    },
     /// The lost run came back before its fence started: it is trusted again.
     FenceCancelled {
         target: FenceTarget,
@@ -464,6 +471,9 @@ struct Fence {
     running: bool,
     /// When to start it (after the fence-race delay, or the retry interval).
     start_at: Option<Instant>,
+    /// The fenced run connected again while the fence was running: if the fence fails,
+    /// nothing was done to it and it is accepted again.
+    returned: bool,
 }
 
 impl Group {
@@ -739,7 +749,15 @@ impl Group {
                 // The same run is back after being declared down. Once it was confirmed
                 // stopped, or while a fence is deciding its fate, it is not trusted again.
                 let fence = self.fence.filter(|it| it.target == FenceTarget::Run(inc));
-                if stopped || fence.is_some_and(|it| it.running) {
+                if stopped {
+                    // A run confirmed stopped is alive: the fence lied, or the node was
+                    // revived. It is accepted, so that it hears this node's newer epoch on
+                    // the first message and stops being active if it still is.
+                    self.report(Report::StoppedRunAlive { inc });
+                }
+                if let Some(running) = self.fence.as_mut().filter(|it| it.target == FenceTarget::Run(inc) && it.running)
+                {
+                    running.returned = true;
                     return;
                 }
                 // Its fence had not started (the fence-race delay, or waiting for a
@@ -758,8 +776,12 @@ impl Group {
                 }
             }
         }
+        let returning = matches!(self.peer, PeerView::Down { inc: cur, .. } if cur == inc);
         self.peer = PeerView::Up { inc, state: None };
         self.send_state();
+        if returning {
+            self.send(Message::AskState);
+        }
         self.try_decide(now);
     }
 
@@ -852,11 +874,11 @@ impl Group {
         }
         match start_at {
             Some(at) => {
-                self.fence = Some(Fence { target, running: false, start_at: Some(at) });
+                self.fence = Some(Fence { target, running: false, start_at: Some(at), returned: false });
                 self.report(Report::FenceDelayed { target });
             }
             None => {
-                self.fence = Some(Fence { target, running: true, start_at: None });
+                self.fence = Some(Fence { target, running: true, start_at: None, returned: false });
                 self.emit(Command::FencePeer { target });
                 self.report(Report::FenceRequested { target });
             }
@@ -923,7 +945,13 @@ impl Group {
         {
             fence.running = false;
             fence.start_at = Some(now.after(self.cfg.fence_retry));
+            let returned = fence.returned;
             self.report(Report::FenceFailed { target });
+            // The run it aimed at came back meanwhile and the fence did nothing to it:
+            // accept it (this cancels the pending retry) rather than fence it forever.
+            if returned && let FenceTarget::Run(inc) = target {
+                self.on_peer_connected(now, inc);
+            }
         }
     }
 
@@ -977,6 +1005,7 @@ impl Group {
             Message::Join { from_index, from_epoch, session } => self.on_join(from, from_index, from_epoch, session),
             Message::Records(records) => self.on_records(from, records),
             Message::Ack { upto, session } => self.on_ack(from, upto, session),
+            Message::AskState => self.send_state(),
             Message::Promoted { session } => {
                 if let RoleState::Sl(s) = &mut self.role
                     && s.master == from

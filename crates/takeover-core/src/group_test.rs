@@ -1299,7 +1299,7 @@ fn fence_failure_then_retry_at_now_plus_fence_retry_via_timeout() {
 }
 
 #[test]
-fn lost_run_coming_back_while_being_fenced_is_not_trusted() {
+fn lost_run_coming_back_while_being_fenced_is_not_trusted_until_the_fence_ends() {
     let mut g = sl_following_m();
     feed(&mut g, later(), down(P_INC));
     assert_eq!(feed(&mut g, later(), connected(P_INC)), vec![]);
@@ -1311,9 +1311,19 @@ fn lost_run_coming_back_while_being_fenced_is_not_trusted() {
     assert_eq!(g.status().peer, PeerStatus::Down { inc: P_INC, stopped: false });
     let out = feed(&mut g, later(), stopped_run(P_INC));
     assert_eq!(out[1], transition(Role::Sl, Role::Sm, Cause::Takeover));
-    // Confirmed stopped: never trusted again either.
-    assert_eq!(feed(&mut g, later(), connected(P_INC)), vec![]);
-    assert_eq!(g.status().peer, PeerStatus::Down { inc: P_INC, stopped: true });
+    // Confirmed stopped, yet alive (the fence lied): reported, and accepted so that the
+    // first message it gets is stamped with this node's newer epoch and makes it yield.
+    let out = feed(&mut g, later(), connected(P_INC));
+    assert_eq!(out[0], Command::Report(Report::StoppedRunAlive { inc: P_INC }));
+    let newer = g.durable().epoch;
+    assert!(newer > peer_epoch());
+    assert!(
+        out.iter().any(
+            |c| matches!(c, Command::Send { to, epoch, msg: Message::State(_) } if *to == P_INC && *epoch == newer)
+        ),
+        "{out:?}"
+    );
+    assert!(matches!(g.status().peer, PeerStatus::Up { inc, .. } if inc == P_INC));
 }
 
 #[test]
@@ -1323,7 +1333,13 @@ fn lost_run_coming_back_when_nothing_fences_it_is_accepted_again() {
     let mut g = sl_following_sm();
     feed(&mut g, later(), down(P_INC));
     let out = feed(&mut g, later(), connected(P_INC));
-    assert_eq!(out, vec![send(P_INC, my_state(Role::X, Priority::P3, peer_epoch(), None, peer_log(2)))]);
+    assert_eq!(
+        out,
+        vec![
+            send(P_INC, my_state(Role::X, Priority::P3, peer_epoch(), None, peer_log(2))),
+            send_at(P_INC, peer_epoch(), Message::AskState),
+        ]
+    );
     let out = feed(&mut g, later(), state(P_INC, peer_state(Role::Sm, Priority::P1, peer_epoch(), peer_log(3))));
     assert_eq!(
         out,
@@ -1375,7 +1391,12 @@ fn fence_delay_cancelled_when_the_lost_run_comes_back() {
     let back = t.after(DELAY / 2);
     assert_eq!(
         feed(&mut g, back, connected(P_INC)),
-        vec![cancelled.clone(), send(P_INC, my_state(Role::Sl, Priority::P3, peer_epoch(), Some(P_INC), peer_log(2)))]
+        vec![
+            cancelled.clone(),
+            send(P_INC, my_state(Role::Sl, Priority::P3, peer_epoch(), Some(P_INC), peer_log(2))),
+            // Its State may have been dropped while it was down here: ask again.
+            send_at(P_INC, peer_epoch(), Message::AskState),
+        ]
     );
     assert_eq!(g.status().fencing, None);
     assert_eq!(g.status().peer, PeerStatus::Up { inc: P_INC, role: None, priority: None, last_index: None });
@@ -1399,7 +1420,11 @@ fn fence_delay_cancelled_when_the_lost_run_comes_back() {
     let out = feed(&mut g, t.after(RETRY / 2), connected(P_INC));
     assert_eq!(
         out,
-        vec![cancelled, send(P_INC, my_state(Role::M, Priority::P2, ep(1, 0), None, meta(&[(ep(1, 0), 3)])))]
+        vec![
+            cancelled,
+            send(P_INC, my_state(Role::M, Priority::P2, ep(1, 0), None, meta(&[(ep(1, 0), 3)]))),
+            send_at(P_INC, ep(1, 0), Message::AskState),
+        ]
     );
     assert_eq!((g.role(), g.status().fencing, g.poll_timeout()), (Role::M, None, None));
     assert_eq!(feed(&mut g, t.after(RETRY), Event::Timeout), vec![], "the cancelled retry never runs");
@@ -2573,9 +2598,13 @@ impl Driver {
                 } else {
                     self.sl_claimed = self.sl_claimed.max(from_index);
                 }
-                self.sent = from_index;
-                self.peer_joins += 1;
-                msg_at(peer, self.sl_stamp(), join_msg(from_index, from_epoch, self.peer_joins))
+                // A join the active refuses (bad) opens no session there: the driver's
+                // "stale" acknowledgements must still name a join the active really held.
+                if !bad {
+                    self.sent = from_index;
+                    self.peer_joins += 1;
+                }
+                msg_at(peer, self.sl_stamp(), join_msg(from_index, from_epoch, self.peer_joins + u64::from(bad)))
             }
             Step::Records { n, skip, corrupt, gap } => {
                 let epoch = self.peer_active_epoch?;
@@ -2761,6 +2790,7 @@ impl Driver {
                             return Err(format!("Promoted for session {session}; the peer sent {}", self.peer_joins));
                         }
                     }
+                    Message::AskState => {}
                 },
                 Command::SendRecords { from, upto, .. } => {
                     let window = self.g.config().catch_up_window.max(1);

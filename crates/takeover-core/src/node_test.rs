@@ -656,7 +656,21 @@ fn groups_not_told_connected_while_the_peer_is_dead() {
         ]
     );
     assert!(
-        matches!(&out[2..], [NodeCommand::Group { group: G0, command: Command::Send { to: Incarnation(1), .. }, .. }]),
+        matches!(
+            &out[2..],
+            [
+                NodeCommand::Group {
+                    group: G0,
+                    command: Command::Send { to: Incarnation(1), msg: Message::State(_), .. },
+                    ..
+                },
+                NodeCommand::Group {
+                    group: G0,
+                    command: Command::Send { to: Incarnation(1), msg: Message::AskState, .. },
+                    ..
+                },
+            ]
+        ),
         "{out:?}"
     );
 }

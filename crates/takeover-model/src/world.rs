@@ -704,5 +704,6 @@ pub fn message_name(msg: &Message) -> &'static str {
         Message::Records(_) => "Records",
         Message::Ack { .. } => "Ack",
         Message::Promoted { .. } => "Promoted",
+        Message::AskState => "AskState",
     }
 }

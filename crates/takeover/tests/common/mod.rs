@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod netcluster;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
