@@ -29,7 +29,10 @@ async fn seed_op4_master_powered_off_sl_takes_over_without_losing_acknowledged_r
     println!("takeover: first acknowledgement from beta {} ms after the power-off", (first - killed).as_millis());
     let g = group(&status).unwrap();
     assert_eq!(g.priority, 1, "an SM holds priority 1 durably");
-    assert!(status.events.iter().any(|e| e.text.contains("fence confirmed: alpha confirmed off")), "takeover only after the fence");
+    assert!(
+        status.events.iter().any(|e| e.text.contains("fence confirmed: alpha confirmed off")),
+        "takeover only after the fence"
+    );
     client.wait_acks(client.acks() + 20, common::WAIT).await.unwrap();
     bed.check_nothing_lost(&client).await;
 }
