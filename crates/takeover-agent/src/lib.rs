@@ -27,6 +27,7 @@ pub mod journal;
 pub mod localnet;
 pub mod net;
 pub mod netbed;
+pub mod resources;
 pub mod service;
 pub mod store;
 pub mod wire;
