@@ -17,7 +17,9 @@
 //!   the client has `eth0` on link 0 only.
 //! - Addresses: link `k` of node `i` (its index in `nodes`) is `10.200.{2*slot+k}.{10+i}/24`,
 //!   the client is `10.200.{2*slot}.9/24`; beds with different slots never collide.
-//!   `lo` is up everywhere, IPv6 is off in every namespace of the bed.
+//!   `lo` is up everywhere, IPv6 is off in every namespace of the bed, unless the bed was
+//!   made with [`Netbed::create_ipv6`]: then IPv6 is on in the node and client namespaces
+//!   (link-local addresses only; tests add their own) and still off in the bridge ones.
 //! - Power-off ([`Netbed::power_off`]): the node's links go down on both ends, then every
 //!   process of the node's namespace is SIGKILLed, scan after scan (the scan
 //!   `ip netns pids` does, done in-process: `/proc/*/ns/net` against `/run/netns/NS`),
@@ -657,6 +659,16 @@ impl Netbed {
     /// from an earlier run: call [`Netbed::cleanup_stale`] first. On failure, whatever was
     /// created is removed again.
     pub fn create(prefix: &str, nodes: &[&str], slot: u8) -> anyhow::Result<Netbed> {
+        Netbed::create_with(prefix, nodes, slot, false)
+    }
+
+    /// [`Netbed::create`], with IPv6 on in the node and client namespaces (see the module
+    /// docs).
+    pub fn create_ipv6(prefix: &str, nodes: &[&str], slot: u8) -> anyhow::Result<Netbed> {
+        Netbed::create_with(prefix, nodes, slot, true)
+    }
+
+    fn create_with(prefix: &str, nodes: &[&str], slot: u8, ipv6: bool) -> anyhow::Result<Netbed> {
         let state = plan(prefix, nodes, slot)?;
         let leftovers = stale_namespaces(prefix)?;
         if !leftovers.is_empty() {
@@ -673,19 +685,22 @@ impl Netbed {
             flappers: Mutex::new(Vec::new()),
             torn_down: false,
         };
-        bed.build().with_context(|| format!("cannot create test bed {prefix}"))?;
+        bed.build(ipv6).with_context(|| format!("cannot create test bed {prefix}"))?;
         Ok(bed)
     }
 
-    fn build(&mut self) -> anyhow::Result<()> {
+    fn build(&mut self, ipv6: bool) -> anyhow::Result<()> {
         let shared = self.shared.clone();
         let state = &shared.state;
         for ns in state.namespaces() {
             ip(&["netns", "add", &ns])?;
             self.created.push(ns.clone());
-            in_netns(&ns, "turning IPv6 off", || {
+            let off = !ipv6 || state.bridges.contains(&ns);
+            let what = if off { "turning IPv6 off" } else { "turning IPv6 on" };
+            in_netns(&ns, what, || {
                 for scope in ["all", "default"] {
-                    match fs::write(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"), "1") {
+                    let path = format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6");
+                    match fs::write(path, if off { "1" } else { "0" }) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                         _ => {}
                     }
