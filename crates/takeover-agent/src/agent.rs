@@ -1,9 +1,10 @@
 //! `takeover agent`: the tokio shell around one node's core.
 //!
-//! Start-up, in this order: write the agent's pid file (for `fence-local`), kill what a
-//! previous run of each group's service left behind, raise the durable incarnation, load
-//! each group's durable state and open its journal (cutting a torn tail), then open the
-//! sockets and the API and run the event loop.
+//! Start-up, in this order: write the agent's pid file (for `fence-local`), raise the
+//! durable incarnation, load each group's durable state and open its journal (cutting a
+//! torn tail), stop every resource a previous run may have left up (in reverse order),
+//! then open the sockets and the API and run the event loop. Resource operations, plan
+//! checks and step timings are in [`runtime`].
 //!
 //! The event loop owns the core ([`Node`]) and everything it commands. It turns sockets,
 //! API calls, fence results and timers into [`NodeEvent`]s, and executes the commands the
@@ -30,15 +31,24 @@ use takeover_core::{Incarnation, Instant, NodeId, ReqId};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::AbortHandle;
 
-use crate::api::{self, ApiCall, ApiError, AppendDoc, EventDoc, ForceStartDoc, RecordDoc, RecordsDoc, StatusDoc};
+use crate::api::{
+    self, ApiCall, ApiError, AppendDoc, EventDoc, ForceStartDoc, MoveDoc, RecordDoc, RecordsDoc, StatusDoc,
+    SwitchoverDoc,
+};
 use crate::config::{self, ApiAddr, ClusterConfig, NodeConfig};
 use crate::journal::{self, Journal};
 use crate::net::{self, Channel, Dropped, Identity, Input};
-use crate::service::{self, RunningService, ServiceSpec, ServiceSupervisor, StopReport};
+use crate::resources::{self as res, SpecEnv};
+use crate::service;
 use crate::store;
 use crate::wire::{self, Frame};
+use takeover_core::group::SwitchoverRefused;
+use takeover_core::runner::ResourcePolicy;
+
+mod runtime;
+use runtime::{OpDone, PlanDone, ResRt, Timeline};
 
 /// How `takeover agent` was started.
 #[derive(Clone, Debug)]
@@ -85,7 +95,15 @@ struct Agent {
     events: VecDeque<EventDoc>,
     dropped: Arc<Dropped>,
     dropped_messages: u64,
-    supervisor: ServiceSupervisor,
+    ops_tx: mpsc::UnboundedSender<OpDone>,
+    ops_rx: mpsc::UnboundedReceiver<OpDone>,
+    plans_tx: mpsc::UnboundedSender<PlanDone>,
+    plans_rx: mpsc::UnboundedReceiver<PlanDone>,
+    /// When each peer was last declared failed (a takeover's timeline starts there).
+    peer_dead_at: HashMap<NodeId, tokio::time::Instant>,
+    /// When the fence of each peer started, and how long the last confirmed one took.
+    fence_started_at: HashMap<NodeId, tokio::time::Instant>,
+    fence_took: HashMap<NodeId, Duration>,
     heartbeat_seq: u64,
     /// Group reports captured while answering an API call.
     captured: Vec<(GroupIndex, Report)>,
@@ -107,15 +125,11 @@ struct GroupRt {
     state_path: PathBuf,
     journal: Journal,
     quarantine_dir: PathBuf,
-    argv: Option<Vec<String>>,
-    stop_timeout: Duration,
-    service: ServiceSlot,
-}
-
-enum ServiceSlot {
-    Idle,
-    Running(RunningService),
-    Stopping(JoinHandle<StopReport>),
+    /// In start order.
+    resources: Vec<ResRt>,
+    /// The move under way, timed step by step.
+    timeline: Option<Timeline>,
+    last_move: Option<MoveDoc>,
 }
 
 struct PeerRt {
@@ -136,16 +150,8 @@ impl Agent {
         service::write_own_pidfile(&me.state_dir.join("agent.pid"))
             .with_context(|| format!("cannot write {}", me.state_dir.join("agent.pid").display()))?;
 
-        // Whatever a previous run left running is killed before anything else.
         let my_groups: Vec<config::GroupConfig> = cfg.groups_of(&me.name).cloned().collect();
-        for group in &my_groups {
-            let pidfile = me.state_dir.join(format!("{}.service.pid", group.name));
-            let report = service::kill_leftovers(&pidfile)
-                .with_context(|| format!("cannot clean up what the previous run of group `{}` left", group.name))?;
-            if let service::LeftoverReport::Killed { pid, killed, .. } = &report {
-                tracing::warn!(group = %group.name, pid, killed = killed.len(), "killed the service a previous run left behind");
-            }
-        }
+        let api_text = me.api.to_string();
         let incarnation = store::next_incarnation(&me.state_dir.join("node.state"))?;
 
         let quarantine_dir = me.state_dir.join("quarantine");
@@ -153,6 +159,7 @@ impl Agent {
         let mut setups = Vec::new();
         let mut groups = Vec::new();
         let mut opening_events = Vec::new();
+        let mut durables = Vec::new();
         for group in &my_groups {
             let index = GroupIndex(cfg.groups.iter().position(|it| it.name == group.name).expect("declared") as u16);
             let state_path = me.state_dir.join(format!("{}.state", group.name));
@@ -176,13 +183,32 @@ impl Agent {
                     opened.quarantine_file.as_ref().map_or("-".into(), |it| it.display().to_string())
                 ));
             }
+            let env = SpecEnv {
+                cluster: &cfg.name,
+                node: &me.name,
+                group: &group.name,
+                api: api_text.clone(),
+                state_dir: &me.state_dir,
+            };
+            let resources: Vec<ResRt> =
+                group.resources.iter().map(|it| ResRt::new(res::spec_for(it, &env), it.max_restarts)).collect();
             setups.push(GroupSetup {
                 index,
                 config: cfg.group_core_config(group, &me.name),
                 durable,
                 log: journal.meta().clone(),
                 join_only: opts.join_only,
+                resources: group
+                    .resources
+                    .iter()
+                    .map(|it| ResourcePolicy {
+                        monitor_interval: it.monitor_interval,
+                        max_restarts: it.max_restarts,
+                        restart_window: it.restart_window,
+                    })
+                    .collect(),
             });
+            durables.push((index, durable.epoch));
             groups.push(GroupRt {
                 index,
                 name: group.name.clone(),
@@ -190,9 +216,9 @@ impl Agent {
                 state_path,
                 journal,
                 quarantine_dir: quarantine_dir.clone(),
-                argv: group.service.clone(),
-                stop_timeout: group.stop_timeout,
-                service: ServiceSlot::Idle,
+                resources,
+                timeline: None,
+                last_move: None,
             });
         }
 
@@ -231,6 +257,8 @@ impl Agent {
         let (inputs_tx, inputs) = mpsc::unbounded_channel();
         let (api_tx, api_calls) = mpsc::unbounded_channel();
         let (fence_tx, fence_rx) = mpsc::unbounded_channel();
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let (plans_tx, plans_rx) = mpsc::unbounded_channel();
         let dropped = Arc::new(Dropped::default());
         let next_conn = Arc::new(AtomicU64::new(1));
         let mut udp = Vec::new();
@@ -291,7 +319,13 @@ impl Agent {
             events: VecDeque::new(),
             dropped,
             dropped_messages: 0,
-            supervisor: ServiceSupervisor::new()?,
+            ops_tx,
+            ops_rx,
+            plans_tx,
+            plans_rx,
+            peer_dead_at: HashMap::new(),
+            fence_started_at: HashMap::new(),
+            fence_took: HashMap::new(),
             heartbeat_seq: 0,
             captured: Vec::new(),
         };
@@ -315,6 +349,9 @@ impl Agent {
         if opts.join_only {
             agent.record("started with --join-only: groups wait to rejoin their active peer as SL".into());
         }
+        // Whatever a previous run left up is stopped before the core may start anything.
+        agent.stop_leftovers(&durables).await?;
+        agent.check_plans();
         Ok(agent)
     }
 
@@ -338,7 +375,8 @@ impl Agent {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut service_check = tokio::time::interval(Duration::from_millis(200));
+        let mut plan_check = tokio::time::interval(runtime::PLAN_CHECK_INTERVAL);
+        plan_check.reset();
         loop {
             self.execute().await?;
             let deadline = self.node.poll_timeout().map(|at| self.tokio_instant(at));
@@ -352,18 +390,14 @@ impl Agent {
                 Some(call) = self.api_calls.recv() => self.on_api(call).await?,
                 Some((peer, outcome)) = self.fence_rx.recv() => self.on_fence_done(peer, outcome),
                 _ = sleep => { let now = self.now(); self.node.handle(now, NodeEvent::Timeout) }
-                _ = service_check.tick() => self.check_services(),
+                Some(done) = self.ops_rx.recv() => self.on_op_done(done),
+                Some(done) = self.plans_rx.recv() => self.on_plan_checked(done),
+                _ = plan_check.tick() => self.check_plans(),
             }
         }
-        self.record("stopping: SIGTERM/SIGINT received".into());
-        self.shutdown().await;
+        self.record("stopping: SIGTERM/SIGINT received; stopping the resources that are up".into());
+        self.stop_all().await;
         Ok(())
-    }
-
-    async fn shutdown(&mut self) {
-        for g in 0..self.groups.len() {
-            self.stop_service(g).await;
-        }
     }
 
     fn on_input(&mut self, input: Input) {
@@ -443,6 +477,14 @@ impl Agent {
             }
             ApiCall::Read { group, from, limit, reply } => {
                 let _ = reply.send(self.read(&group, from, limit));
+            }
+            ApiCall::Switchover { group, to, reply } => {
+                let answer = self.switchover(&group, to.as_deref()).await;
+                let _ = reply.send(answer);
+            }
+            ApiCall::Cleanup { group, reply } => {
+                let answer = self.cleanup(&group).await;
+                let _ = reply.send(answer);
             }
         }
         Ok(())
@@ -537,6 +579,66 @@ impl Agent {
         Err(ApiError::new(500, "the force start produced no decision; see `takeover status` events"))
     }
 
+    async fn switchover(&mut self, group: &str, to: Option<&str>) -> Result<SwitchoverDoc, ApiError> {
+        let slot = self.group_slot(group)?;
+        let index = self.groups[slot].index;
+        let peer = self.peer_name(self.groups[slot].peer);
+        if let Some(to) = to
+            && to != peer
+        {
+            let message = if to == self.me.name {
+                format!(
+                    "group {group} runs on the pair {} and {peer}; switchover moves it from its active node to {peer}, run it on the active node",
+                    self.me.name
+                )
+            } else {
+                format!("group {group} runs on {} and {peer} only; it can move to {peer}, not to {to}", self.me.name)
+            };
+            return Err(ApiError::new(409, message));
+        }
+        self.captured.clear();
+        let now = self.now();
+        self.node.handle(now, NodeEvent::Switchover { group: index });
+        self.execute().await.map_err(|e| ApiError::new(500, format!("{e:#}")))?;
+        let reports = std::mem::take(&mut self.captured);
+        for report in reports.iter().filter(|(g, _)| *g == index).map(|(_, r)| r) {
+            match report {
+                Report::SwitchoverRefused(reason) => {
+                    return Ok(SwitchoverDoc {
+                        outcome: "refused".into(),
+                        message: switchover_refused_text(*reason, group, &peer, &self.me.name),
+                    });
+                }
+                Report::HandoverStarted { .. } => {
+                    return Ok(SwitchoverDoc {
+                        outcome: "moving".into(),
+                        message: format!(
+                            "group {group} is stopping on {} (resources in reverse order) and moves to {peer} once {peer} holds every record; watch `takeover status`",
+                            self.me.name
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(ApiError::new(500, "the switchover produced no decision; see `takeover status` events"))
+    }
+
+    async fn cleanup(&mut self, group: &str) -> Result<SwitchoverDoc, ApiError> {
+        let slot = self.group_slot(group)?;
+        let index = self.groups[slot].index;
+        let now = self.now();
+        self.node.handle(now, NodeEvent::ClearFailures { group: index });
+        self.execute().await.map_err(|e| ApiError::new(500, format!("{e:#}")))?;
+        Ok(SwitchoverDoc {
+            outcome: "cleared".into(),
+            message: format!(
+                "group {group}: failure counts on {} cleared; a group failed here starts again if this node is active",
+                self.me.name
+            ),
+        })
+    }
+
     /// Executes the core's commands in order until there are none left.
     async fn execute(&mut self) -> anyhow::Result<()> {
         while let Some(command) = self.node.poll_command() {
@@ -553,9 +655,31 @@ impl Agent {
                 }
                 NodeCommand::Group { group, peer, command } => self.group_command(group, peer, command).await?,
                 NodeCommand::Fence { peer } => self.fence(peer),
+                NodeCommand::Resource { group, resource, op } => self.start_op(group, resource, op),
+                NodeCommand::Halt { group, resource } => {
+                    let (name, label) = match self.groups.iter().find(|it| it.index == group) {
+                        Some(rt) => (rt.name.clone(), rt.resources[resource].spec.label()),
+                        None => (format!("#{}", group.0), format!("#{resource}")),
+                    };
+                    let text = format!(
+                        "ALARM: group {name}: {label} could not be stopped, so this node may still be serving it; the agent stops here and its peer fences this node"
+                    );
+                    self.record(text.clone());
+                    anyhow::bail!(text);
+                }
                 NodeCommand::Report(report) => {
-                    if matches!(report, NodeReport::UnknownGroup { .. }) {
-                        self.dropped_messages += 1;
+                    match report {
+                        NodeReport::UnknownGroup { .. } => self.dropped_messages += 1,
+                        NodeReport::PeerDead { peer, .. } => self.note_peer_dead(peer),
+                        NodeReport::FenceStarted { peer } => {
+                            self.fence_started_at.insert(peer, tokio::time::Instant::now());
+                        }
+                        NodeReport::FenceFinished { peer, confirmed: true } => {
+                            if let Some(at) = self.fence_started_at.remove(&peer) {
+                                self.fence_took.insert(peer, at.elapsed());
+                            }
+                        }
+                        _ => {}
                     }
                     let text = self.node_report_text(&report);
                     self.record(text);
@@ -680,6 +804,14 @@ impl Agent {
                                 self.me.name
                             ),
                         ),
+                        RejectReason::Moving => ApiError::new(
+                            503,
+                            format!(
+                                "group {name} is moving away from node {} (switchover, failback or a resource failure); append at {} once it is active there",
+                                self.me.name,
+                                self.peer_name(peer)
+                            ),
+                        ),
                         RejectReason::Abandoned => ApiError::new(
                             503,
                             format!(
@@ -691,20 +823,15 @@ impl Agent {
                     let _ = reply.send(Err(error));
                 }
             }
-            Command::StartService => self.start_service(g).await,
-            Command::StopService => {
-                let slot = std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle);
-                let timeout = self.groups[g].stop_timeout;
-                self.groups[g].service = match slot {
-                    ServiceSlot::Running(running) => ServiceSlot::Stopping(tokio::spawn(running.stop(timeout))),
-                    other => other,
-                };
+            Command::StartService | Command::StopService => {
+                unreachable!("the node layer hands the service to its runner")
             }
             Command::FencePeer { .. } => unreachable!("the node layer turns fence requests into NodeCommand::Fence"),
             Command::Report(report) => {
                 if matches!(report, Report::MalformedMessage { .. }) {
                     self.dropped_messages += 1;
                 }
+                self.time_moves(g, &report);
                 let text = self.group_report_text(g, &report);
                 self.captured.push((index, report));
                 self.record(text);
@@ -730,74 +857,6 @@ impl Agent {
             self.record(format!("peer channel to {name} overloaded or closed; reconnecting"));
             let now = self.now();
             self.node.handle(now, NodeEvent::ChannelDown { peer, conn: ConnId(conn) });
-        }
-    }
-
-    async fn start_service(&mut self, g: usize) {
-        if let ServiceSlot::Stopping(task) = std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle) {
-            let _ = task.await;
-        }
-        let rt = &self.groups[g];
-        let Some(argv) = rt.argv.clone() else { return };
-        let api = match &self.me.api {
-            ApiAddr::Unix(path) => format!("unix:{}", path.display()),
-            ApiAddr::Tcp(addr) => format!("tcp:{addr}"),
-        };
-        let spec = ServiceSpec {
-            argv: argv.iter().map(|it| it.replace("{node}", &self.me.name).replace("{group}", &rt.name)).collect(),
-            env: vec![
-                ("TAKEOVER_CLUSTER".into(), self.cfg.name.clone()),
-                ("TAKEOVER_NODE".into(), self.me.name.clone()),
-                ("TAKEOVER_GROUP".into(), rt.name.clone()),
-                ("TAKEOVER_API".into(), api),
-            ],
-            log_path: self.me.state_dir.join(format!("{}.service.log", rt.name)),
-            pidfile: self.me.state_dir.join(format!("{}.service.pid", rt.name)),
-        };
-        let name = rt.name.clone();
-        match self.supervisor.start(spec).await {
-            Ok(running) => {
-                let pid = running.pid();
-                self.groups[g].service = ServiceSlot::Running(running);
-                self.record(format!("group {name}: service started (pid {pid})"));
-            }
-            Err(e) => self.record(format!("ALARM: group {name}: the service did not start: {e}")),
-        }
-    }
-
-    async fn stop_service(&mut self, g: usize) {
-        let name = self.groups[g].name.clone();
-        match std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle) {
-            ServiceSlot::Running(running) => {
-                let report = running.stop(self.groups[g].stop_timeout).await;
-                self.record(format!("group {name}: service stopped ({report:?})"));
-            }
-            ServiceSlot::Stopping(task) => {
-                let _ = task.await;
-            }
-            ServiceSlot::Idle => {}
-        }
-    }
-
-    fn check_services(&mut self) {
-        for g in 0..self.groups.len() {
-            let name = self.groups[g].name.clone();
-            match &mut self.groups[g].service {
-                ServiceSlot::Running(running) => {
-                    if let Ok(Some(exit)) = running.try_wait() {
-                        self.record(format!(
-                            "ALARM: group {name}: the service exited by itself ({exit}); the group stays active without it"
-                        ));
-                        let slot = std::mem::replace(&mut self.groups[g].service, ServiceSlot::Idle);
-                        if let ServiceSlot::Running(running) = slot {
-                            let timeout = self.groups[g].stop_timeout;
-                            self.groups[g].service = ServiceSlot::Stopping(tokio::spawn(running.stop(timeout)));
-                        }
-                    }
-                }
-                ServiceSlot::Stopping(task) if task.is_finished() => self.groups[g].service = ServiceSlot::Idle,
-                _ => {}
-            }
         }
     }
 
@@ -846,6 +905,26 @@ impl Agent {
                 config::format_duration(self.cfg.dead_after)
             ),
             NodeReport::FenceStarted { peer } => format!("fence of {} started", self.peer_name(*peer)),
+            NodeReport::MonitorFailed { group, resource, restart } => {
+                let (name, label) = self.resource_label(*group, *resource);
+                if *restart {
+                    format!(
+                        "group {name}: {label} failed its monitor: restarting it in place (with what depends on it)"
+                    )
+                } else {
+                    format!(
+                        "ALARM: group {name}: {label} failed its monitor too often (more than max_restarts within restart_window): stopping the group here to move it"
+                    )
+                }
+            }
+            NodeReport::ServiceFailed { group, resource, start } => {
+                let (name, label) = self.resource_label(*group, *resource);
+                if *start {
+                    format!("ALARM: group {name}: {label} would not start; every resource of the group is stopped here")
+                } else {
+                    format!("ALARM: group {name}: {label} kept failing; every resource of the group is stopped here")
+                }
+            }
             NodeReport::FenceFinished { peer, confirmed } => {
                 format!(
                     "fence of {} finished: {}",
@@ -853,6 +932,16 @@ impl Agent {
                     if *confirmed { "confirmed" } else { "FAILED" }
                 )
             }
+        }
+    }
+
+    fn resource_label(&self, group: GroupIndex, resource: usize) -> (String, String) {
+        match self.groups.iter().find(|it| it.index == group) {
+            Some(rt) => (
+                rt.name.clone(),
+                rt.resources.get(resource).map_or_else(|| format!("resource #{resource}"), |it| it.spec.label()),
+            ),
+            None => (format!("#{}", group.0), format!("resource #{resource}")),
         }
     }
 
@@ -909,6 +998,28 @@ impl Agent {
                 )
             }
             Report::MalformedMessage { what } => format!("group {group}: dropped a message from {peer}: {what}"),
+            Report::HandoverStarted { reason } => format!(
+                "group {group}: {}: stopping the resources here in reverse order; new appends are refused; the group moves to {peer} once it holds every record",
+                runtime::reason_name(*reason)
+            ),
+            Report::HandedOver { reason } => {
+                format!("group {group}: handed over to {peer} ({}); it starts there now", runtime::reason_name(*reason))
+            }
+            Report::SwitchoverRefused(reason) => format!(
+                "group {group}: switchover refused: {}",
+                switchover_refused_text(*reason, group, &peer, &self.me.name)
+            ),
+            Report::GroupFailed { start, peer_failed } => format!(
+                "ALARM: group {group}: FAILED on {}: a resource {} and the group cannot move ({}); it stays down here. Fix the cause, then run `takeover cleanup {group}`",
+                self.me.name,
+                if *start { "would not start" } else { "kept failing" },
+                if *peer_failed {
+                    format!("it already failed on {peer}")
+                } else {
+                    format!("{peer} is not a synchronised standby")
+                }
+            ),
+            Report::FailuresCleared => format!("group {group}: failure counts cleared by the operator"),
         }
     }
 
@@ -945,8 +1056,9 @@ impl Agent {
         let groups = status
             .groups
             .iter()
-            .filter_map(|(index, peer, gs)| {
-                let rt = self.groups.iter().find(|it| it.index == *index)?;
+            .filter_map(|(index, peer, gs, runner)| {
+                let g = self.groups.iter().position(|it| it.index == *index)?;
+                let rt = &self.groups[g];
                 let peer_name = self.peer_name(*peer);
                 let peer_state = match &gs.peer {
                     group::PeerStatus::Unknown => api::PeerStateDoc {
@@ -975,10 +1087,6 @@ impl Agent {
                 let count = |reason: DiscardReason| {
                     quarantined.iter().filter(|it| it.reason == reason).map(|it| it.count).sum::<u64>()
                 };
-                let (running, pid) = match &rt.service {
-                    ServiceSlot::Running(running) => (true, Some(running.pid())),
-                    _ => (false, None),
-                };
                 Some(api::GroupDoc {
                     name: rt.name.clone(),
                     role: gs.role.to_string(),
@@ -997,7 +1105,11 @@ impl Agent {
                     fencing: gs.fencing.map(|_| peer_name.clone()),
                     waiting: gs.waiting.map(|it| wait_text(it, &rt.name, &peer_name)),
                     sl_confirmed: gs.sl_confirmed,
-                    service: api::ServiceDoc { configured: rt.argv.is_some(), running, pid },
+                    resources: self.resource_docs(g, runner),
+                    failed: gs.failed,
+                    peer_failed: gs.peer_failed,
+                    moving: gs.moving.map(|it| runtime::reason_name(it).to_string()),
+                    last_move: rt.last_move.clone(),
                 })
             })
             .collect();
@@ -1054,6 +1166,7 @@ fn cause_text(cause: Cause, peer: &str) -> String {
         Cause::Takeover => format!("{peer} is known stopped: taking over"),
         Cause::SlaveLost => format!("the SL {peer} is known stopped; acknowledging alone"),
         Cause::YieldToNewerEpoch => format!("{peer} holds a newer epoch"),
+        Cause::Handover(reason) => format!("{} between this node and {peer}", runtime::reason_name(reason)),
     }
 }
 
@@ -1084,6 +1197,21 @@ fn refuse_text(reason: RefuseReason, group: &str, peer: &str) -> String {
         }
         RefuseReason::PeerSettling => format!("{peer} is connecting or settling; try again in a moment"),
         RefuseReason::AlreadyForcing => "a force start is already fencing the peer".into(),
+    }
+}
+
+fn switchover_refused_text(reason: SwitchoverRefused, group: &str, peer: &str, me: &str) -> String {
+    match reason {
+        SwitchoverRefused::NotActive { role } => format!(
+            "group {group} is {role} on {me}, not active; run the switchover on the active node (see `takeover status`)"
+        ),
+        SwitchoverRefused::NoSynchronisedSl => format!(
+            "{peer} is not a synchronised standby of group {group} (down, or still catching up); moving now would lose records — wait until {peer} is SL and confirmed"
+        ),
+        SwitchoverRefused::AlreadyMoving => format!("group {group} is already moving"),
+        SwitchoverRefused::PeerFailed => format!(
+            "group {group} failed on {peer} before it came here; run `takeover cleanup {group}` once the cause is fixed, then switch over"
+        ),
     }
 }
 

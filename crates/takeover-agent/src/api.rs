@@ -7,6 +7,8 @@
 //! | POST | `/v1/groups/{group}/force-start` | [`ForceStartDoc`] (F0.6) |
 //! | POST | `/v1/groups/{group}/journal` | append the request body as one record; answers [`AppendDoc`] once the record is acknowledged (M: durable on both nodes; SM: durable here) |
 //! | GET | `/v1/groups/{group}/journal?from=N&limit=M` | [`RecordsDoc`]: records from index N |
+//! | POST | `/v1/groups/{group}/switchover[?to=NODE]` | [`SwitchoverDoc`]: move the group from this (active) node to its peer (F1.10) |
+//! | POST | `/v1/groups/{group}/cleanup` | [`SwitchoverDoc`]: clear the group's failure counts (F1.5) |
 //!
 //! Errors are `{"error": "...what failed and what to do..."}` with a 4xx/5xx status. The
 //! core's types are converted here, at the edge; the core itself knows nothing of JSON.
@@ -81,7 +83,64 @@ pub struct GroupDoc {
     pub waiting: Option<String>,
     /// On an SL: whether the active confirmed the sync, so this node may take over.
     pub sl_confirmed: bool,
-    pub service: ServiceDoc,
+    /// The resources in start order, with their state here.
+    pub resources: Vec<ResourceDoc>,
+    /// A resource would not start or kept failing here, and the group could not move: it
+    /// stays down until `takeover cleanup`.
+    pub failed: bool,
+    /// The group came here because it failed on the peer; it will not be handed back there
+    /// until `takeover cleanup` on this node.
+    pub peer_failed: bool,
+    /// Why the group is moving away from this node (switchover, failback, failure).
+    pub moving: Option<String>,
+    /// The last move of the group on this node, step by step (F2.3 step timings).
+    pub last_move: Option<MoveDoc>,
+}
+
+/// One resource of a group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResourceDoc {
+    pub name: String,
+    /// `vip`, `disk`, `mount`, `process` or `ocf`.
+    pub kind: String,
+    /// `up`, `down`, `starting` or `stopping`.
+    pub state: String,
+    /// Monitor failures within the restart window.
+    pub failures: usize,
+    /// Restarts in place allowed within the window before the group moves.
+    pub max_restarts: u32,
+    /// The last operation, how it ended and how long it took.
+    pub last_op: Option<String>,
+    /// The last plan check (F2.3): `None` before the first one has finished.
+    pub plan_ok: Option<bool>,
+    /// What the plan check resolved or found wrong.
+    pub plan: Vec<String>,
+}
+
+/// A move of a group (takeover, switchover, failback, start), timed step by step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoveDoc {
+    pub what: String,
+    /// `done`, `handed over`, `FAILED` or `interrupted`.
+    pub outcome: String,
+    pub total_ms: u64,
+    /// When it ended, in milliseconds since the agent started (as events).
+    pub at_ms: u64,
+    pub steps: Vec<StepDoc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepDoc {
+    pub step: String,
+    pub ms: u64,
+}
+
+/// `POST /v1/groups/{group}/switchover` and `/cleanup`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SwitchoverDoc {
+    /// `moving`, `refused` or `cleared`.
+    pub outcome: String,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,13 +164,6 @@ pub struct JournalDoc {
     /// Records cut by rejoins and kept aside, by reason.
     pub quarantined_unreplicated: u64,
     pub quarantined_force_start: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ServiceDoc {
-    pub configured: bool,
-    pub running: bool,
-    pub pid: Option<i32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -196,6 +248,13 @@ pub enum ApiCall {
     ForceStart { group: String, reply: oneshot::Sender<Result<ForceStartDoc, ApiError>> },
     Append { group: String, payload: Vec<u8>, reply: oneshot::Sender<Result<AppendDoc, ApiError>> },
     Read { group: String, from: u64, limit: usize, reply: oneshot::Sender<Result<RecordsDoc, ApiError>> },
+    Switchover { group: String, to: Option<String>, reply: oneshot::Sender<Result<SwitchoverDoc, ApiError>> },
+    Cleanup { group: String, reply: oneshot::Sender<Result<SwitchoverDoc, ApiError>> },
+}
+
+#[derive(Deserialize)]
+struct SwitchoverQuery {
+    to: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +269,8 @@ pub fn router(calls: mpsc::UnboundedSender<ApiCall>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/groups/{group}/force-start", post(force_start))
         .route("/v1/groups/{group}/journal", post(append).get(read))
+        .route("/v1/groups/{group}/switchover", post(switchover))
+        .route("/v1/groups/{group}/cleanup", post(cleanup))
         .with_state(calls)
 }
 
@@ -231,6 +292,21 @@ async fn force_start(
     UrlPath(group): UrlPath<String>,
 ) -> Result<axum::Json<ForceStartDoc>, ApiError> {
     Ok(axum::Json(ask(&calls, |reply| ApiCall::ForceStart { group, reply }).await??))
+}
+
+async fn switchover(
+    State(calls): State<mpsc::UnboundedSender<ApiCall>>,
+    UrlPath(group): UrlPath<String>,
+    Query(query): Query<SwitchoverQuery>,
+) -> Result<axum::Json<SwitchoverDoc>, ApiError> {
+    Ok(axum::Json(ask(&calls, |reply| ApiCall::Switchover { group, to: query.to, reply }).await??))
+}
+
+async fn cleanup(
+    State(calls): State<mpsc::UnboundedSender<ApiCall>>,
+    UrlPath(group): UrlPath<String>,
+) -> Result<axum::Json<SwitchoverDoc>, ApiError> {
+    Ok(axum::Json(ask(&calls, |reply| ApiCall::Cleanup { group, reply }).await??))
 }
 
 async fn append(
@@ -299,6 +375,15 @@ impl Client {
 
     pub async fn force_start(&self, group: &str) -> Result<ForceStartDoc, ApiError> {
         self.call("POST", &format!("/v1/groups/{group}/force-start"), Vec::new()).await
+    }
+
+    pub async fn switchover(&self, group: &str, to: Option<&str>) -> Result<SwitchoverDoc, ApiError> {
+        let query = to.map_or(String::new(), |to| format!("?to={to}"));
+        self.call("POST", &format!("/v1/groups/{group}/switchover{query}"), Vec::new()).await
+    }
+
+    pub async fn cleanup(&self, group: &str) -> Result<SwitchoverDoc, ApiError> {
+        self.call("POST", &format!("/v1/groups/{group}/cleanup"), Vec::new()).await
     }
 
     pub async fn append(&self, group: &str, payload: Vec<u8>) -> Result<AppendDoc, ApiError> {

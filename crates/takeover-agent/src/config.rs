@@ -74,9 +74,12 @@
 //! [[group]]
 //! name = "web"
 //! nodes = ["alpha", "beta"]     # a pair; the first is preferred (initial priority 2)
-//! service = ["/usr/bin/python3", "-m", "http.server", "8080"]  # optional
+//! service = ["/usr/bin/python3", "-m", "http.server", "8080"]  # optional shorthand
 //! stop_timeout = "5s"           # default 5s
 //! ```
+//!
+//! A group's resources (virtual IP, disk, mount, process, OCF agent), `failback` and
+//! `failback_delay` are described in [`resources`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -86,11 +89,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use takeover_core::group::{Arbiter, GroupConfig as CoreGroupConfig};
+use takeover_core::group::{Arbiter, Failback, GroupConfig as CoreGroupConfig};
 
 use crate::fence::{AgentOption, FenceDevice, FenceDeviceKind, FenceLevel, FencePlan};
 use takeover_core::types::NodeId;
 use toml::{Spanned, Value};
+
+mod resources;
+pub use resources::*;
 
 /// Default of `cluster.heartbeat_interval`.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -211,10 +217,12 @@ pub struct GroupConfig {
     /// The pair of nodes running the group, two distinct declared nodes; `nodes[0]` is
     /// the preferred one (initial priority 2).
     pub nodes: [String; 2],
-    /// The argv of the application; `None` when the group runs nothing. Never empty.
-    pub service: Option<Vec<String>>,
-    /// How long the service may take to stop.
-    pub stop_timeout: Duration,
+    /// The resources, in start order (`service = [...]` is one process resource).
+    pub resources: Vec<ResourceConfig>,
+    /// Whether the group returns to its preferred node by itself.
+    pub failback: Failback,
+    /// How long the preferred node must be back and in sync before it gets the group back.
+    pub failback_delay: Duration,
 }
 
 impl GroupConfig {
@@ -283,6 +291,9 @@ impl ClusterConfig {
             fence_retry: self.fence_retry,
             fence_delay: self.fence_delay,
             catch_up_window: self.catch_up_window,
+            preferred: group.preferred() == me,
+            failback: group.failback,
+            failback_delay: group.failback_delay,
         }
     }
 
@@ -650,6 +661,9 @@ struct RawGroup {
     nodes: RawStrings,
     service: Option<RawStrings>,
     stop_timeout: Option<Spanned<Value>>,
+    failback: Option<Spanned<String>>,
+    failback_delay: Option<Spanned<Value>>,
+    resource: Option<Spanned<Vec<Spanned<resources::RawResource>>>>,
 }
 
 // ------------------------------------------------------------------------------------
@@ -1528,26 +1542,16 @@ impl Checker<'_> {
                 }
             }
 
-            let service = match &group.service {
-                None => Some(None),
-                Some(raw) => self
-                    .argv(
-                        &format!("group `{name}`: service"),
-                        raw,
-                        "give the program and its arguments, or remove `service` if the group runs nothing",
-                    )
-                    .map(Some),
-            };
-            let stop_timeout =
-                self.duration(&format!("group `{name}`: stop_timeout"), &group.stop_timeout, DEFAULT_STOP_TIMEOUT);
-
-            match (group_ok, service, stop_timeout.value) {
-                (true, Some(service), Some(stop_timeout)) if members.len() == 2 => {
+            let names: Vec<String> = members.iter().map(|it| it.get_ref().clone()).collect();
+            let checked = self.check_group_resources(name, group, &names);
+            match (group_ok, checked) {
+                (true, Some(checked)) if members.len() == 2 => {
                     groups.push(GroupConfig {
                         name: name.to_string(),
-                        nodes: [members[0].get_ref().clone(), members[1].get_ref().clone()],
-                        service,
-                        stop_timeout,
+                        nodes: [names[0].clone(), names[1].clone()],
+                        resources: checked.resources,
+                        failback: checked.failback,
+                        failback_delay: checked.failback_delay,
                     });
                 }
                 _ => ok = false,

@@ -13,7 +13,7 @@
 //! - kind 2, Group: `group u16 | epoch (counter u64, node u16, forced u8) | message`, message = `tag u8 | …` (State, Join, Records,
 //!   Ack, Promoted; see the encoders).
 
-use takeover_core::group::{Message, PeerState};
+use takeover_core::group::{HandoverReason, Message, PeerState};
 use takeover_core::log::{EpochStart, LogMeta, Record};
 use takeover_core::node::GroupIndex;
 use takeover_core::{Epoch, Incarnation, NodeId, Priority, Role};
@@ -248,7 +248,31 @@ fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&session.to_le_bytes());
         }
         Message::AskState => out.push(6),
+        Message::Handover { upto, reason } => {
+            out.push(7);
+            out.extend_from_slice(&upto.to_le_bytes());
+            out.push(reason_code(*reason));
+        }
     }
+}
+
+fn reason_code(reason: HandoverReason) -> u8 {
+    match reason {
+        HandoverReason::Switchover => 1,
+        HandoverReason::Failback => 2,
+        HandoverReason::StartFailed => 3,
+        HandoverReason::ServiceFailed => 4,
+    }
+}
+
+fn reason_from_code(code: u8) -> Result<HandoverReason, WireError> {
+    Ok(match code {
+        1 => HandoverReason::Switchover,
+        2 => HandoverReason::Failback,
+        3 => HandoverReason::StartFailed,
+        4 => HandoverReason::ServiceFailed,
+        other => return Err(WireError::Unknown { what: "handover reason", value: other }),
+    })
 }
 
 fn decode_message(r: &mut Reader<'_>) -> Result<Message, WireError> {
@@ -291,6 +315,7 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Message, WireError> {
         4 => Message::Ack { upto: r.u64("ack")?, session: r.u64("ack session")? },
         5 => Message::Promoted { session: r.u64("promoted session")? },
         6 => Message::AskState,
+        7 => Message::Handover { upto: r.u64("handover index")?, reason: reason_from_code(r.u8("handover reason")?)? },
         other => return Err(WireError::Unknown { what: "message tag", value: other }),
     })
 }
@@ -427,6 +452,10 @@ mod tests {
             Message::Ack { upto: 5, session: 2 },
             Message::Promoted { session: 2 },
             Message::AskState,
+            Message::Handover { upto: 5, reason: HandoverReason::Switchover },
+            Message::Handover { upto: 0, reason: HandoverReason::Failback },
+            Message::Handover { upto: 9, reason: HandoverReason::StartFailed },
+            Message::Handover { upto: 9, reason: HandoverReason::ServiceFailed },
         ]
     }
 

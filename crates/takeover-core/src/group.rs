@@ -61,6 +61,41 @@ pub struct GroupConfig {
     pub fence_delay: Duration,
     /// How many records one catch-up batch may carry to a joining SL.
     pub catch_up_window: u64,
+    /// This node is the group's preferred node (listed first).
+    pub preferred: bool,
+    /// Whether the group returns to its preferred node once that node is a synchronised
+    /// SL again (F1.10, F2.4), `failback_delay` after this node became M.
+    pub failback: Failback,
+    pub failback_delay: Duration,
+}
+
+/// Whether a group moves back to its preferred node by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failback {
+    /// Only by `switchover`.
+    Manual,
+    /// As soon as the preferred node is a synchronised SL again.
+    Auto,
+}
+
+/// Why an active hands its group over to its SL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandoverReason {
+    /// The operator's switchover.
+    Switchover,
+    /// Automatic failback to the preferred node.
+    Failback,
+    /// A resource would not start here.
+    StartFailed,
+    /// A resource kept failing here beyond its restart threshold (partial failover, F1.5).
+    ServiceFailed,
+}
+
+impl HandoverReason {
+    /// Whether the group could not run on the node handing it over.
+    pub fn is_failure(self) -> bool {
+        matches!(self, HandoverReason::StartFailed | HandoverReason::ServiceFailed)
+    }
 }
 
 /// The part of a group's state that lives on the node's own disk.
@@ -122,6 +157,9 @@ pub enum Message {
     /// "Tell me your state": sent by a node that takes back a run it had declared down,
     /// whose State it may have dropped meanwhile. Answered with a State.
     AskState,
+    /// M → its confirmed SL: "I stopped the service; you hold every record up to `upto`;
+    /// take over". A clean move (switchover, failback, partial failover): no fence needed.
+    Handover { upto: u64, reason: HandoverReason },
 }
 
 /// What a fence action must stop.
@@ -158,6 +196,15 @@ pub enum Event {
     ForceStart,
     /// `now` reached the instant returned by `poll_timeout`.
     Timeout,
+    /// Every resource is down after a `StopService`.
+    ServiceStopped,
+    /// The service could not run here: a resource would not start (`start`), or kept
+    /// failing beyond its restart threshold. Every resource is already down.
+    ServiceFailed { start: bool },
+    /// The operator's switchover: move the group to the SL (F1.10, F2.4).
+    Switchover,
+    /// The operator clears the group's failures: it may run here (and on the peer) again.
+    ClearFailures,
 }
 
 /// Outputs of the role machine, executed by the shell in order.
@@ -198,6 +245,8 @@ pub enum RejectReason {
     /// This node stopped being active before the record was acknowledged: it was
     /// written here but may not survive (the outcome is unknown).
     Abandoned,
+    /// The group is moving to the peer: append there once it is active.
+    Moving,
 }
 
 /// Why a node entered a role.
@@ -227,6 +276,8 @@ pub enum Cause {
     SlaveLost,
     /// Two actives met; this one had the older epoch and stopped.
     YieldToNewerEpoch,
+    /// The active handed the group over (switchover, failback, partial failover).
+    Handover(HandoverReason),
 }
 
 /// Why a node in X does not start the group.
@@ -258,6 +309,19 @@ pub enum RefuseReason {
     PeerSettling,
     /// A force start is already waiting for the peer to be fenced.
     AlreadyForcing,
+}
+
+/// Why a switchover was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SwitchoverRefused {
+    /// Only the active node moves its group.
+    NotActive { role: Role },
+    /// There is no synchronised SL to take the group (it would lose records).
+    NoSynchronisedSl,
+    /// The group is already moving.
+    AlreadyMoving,
+    /// The group failed on the peer; clear its failures first.
+    PeerFailed,
 }
 
 /// Things the operator should hear about.
@@ -318,6 +382,22 @@ pub enum Report {
     FenceCancelled {
         target: FenceTarget,
     },
+    /// The active stops the service to hand the group over.
+    HandoverStarted {
+        reason: HandoverReason,
+    },
+    /// The service is stopped and the SL holds everything: it takes over now.
+    HandedOver {
+        reason: HandoverReason,
+    },
+    SwitchoverRefused(SwitchoverRefused),
+    /// The group cannot run here and will not move: it stays stopped until the operator
+    /// clears its failures. `peer_failed`: it failed on the peer too.
+    GroupFailed {
+        start: bool,
+        peer_failed: bool,
+    },
+    FailuresCleared,
     /// A message broke the protocol and was dropped.
     MalformedMessage {
         what: &'static str,
@@ -340,6 +420,12 @@ pub struct GroupStatus {
     pub waiting: Option<WaitReason>,
     /// On an SL: whether its active confirmed the sync (it may take over).
     pub sl_confirmed: bool,
+    /// On an active: the group is being handed over to the SL.
+    pub moving: Option<HandoverReason>,
+    /// On an active: the group cannot run here and waits for the operator.
+    pub failed: bool,
+    /// The group failed on the peer (it handed the group over for that reason).
+    pub peer_failed: bool,
 }
 
 /// What the group knows of its peer.
@@ -365,6 +451,8 @@ pub struct Group {
     peer_epoch: Epoch,
     /// Joins sent in this run, numbering them.
     joins: u64,
+    /// The peer handed the group over because it could not run it there.
+    peer_failed: bool,
     out: VecDeque<Command>,
     #[cfg(feature = "mutants")]
     mutant: Mutant,
@@ -419,6 +507,9 @@ enum XPhase {
     Booting { until: Instant },
     /// Deciding as soon as the facts allow.
     Ready,
+    /// This node handed the group to its SL (run `to`) and waits for it to be active; it
+    /// must not decide by priorities meanwhile (the SL's last state is stale).
+    HandedOver { to: Incarnation, upto: u64, reason: HandoverReason },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -446,6 +537,22 @@ struct Active {
     local_acked_upto: u64,
     /// M only: the SL was lost; waiting for the arbiter before M → SM.
     lost_sl: Option<Incarnation>,
+    /// Where the resources are.
+    service: Service,
+    /// The group is being handed over.
+    handover: Option<HandoverReason>,
+    /// Automatic failback to the preferred peer is due at this instant.
+    failback_at: Option<Instant>,
+}
+
+/// The resources as a whole, as the group sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Service {
+    Running,
+    Stopping,
+    Stopped,
+    /// Could not run here; stopped until the operator clears the failures.
+    Failed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -498,6 +605,7 @@ impl Group {
             fence: None,
             peer_epoch: Epoch::ZERO,
             joins: 0,
+            peer_failed: false,
             out: VecDeque::new(),
             #[cfg(feature = "mutants")]
             mutant: Mutant::None,
@@ -538,6 +646,10 @@ impl Group {
             Event::Append { entries } => self.on_append(entries),
             Event::ForceStart => self.on_force_start(now),
             Event::Timeout => self.on_timeout(now),
+            Event::ServiceStopped => self.on_service_stopped(now),
+            Event::ServiceFailed { start } => self.on_service_failed(now, start),
+            Event::Switchover => self.on_switchover(now),
+            Event::ClearFailures => self.on_clear_failures(now),
         }
         #[cfg(feature = "mutants")]
         if let Some(persist) = held {
@@ -558,6 +670,14 @@ impl Group {
             _ => None,
         };
         let fence = self.fence.filter(|it| !it.running).and_then(|it| it.start_at);
+        let failback = match &self.role {
+            RoleState::Active(a) => a.failback_at,
+            _ => None,
+        };
+        let fence = match (fence, failback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (boot, fence) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -623,6 +743,10 @@ impl Group {
             RoleState::Sl(s) => (Some(self.log.last_index()), 0, None, s.confirmed),
             RoleState::Active(a) => (a.sl.map(|it| it.durable), a.pending.len(), None, false),
         };
+        let (moving, failed) = match &self.role {
+            RoleState::Active(a) => (a.handover, a.service == Service::Failed),
+            _ => (None, false),
+        };
         GroupStatus {
             role: self.role(),
             durable: self.durable,
@@ -633,6 +757,9 @@ impl Group {
             fencing: self.fence.map(|it| it.target),
             waiting,
             sl_confirmed,
+            moving,
+            failed,
+            peer_failed: self.peer_failed,
         }
     }
 
@@ -819,7 +946,14 @@ impl Group {
     /// The peer's run `inc` is gone; `stopped` if it is already known not processing.
     fn peer_lost(&mut self, now: Instant, inc: Incarnation, stopped: bool) {
         match &mut self.role {
-            RoleState::X { .. } => self.try_decide(now),
+            RoleState::X { phase, .. } => {
+                // The SL this node handed the group to is gone before it took over: the
+                // ordinary rules decide again (this node still holds priority 2).
+                if matches!(*phase, XPhase::HandedOver { to, .. } if to == inc) {
+                    *phase = XPhase::Ready;
+                }
+                self.try_decide(now)
+            }
             RoleState::Sl(s) => {
                 if s.master == inc && s.confirmed {
                     s.taking_over = true;
@@ -973,6 +1107,15 @@ impl Group {
             self.emit(Command::FencePeer { target });
             self.report(Report::FenceRequested { target });
         }
+        if let RoleState::Active(a) = &mut self.role
+            && a.failback_at.is_some_and(|at| at <= now)
+        {
+            a.failback_at = None;
+            let ready = a.handover.is_none() && a.service == Service::Running && !self.peer_failed;
+            if ready && self.synchronised_sl().is_some() {
+                self.begin_handover(now, HandoverReason::Failback);
+            }
+        }
     }
 
     fn on_message(&mut self, now: Instant, from: Incarnation, epoch: Epoch, msg: Message) {
@@ -1002,9 +1145,12 @@ impl Group {
                 *state = Some(peer_state);
                 self.on_peer_state(now, from);
             }
-            Message::Join { from_index, from_epoch, session } => self.on_join(from, from_index, from_epoch, session),
+            Message::Join { from_index, from_epoch, session } => {
+                self.on_join(now, from, from_index, from_epoch, session)
+            }
+            Message::Handover { upto, reason } => self.on_handover(now, from, upto, reason),
             Message::Records(records) => self.on_records(from, records),
-            Message::Ack { upto, session } => self.on_ack(from, upto, session),
+            Message::Ack { upto, session } => self.on_ack(now, from, upto, session),
             Message::AskState => self.send_state(),
             Message::Promoted { session } => {
                 if let RoleState::Sl(s) = &mut self.role
@@ -1025,6 +1171,14 @@ impl Group {
         };
         let (peer_role, peer_epoch) = (peer_state.role, peer_state.epoch);
         match &self.role {
+            RoleState::X { phase: XPhase::HandedOver { to, upto, reason }, .. } => {
+                // The SL still follows this node: the Handover was lost with a channel.
+                if *to == from && peer_role == Role::Sl {
+                    let (upto, reason) = (*upto, *reason);
+                    self.send(Message::Handover { upto, reason });
+                }
+                self.try_decide(now);
+            }
             RoleState::X { .. } => self.try_decide(now),
             RoleState::Sl(s) => {
                 if s.master != from {
@@ -1050,7 +1204,7 @@ impl Group {
         }
     }
 
-    fn on_join(&mut self, from: Incarnation, from_index: u64, from_epoch: Option<Epoch>, session: u64) {
+    fn on_join(&mut self, now: Instant, from: Incarnation, from_index: u64, from_epoch: Option<Epoch>, session: u64) {
         let RoleState::Active(a) = &mut self.role else {
             return;
         };
@@ -1067,7 +1221,8 @@ impl Group {
         // lost with the previous channel are released by it.
         self.ack_held_by_sl();
         self.continue_catch_up();
-        self.check_promotion();
+        self.check_promotion(now);
+        self.try_finish_handover(now);
     }
 
     fn on_records(&mut self, from: Incarnation, records: Vec<Record>) {
@@ -1123,7 +1278,7 @@ impl Group {
         self.send(Message::Ack { upto, session });
     }
 
-    fn on_ack(&mut self, from: Incarnation, upto: u64, session: u64) {
+    fn on_ack(&mut self, now: Instant, from: Incarnation, upto: u64, session: u64) {
         let RoleState::Active(a) = &mut self.role else {
             return;
         };
@@ -1138,7 +1293,8 @@ impl Group {
         sl.durable = sl.durable.max(upto);
         self.ack_held_by_sl();
         self.continue_catch_up();
-        self.check_promotion();
+        self.check_promotion(now);
+        self.try_finish_handover(now);
     }
 
     /// Acknowledges, in order, the held appends that the SL now holds durably.
@@ -1174,7 +1330,7 @@ impl Group {
     /// SM → M once the SL is streaming live and holds every record that may have been
     /// acknowledged without it; then 2 is made durable, then the SL is told. An M tells a
     /// rejoined SL again once it is caught up.
-    fn check_promotion(&mut self) {
+    fn check_promotion(&mut self, now: Instant) {
         let last = self.log.last_index();
         let RoleState::Active(a) = &mut self.role else { return };
         let Some(sl) = &mut a.sl else { return };
@@ -1186,6 +1342,9 @@ impl Group {
         let promote = !a.master;
         if promote {
             a.master = true;
+            if self.cfg.failback == Failback::Auto && !self.cfg.preferred {
+                a.failback_at = Some(now.after(self.cfg.failback_delay));
+            }
             self.durable.priority = Priority::P2;
             self.durable.role = Role::M;
             self.emit(Command::Persist(self.durable));
@@ -1203,12 +1362,19 @@ impl Group {
         }
         let role = self.role();
         let mutant = self.mutant();
+        let moving = matches!(&self.role, RoleState::Active(a) if a.handover.is_some());
         let RoleState::Active(a) = &mut self.role else {
             for (req, _) in entries {
                 self.emit(Command::RejectAppend { req, reason: RejectReason::NotActive { role } });
             }
             return;
         };
+        if moving {
+            for (req, _) in entries {
+                self.out.push_back(Command::RejectAppend { req, reason: RejectReason::Moving });
+            }
+            return;
+        }
         let epoch = self.durable.epoch;
         let first = self.log.last_index() + 1;
         let records: Vec<Record> = entries
@@ -1300,6 +1466,16 @@ impl Group {
         let RoleState::X { phase, forcing: false, .. } = self.role else {
             return;
         };
+        if let XPhase::HandedOver { to, .. } = phase {
+            // Only the peer's taking over ends this phase (or its loss, via peer_lost).
+            if let PeerView::Up { inc, state: Some(ps) } = &self.peer
+                && *inc == to
+                && ps.role.is_active()
+            {
+                self.become_sl(to, Cause::PeerActive);
+            }
+            return;
+        }
         let booting = matches!(phase, XPhase::Booting { until } if until > now);
         let own = self.durable.priority;
         match &self.peer {
@@ -1379,10 +1555,16 @@ impl Group {
                 a.master = false;
                 a.sl = None;
                 a.lost_sl = None;
+                a.failback_at = None;
                 let pending = std::mem::take(&mut a.pending);
                 a.local_acked_upto = last;
                 for (index, req) in pending {
                     self.out.push_back(Command::AckAppend { req, index });
+                }
+                // A move to an SL that is now lost is off: the service runs here again.
+                if a.handover.take().is_some() && a.service != Service::Failed {
+                    a.service = Service::Running;
+                    self.out.push_back(Command::StartService);
                 }
             }
             _ => {
@@ -1392,6 +1574,9 @@ impl Group {
                     pending: VecDeque::new(),
                     local_acked_upto: last,
                     lost_sl: None,
+                    service: Service::Running,
+                    handover: None,
+                    failback_at: None,
                 });
                 self.emit(Command::StartService);
             }
@@ -1468,6 +1653,119 @@ impl Group {
         }
         let from_epoch = self.log.epoch_at(common);
         self.send(Message::Join { from_index: common, from_epoch, session });
+    }
+
+    /// The SL this node may hand the group to: joined, confirmed (Promoted sent), and
+    /// holding every record.
+    fn synchronised_sl(&self) -> Option<SlLink> {
+        let RoleState::Active(a) = &self.role else { return None };
+        a.sl.filter(|sl| a.master && a.lost_sl.is_none() && sl.joined && sl.confirmed)
+    }
+
+    fn on_service_stopped(&mut self, now: Instant) {
+        if let RoleState::Active(a) = &mut self.role
+            && a.service == Service::Stopping
+        {
+            a.service = Service::Stopped;
+        }
+        self.try_finish_handover(now);
+    }
+
+    /// Every resource is down because one would not start or kept failing: the group
+    /// moves to a synchronised SL that has not failed it, or stays here, failed.
+    fn on_service_failed(&mut self, now: Instant, start: bool) {
+        let RoleState::Active(a) = &mut self.role else { return };
+        if let Some(reason) = a.handover {
+            // Already moving: the service is down, which is what the move waits for.
+            a.service = Service::Stopped;
+            let _ = reason;
+            self.try_finish_handover(now);
+            return;
+        }
+        a.service = Service::Failed;
+        let movable = self.synchronised_sl().is_some() && !self.peer_failed;
+        if movable {
+            let reason = if start { HandoverReason::StartFailed } else { HandoverReason::ServiceFailed };
+            self.begin_handover(now, reason);
+        } else {
+            self.report(Report::GroupFailed { start, peer_failed: self.peer_failed });
+        }
+    }
+
+    fn on_switchover(&mut self, now: Instant) {
+        let refuse = match &self.role {
+            RoleState::Active(a) if a.handover.is_some() => Some(SwitchoverRefused::AlreadyMoving),
+            RoleState::Active(_) if self.peer_failed => Some(SwitchoverRefused::PeerFailed),
+            RoleState::Active(_) if self.synchronised_sl().is_none() => Some(SwitchoverRefused::NoSynchronisedSl),
+            RoleState::Active(_) => None,
+            _ => Some(SwitchoverRefused::NotActive { role: self.role() }),
+        };
+        match refuse {
+            Some(reason) => self.report(Report::SwitchoverRefused(reason)),
+            None => self.begin_handover(now, HandoverReason::Switchover),
+        }
+    }
+
+    fn on_clear_failures(&mut self, _now: Instant) {
+        self.peer_failed = false;
+        if let RoleState::Active(a) = &mut self.role
+            && a.service == Service::Failed
+            && a.handover.is_none()
+        {
+            a.service = Service::Running;
+            self.out.push_back(Command::StartService);
+        }
+        self.report(Report::FailuresCleared);
+    }
+
+    /// Stops taking appends and stops the service, to hand the group to the SL once the
+    /// service is down and the SL holds every record (F1.10: flush, release, then move).
+    fn begin_handover(&mut self, now: Instant, reason: HandoverReason) {
+        let RoleState::Active(a) = &mut self.role else { return };
+        a.handover = Some(reason);
+        a.failback_at = None;
+        if a.service == Service::Running {
+            a.service = Service::Stopping;
+            self.out.push_back(Command::StopService);
+        }
+        self.report(Report::HandoverStarted { reason });
+        self.try_finish_handover(now);
+    }
+
+    fn try_finish_handover(&mut self, now: Instant) {
+        let last = self.log.last_index();
+        let Some(sl) = self.synchronised_sl() else { return };
+        let RoleState::Active(a) = &self.role else { return };
+        let Some(reason) = a.handover else { return };
+        let stopped = matches!(a.service, Service::Stopped | Service::Failed);
+        if !stopped || sl.durable != last || !a.pending.is_empty() {
+            return;
+        }
+        self.send(Message::Handover { upto: last, reason });
+        self.report(Report::HandedOver { reason });
+        let from = self.role();
+        self.role = RoleState::X {
+            phase: XPhase::HandedOver { to: sl.inc, upto: last, reason },
+            waiting: None,
+            forcing: false,
+        };
+        self.report(Report::Transition { from, to: Role::X, cause: Cause::Handover(reason) });
+        self.send_state();
+        self.try_decide(now);
+    }
+
+    /// The M hands the group over: this SL holds every record up to `upto` and takes over
+    /// without a fence (the M stopped the service before it asked).
+    fn on_handover(&mut self, now: Instant, from: Incarnation, upto: u64, reason: HandoverReason) {
+        let RoleState::Sl(s) = &self.role else { return };
+        if s.master != from || !s.confirmed || self.log.last_index() < upto {
+            self.report(Report::MalformedMessage {
+                what: "handover to an SL that is not synchronised with the active",
+            });
+            return;
+        }
+        self.peer_failed = reason.is_failure();
+        self.become_sm(now, Cause::Handover(reason));
     }
 
     /// A stale active stops: the service first, then its held appends are answered

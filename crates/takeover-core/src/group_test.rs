@@ -69,6 +69,9 @@ fn cfg() -> GroupConfig {
         // `delayed_cfg`).
         fence_delay: Duration::ZERO,
         catch_up_window: WINDOW,
+        preferred: false,
+        failback: Failback::Manual,
+        failback_delay: Duration::ZERO,
     }
 }
 
@@ -2357,6 +2360,9 @@ fn status_reports_the_situation() {
             fencing: None,
             waiting: None,
             sl_confirmed: false,
+            moving: None,
+            failed: false,
+            peer_failed: false,
         }
     );
     let g = sl_following_m();
@@ -2791,6 +2797,7 @@ impl Driver {
                         }
                     }
                     Message::AskState => {}
+                    Message::Handover { .. } => return Err("handed over without being asked".into()),
                 },
                 Command::SendRecords { from, upto, .. } => {
                     let window = self.g.config().catch_up_window.max(1);
@@ -2925,4 +2932,191 @@ proptest! {
             driver.run(step)?;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// F1.5, F1.10 moving a group on purpose: switchover, service failure, failback
+// ---------------------------------------------------------------------------------------
+
+fn handover_msg(upto: u64, reason: HandoverReason) -> Message {
+    Message::Handover { upto, reason }
+}
+
+#[test]
+fn f1_10_switchover_stops_the_service_then_hands_over_the_last_record() {
+    let mut g = m_with_sl();
+    let out = feed(&mut g, later(), Event::Switchover);
+    assert_eq!(
+        out,
+        vec![Command::StopService, Command::Report(Report::HandoverStarted { reason: HandoverReason::Switchover })]
+    );
+    assert_eq!(g.status().moving, Some(HandoverReason::Switchover));
+    // Appends arriving while the service stops are refused: the client retries at the SL.
+    assert_eq!(
+        feed(&mut g, later(), append([3])),
+        vec![Command::RejectAppend { req: ReqId(3), reason: RejectReason::Moving }]
+    );
+    // The SL already holds records 1..=2: once the service is down the group moves.
+    let out = feed(&mut g, later(), Event::ServiceStopped);
+    assert_eq!(
+        out,
+        vec![
+            send_at(P_INC, ep(1, 0), handover_msg(2, HandoverReason::Switchover)),
+            Command::Report(Report::HandedOver { reason: HandoverReason::Switchover }),
+            transition(Role::M, Role::X, Cause::Handover(HandoverReason::Switchover)),
+            send(P_INC, my_state(Role::X, Priority::P2, ep(1, 0), None, meta(&[(ep(1, 0), 2)]))),
+        ]
+    );
+    assert_eq!(g.role(), Role::X);
+    // The peer takes over: this node follows it as SL.
+    let peer_ep = next_ep(ep(1, 0), PEER);
+    let out = feed(&mut g, later(), state(P_INC, peer_state(Role::Sm, Priority::P1, peer_ep, meta(&[(ep(1, 0), 2)]))));
+    assert_eq!(g.role(), Role::Sl, "{out:?}");
+    assert_eq!(g.following(), Some((P_INC, false)));
+}
+
+#[test]
+fn f1_10_handover_waits_for_the_sl_to_hold_every_record() {
+    let mut g = m_with_sl();
+    // Record 3 is written here and sent, not yet acknowledged by the SL.
+    let out = feed(&mut g, later(), append([3]));
+    assert!(!out.iter().any(|it| matches!(it, Command::AckAppend { .. })), "{out:?}");
+    feed(&mut g, later(), Event::Switchover);
+    assert_eq!(feed(&mut g, later(), Event::ServiceStopped), vec![], "record 3 is not on the SL yet");
+    let out = feed(&mut g, later(), ack(P_INC, 3));
+    assert_eq!(
+        out,
+        vec![
+            ack_append(3, 3),
+            send_at(P_INC, ep(1, 0), handover_msg(3, HandoverReason::Switchover)),
+            Command::Report(Report::HandedOver { reason: HandoverReason::Switchover }),
+            transition(Role::M, Role::X, Cause::Handover(HandoverReason::Switchover)),
+            send(P_INC, my_state(Role::X, Priority::P2, ep(1, 0), None, meta(&[(ep(1, 0), 3)]))),
+        ]
+    );
+}
+
+#[test]
+fn f1_10_switchover_refused_without_a_synchronised_sl() {
+    let mut g = alone_sm(1);
+    assert_eq!(
+        feed(&mut g, later(), Event::Switchover),
+        vec![Command::Report(Report::SwitchoverRefused(SwitchoverRefused::NoSynchronisedSl))]
+    );
+    assert_eq!(g.role(), Role::Sm);
+    let mut g = sl_following_m();
+    assert_eq!(
+        feed(&mut g, later(), Event::Switchover),
+        vec![Command::Report(Report::SwitchoverRefused(SwitchoverRefused::NotActive { role: Role::Sl }))]
+    );
+}
+
+#[test]
+fn f1_10_confirmed_sl_takes_over_on_handover_without_fencing() {
+    let mut g = sl_following_m();
+    let out = feed(&mut g, later(), msg_at(P_INC, peer_epoch(), handover_msg(2, HandoverReason::Switchover)));
+    let sm = next_ep(peer_epoch(), ME);
+    assert_eq!(
+        out,
+        vec![
+            persist(Priority::P1, sm, Role::Sm),
+            transition(Role::Sl, Role::Sm, Cause::Handover(HandoverReason::Switchover)),
+            Command::StartService,
+            send(P_INC, my_state(Role::Sm, Priority::P1, sm, None, peer_log(2))),
+        ]
+    );
+    assert!(!out.iter().any(|it| matches!(it, Command::FencePeer { .. })));
+}
+
+#[test]
+fn f1_10_handover_to_an_sl_missing_records_is_refused() {
+    let mut g = sl_following_m();
+    let out = feed(&mut g, later(), msg_at(P_INC, peer_epoch(), handover_msg(3, HandoverReason::Switchover)));
+    assert_eq!(out, vec![malformed("handover to an SL that is not synchronised with the active")]);
+    assert_eq!(g.role(), Role::Sl);
+}
+
+#[test]
+fn f1_5_service_failure_moves_the_group_to_the_synchronised_sl() {
+    let mut g = m_with_sl();
+    // The runner already stopped every resource when it reports the failure.
+    let out = feed(&mut g, later(), Event::ServiceFailed { start: false });
+    let reason = HandoverReason::ServiceFailed;
+    assert_eq!(
+        out,
+        vec![
+            Command::Report(Report::HandoverStarted { reason }),
+            send_at(P_INC, ep(1, 0), handover_msg(2, reason)),
+            Command::Report(Report::HandedOver { reason }),
+            transition(Role::M, Role::X, Cause::Handover(reason)),
+            send(P_INC, my_state(Role::X, Priority::P2, ep(1, 0), None, meta(&[(ep(1, 0), 2)]))),
+        ]
+    );
+}
+
+#[test]
+fn f1_5_a_group_failed_here_is_not_handed_back_by_the_node_that_took_it() {
+    let mut g = sl_following_m();
+    feed(&mut g, later(), msg_at(P_INC, peer_epoch(), handover_msg(2, HandoverReason::StartFailed)));
+    assert_eq!(g.role(), Role::Sm);
+    assert!(g.status().peer_failed);
+    // Failing here too, it stays here, failed, instead of flapping back.
+    let out = feed(&mut g, later(), Event::ServiceFailed { start: true });
+    assert_eq!(out, vec![Command::Report(Report::GroupFailed { start: true, peer_failed: true })]);
+    assert!(g.status().failed);
+    assert_eq!(g.role(), Role::Sm);
+    // The operator's cleanup starts it again and forgets the peer's failure.
+    let out = feed(&mut g, later(), Event::ClearFailures);
+    assert_eq!(out, vec![Command::StartService, Command::Report(Report::FailuresCleared)]);
+    assert!(!g.status().failed && !g.status().peer_failed);
+}
+
+#[test]
+fn f1_5_failure_without_an_sl_leaves_the_group_failed_in_place() {
+    let mut g = alone_sm(1);
+    let out = feed(&mut g, later(), Event::ServiceFailed { start: false });
+    assert_eq!(out, vec![Command::Report(Report::GroupFailed { start: false, peer_failed: false })]);
+    assert_eq!(g.role(), Role::Sm);
+    assert!(g.status().failed);
+}
+
+#[test]
+fn failback_auto_moves_the_group_home_after_the_delay() {
+    // Node 0 is not the preferred node here: with failback = auto it hands the group back
+    // `DELAY` after its SL (the preferred node) is synchronised.
+    let cfg = GroupConfig { failback: Failback::Auto, failback_delay: DELAY, ..cfg() };
+    let mut g = m_with_sl_with(cfg);
+    assert_eq!(g.poll_timeout(), Some(later().after(DELAY)));
+    assert_eq!(feed(&mut g, later().after(DELAY - Duration::from_millis(1)), Event::Timeout), vec![]);
+    let out = feed(&mut g, later().after(DELAY), Event::Timeout);
+    assert_eq!(
+        out,
+        vec![Command::StopService, Command::Report(Report::HandoverStarted { reason: HandoverReason::Failback })]
+    );
+}
+
+#[test]
+fn failback_manual_or_on_the_preferred_node_never_moves_by_itself() {
+    let mut g = m_with_sl();
+    assert_eq!(g.poll_timeout(), None);
+    let cfg = GroupConfig { failback: Failback::Auto, failback_delay: DELAY, preferred: true, ..cfg() };
+    let mut g = m_with_sl_with(cfg);
+    assert_eq!(g.poll_timeout(), None);
+    assert_eq!(feed(&mut g, later().after(DELAY * 10), Event::Timeout), vec![]);
+}
+
+#[test]
+fn f1_10_a_lost_sl_cancels_the_move_and_the_service_runs_here_again() {
+    let mut g = m_with_sl();
+    feed(&mut g, later(), Event::Switchover);
+    // The SL's run ends before the service is down: as ever the M fences it first.
+    let out = feed(&mut g, later(), down(P_INC));
+    assert_eq!(out, fence(FenceTarget::Run(P_INC)));
+    assert_eq!(g.status().moving, Some(HandoverReason::Switchover));
+    let out = feed(&mut g, later(), Event::ServiceStopped);
+    assert!(!out.iter().any(|it| matches!(it, Command::Send { msg: Message::Handover { .. }, .. })), "{out:?}");
+    let out = feed(&mut g, later(), Event::PeerStopped { target: FenceTarget::Run(P_INC) });
+    assert_eq!(g.role(), Role::Sm, "{out:?}");
+    assert!(out.contains(&Command::StartService), "the move is off, the service runs here again: {out:?}");
+    assert_eq!(g.status().moving, None);
 }

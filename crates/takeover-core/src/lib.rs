@@ -9,11 +9,13 @@
 //! - [`log`]: journal records and the log metadata the rules work on.
 //! - [`node`]: one node: failure detector over redundant links, peer channel, fencing
 //!   per peer, and the groups' role machines.
+//! - [`runner`]: the resources of one group: ordered start/stop, monitors, restarts.
 //! - [`types`]: node ids, incarnations, epochs, priorities, roles, time.
 
 pub mod group;
 pub mod log;
 pub mod node;
+pub mod runner;
 pub mod types;
 
 pub use types::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::group::{self, Event, FenceTarget, Group, GroupConfig, GroupDurable, GroupStatus, Message};
 use crate::log::LogMeta;
+use crate::runner::{Op, Outcome, ResourcePolicy, Runner, RunnerOutput, RunnerStatus};
 use crate::types::{Epoch, Incarnation, Instant, NodeId, ReqId};
 
 /// Names one peer-channel connection, so that events of a connection the node already
@@ -71,6 +72,8 @@ pub struct GroupSetup {
     pub log: LogMeta,
     /// Started with `--join-only`.
     pub join_only: bool,
+    /// The group's resources, in start order.
+    pub resources: Vec<ResourcePolicy>,
 }
 
 /// Inputs of a node.
@@ -92,6 +95,13 @@ pub enum NodeEvent {
     ForceStart { group: GroupIndex },
     /// The fence action against `peer` finished.
     FenceResult { peer: NodeId, confirmed: bool },
+    /// A resource operation asked for by [`NodeCommand::Resource`] finished (a timeout is
+    /// a failure).
+    ResourceDone { group: GroupIndex, resource: usize, op: Op, outcome: Outcome },
+    /// The operator's switchover of a group to its SL.
+    Switchover { group: GroupIndex },
+    /// The operator clears a group's failure counts.
+    ClearFailures { group: GroupIndex },
     /// `now` reached [`Node::poll_timeout`].
     Timeout,
 }
@@ -121,6 +131,19 @@ pub enum NodeCommand {
     /// Fence (power off) `peer`, then report [`NodeEvent::FenceResult`].
     Fence {
         peer: NodeId,
+    },
+    /// Run resource operation `op` on resource `resource` of `group`, then report
+    /// [`NodeEvent::ResourceDone`]. At most one operation per group is outstanding.
+    Resource {
+        group: GroupIndex,
+        resource: usize,
+        op: Op,
+    },
+    /// Resource `resource` of `group` could not be stopped: the node can no longer guarantee
+    /// that it is not serving, so the shell must stop this node (and let the peer fence it).
+    Halt {
+        group: GroupIndex,
+        resource: usize,
     },
     Report(NodeReport),
 }
@@ -167,6 +190,18 @@ pub enum NodeReport {
     PauseDetected {
         late: Duration,
     },
+    /// A resource failed its monitor; it is restarted in place, or the group moves.
+    MonitorFailed {
+        group: GroupIndex,
+        resource: usize,
+        restart: bool,
+    },
+    /// The group's resources could not run here.
+    ServiceFailed {
+        group: GroupIndex,
+        resource: usize,
+        start: bool,
+    },
     FenceStarted {
         peer: NodeId,
     },
@@ -182,7 +217,7 @@ pub struct NodeStatus {
     pub me: NodeId,
     pub incarnation: Incarnation,
     pub peers: Vec<PeerStatus>,
-    pub groups: Vec<(GroupIndex, NodeId, GroupStatus)>,
+    pub groups: Vec<(GroupIndex, NodeId, GroupStatus, RunnerStatus)>,
 }
 
 /// What the node knows of one peer.
@@ -222,6 +257,7 @@ struct Slot {
     index: GroupIndex,
     peer: usize,
     machine: Group,
+    runner: Runner,
 }
 
 #[derive(Clone, Debug)]
@@ -310,10 +346,10 @@ impl Node {
                 .expect("every group's peer is one of the node's peers");
             let machine =
                 Group::boot(setup.config, node.cfg.incarnation, setup.durable, setup.log, setup.join_only, now);
-            node.groups.push(Slot { index: setup.index, peer, machine });
+            node.groups.push(Slot { index: setup.index, peer, machine, runner: Runner::new(setup.resources) });
         }
         for slot in 0..node.groups.len() {
-            node.drain_group(slot);
+            node.drain_group(slot, now);
         }
         node
     }
@@ -374,6 +410,23 @@ impl Node {
                     self.feed(slot, now, Event::ForceStart);
                 }
             }
+            NodeEvent::ResourceDone { group, resource, op, outcome } => {
+                if let Some(slot) = self.slot_of(group) {
+                    self.groups[slot].runner.done(now, resource, op, outcome);
+                    self.drain_group(slot, now);
+                }
+            }
+            NodeEvent::Switchover { group } => {
+                if let Some(slot) = self.slot_of(group) {
+                    self.feed(slot, now, Event::Switchover);
+                }
+            }
+            NodeEvent::ClearFailures { group } => {
+                if let Some(slot) = self.slot_of(group) {
+                    self.groups[slot].runner.clear_failures();
+                    self.feed(slot, now, Event::ClearFailures);
+                }
+            }
             NodeEvent::FenceResult { peer, confirmed } => {
                 if let Some(p) = self.peer_index(peer) {
                     self.on_fence_result(now, p, confirmed);
@@ -419,7 +472,7 @@ impl Node {
             Channel::Connecting { since, .. } => Some(since.after(dead_after)),
             Channel::Up { .. } => None,
         });
-        let groups = self.groups.iter().filter_map(|it| it.machine.poll_timeout());
+        let groups = self.groups.iter().flat_map(|it| [it.machine.poll_timeout(), it.runner.poll_timeout()]).flatten();
         std::iter::once(self.next_heartbeat).chain(links).chain(channels).chain(groups).min()
     }
 
@@ -444,7 +497,11 @@ impl Node {
                 fencing: p.fence_running.is_some(),
             })
             .collect();
-        let groups = self.groups.iter().map(|it| (it.index, self.peers[it.peer].id, it.machine.status())).collect();
+        let groups = self
+            .groups
+            .iter()
+            .map(|it| (it.index, self.peers[it.peer].id, it.machine.status(), it.runner.status()))
+            .collect();
         NodeStatus { me: self.cfg.me, incarnation: self.cfg.incarnation, peers, groups }
     }
 
@@ -476,17 +533,39 @@ impl Node {
 
     fn feed(&mut self, slot: usize, now: Instant, event: Event) {
         self.groups[slot].machine.handle(now, event);
-        self.drain_group(slot);
+        self.drain_group(slot, now);
     }
 
-    /// Moves a group's commands to the node's queue, turning fence requests into one
-    /// fence per peer at a time.
-    fn drain_group(&mut self, slot: usize) {
+    /// Moves a group's commands to the node's queue, in order: fence requests become one
+    /// fence per peer at a time, the service's start and stop go to the group's resource
+    /// runner, and what the runner reports goes back to the group.
+    fn drain_group(&mut self, slot: usize, now: Instant) {
         let (index, p) = (self.groups[slot].index, self.groups[slot].peer);
         let peer = self.peers[p].id;
-        while let Some(command) = self.groups[slot].machine.poll_command() {
+        loop {
+            // The runner's outputs first, so they follow the command that caused them.
+            if let Some(output) = self.groups[slot].runner.poll_output() {
+                match output {
+                    RunnerOutput::Run { resource, op } => {
+                        self.out.push_back(NodeCommand::Resource { group: index, resource, op })
+                    }
+                    RunnerOutput::ServiceStopped => self.groups[slot].machine.handle(now, Event::ServiceStopped),
+                    RunnerOutput::ServiceFailed { start, resource } => {
+                        self.report(NodeReport::ServiceFailed { group: index, resource, start });
+                        self.groups[slot].machine.handle(now, Event::ServiceFailed { start });
+                    }
+                    RunnerOutput::Halt { resource } => self.out.push_back(NodeCommand::Halt { group: index, resource }),
+                    RunnerOutput::MonitorFailed { resource, restart } => {
+                        self.report(NodeReport::MonitorFailed { group: index, resource, restart })
+                    }
+                }
+                continue;
+            }
+            let Some(command) = self.groups[slot].machine.poll_command() else { break };
             match command {
                 group::Command::FencePeer { target } => self.request_fence(p, slot, target),
+                group::Command::StartService => self.groups[slot].runner.start(now),
+                group::Command::StopService => self.groups[slot].runner.stop(now),
                 command => self.out.push_back(NodeCommand::Group { group: index, peer, command }),
             }
         }
@@ -679,6 +758,10 @@ impl Node {
         for slot in 0..self.groups.len() {
             if self.groups[slot].machine.poll_timeout().is_some_and(|at| at <= now) {
                 self.feed(slot, now, Event::Timeout);
+            }
+            if self.groups[slot].runner.poll_timeout().is_some_and(|at| at <= now) {
+                self.groups[slot].runner.timeout(now);
+                self.drain_group(slot, now);
             }
         }
     }

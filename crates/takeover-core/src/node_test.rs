@@ -15,9 +15,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::group::{Arbiter, Cause, Command, FenceTarget, GroupConfig, GroupDurable, Message, PeerState, Report};
+use crate::group::{
+    Arbiter, Cause, Command, Failback, FenceTarget, GroupConfig, GroupDurable, Message, PeerState, Report,
+};
 use crate::group::{PeerStatus as GroupPeer, WaitReason};
 use crate::log::{LogMeta, Record};
+use crate::runner::{Op, Outcome, ResourcePolicy};
 use crate::types::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -25,6 +28,12 @@ const DEAD_AFTER: Duration = Duration::from_millis(500);
 const BACKOFF: Duration = Duration::from_millis(200);
 const STARTUP_WAIT: Duration = Duration::from_secs(2);
 const FENCE_RETRY: Duration = Duration::from_secs(1);
+/// Each group of the simulated cluster has one resource, monitored every second.
+const RESOURCE: ResourcePolicy = ResourcePolicy {
+    monitor_interval: Duration::from_secs(1),
+    max_restarts: 1,
+    restart_window: Duration::from_secs(60),
+};
 /// The fence-race delay of [`Sim::with_fence_delay`] clusters.
 const FENCE_DELAY: Duration = Duration::from_millis(700);
 /// The session of a run's first join (an SL numbers its joins 1, 2, … per run).
@@ -80,6 +89,9 @@ fn group_config(me: NodeId, peer: NodeId, arbiter: Arbiter) -> GroupConfig {
         fence_retry: FENCE_RETRY,
         fence_delay: Duration::ZERO,
         catch_up_window: 4,
+        preferred: me == NodeId(0),
+        failback: Failback::Manual,
+        failback_delay: Duration::ZERO,
     }
 }
 
@@ -91,6 +103,7 @@ fn group_setup(index: GroupIndex, me: NodeId, peer: NodeId, arbiter: Arbiter) ->
         durable: GroupDurable::initial(me == A),
         log: LogMeta::empty(),
         join_only: false,
+        resources: vec![RESOURCE],
     }
 }
 
@@ -101,6 +114,11 @@ fn state_send(to: Incarnation, state: PeerState) -> Command {
 
 fn report(r: NodeReport) -> NodeCommand {
     NodeCommand::Report(r)
+}
+
+/// The runner starting the group's one resource: the node serves the group from here on.
+fn start_resource(group: GroupIndex) -> NodeCommand {
+    NodeCommand::Resource { group, resource: 0, op: Op::Start }
 }
 
 fn gcmd(group: GroupIndex, peer: NodeId, command: Command) -> NodeCommand {
@@ -764,7 +782,7 @@ fn newer_incarnation_in_heartbeat_tells_groups_old_run_gone_without_fence() {
         expected.extend([
             gcmd(G0, peer, Command::Persist(sm)),
             greport(G0, peer, Report::Transition { from: Role::Sl, to: Role::Sm, cause: Cause::Takeover }),
-            gcmd(G0, peer, Command::StartService),
+            start_resource(G0),
         ]);
         assert_eq!(out, expected, "SL on {me:?}");
         // And nothing more happens on this node for a while: no fence ever.
@@ -1150,7 +1168,7 @@ fn confirmed_sl_fences_the_dead_m_and_takes_over_only_once_confirmed() {
                 report(NodeReport::FenceFinished { peer, confirmed: true }),
                 gcmd(G0, peer, Command::Persist(sm)),
                 greport(G0, peer, Report::Transition { from: Role::Sl, to: Role::Sm, cause: Cause::Takeover }),
-                gcmd(G0, peer, Command::StartService),
+                start_resource(G0),
             ]
         );
         assert!(!s.node.status(s.now).peers[0].fencing);
@@ -1186,7 +1204,7 @@ fn one_fence_per_peer_for_several_groups() {
         [
             gcmd(g, A, Command::Persist(sm)),
             greport(g, A, Report::Transition { from: Role::Sl, to: Role::Sm, cause: Cause::Takeover }),
-            gcmd(g, A, Command::StartService),
+            start_resource(g),
         ]
     };
     let mut expected = vec![report(NodeReport::FenceFinished { peer: A, confirmed: true })];
@@ -1224,7 +1242,7 @@ fn fence_request_during_a_running_fence_gets_a_fresh_round() {
         [
             gcmd(g, B, Command::Persist(sm)),
             greport(g, B, Report::Transition { from: Role::X, to: Role::Sm, cause: Cause::ForceStart }),
-            gcmd(g, B, Command::StartService),
+            start_resource(g),
             greport(g, B, Report::ForceStarted { peer: B, peer_up: false }),
         ]
     };
@@ -1286,7 +1304,7 @@ fn fence_retry_for_a_run_known_gone_is_not_sent() {
     let t = s.now;
     s.at(t, NodeEvent::FenceResult { peer: A, confirmed: false });
     let out = s.hb(t.after(Duration::from_millis(100)), 0, 2);
-    assert!(out.contains(&gcmd(G0, A, Command::StartService)), "{out:?}");
+    assert!(out.contains(&start_resource(G0)), "{out:?}");
     let from = in_ms(t) + 200;
     let out = s.run(t.after(Duration::from_secs(3)), &beats(from, from + 2800, &[0, 1]), 2);
     assert!(out.iter().all(|(_, c)| !matches!(c, NodeCommand::Fence { .. })), "{out:?}");
@@ -1483,7 +1501,7 @@ fn sm_acknowledgements_stay_in_order_across_a_channel_rebuild() {
         |role, priority, epoch, following, log| PeerState { role, priority, epoch, join_only: false, following, log };
     let msg = |s: &mut Solo, t, msg| s.msg(ms(t), G0, msg);
     let out = msg(&mut s, 30, Message::State(b_state(Role::X, Priority::P3, Epoch::ZERO, None, LogMeta::empty())));
-    assert!(out.contains(&gcmd(G0, B, Command::StartService)), "{out:?}");
+    assert!(out.contains(&start_resource(G0)), "{out:?}");
     let mut acks = Vec::new();
     let mut append = |s: &mut Solo, t, req| {
         let out = s.at(ms(t), NodeEvent::Append { group: G0, entries: vec![(ReqId(req), vec![req as u8])] });
@@ -1850,6 +1868,7 @@ impl Sim {
                 log: LogMeta::from_records(self.disks[i].journal[g].iter().map(|r| (r.epoch, r.index)))
                     .expect("the journal is consecutive"),
                 join_only: false,
+                resources: vec![RESOURCE],
             })
             .collect();
         self.nodes[i] = Some(Node::new(node_config(me, &[peer], self.runs[i]), setups, self.now));
@@ -1943,6 +1962,16 @@ impl Sim {
         let j = 1 - i;
         let (me, peer) = (IDS[i], IDS[j]);
         match command {
+            // The one resource of each group starts and stops at once.
+            NodeCommand::Resource { group, resource, op } => {
+                match op {
+                    Op::Start => self.processing[i][group.0 as usize] = true,
+                    Op::Stop => self.processing[i][group.0 as usize] = false,
+                    Op::Monitor => assert!(self.processing[i][group.0 as usize], "monitored while not running"),
+                }
+                self.pending.push_back((i, NodeEvent::ResourceDone { group, resource, op, outcome: Outcome::Ok }));
+            }
+            NodeCommand::Halt { group, resource } => panic!("n{i} halts: {group:?} resource {resource} would not stop"),
             NodeCommand::SendHeartbeats => {
                 if self.nodes[j].is_some() {
                     for link in 0..2 {
@@ -2030,8 +2059,7 @@ impl Sim {
                         self.acked.push((g, index, payload));
                     }
                     Command::RejectAppend { .. } => {}
-                    Command::StartService => self.processing[i][g] = true,
-                    Command::StopService => self.processing[i][g] = false,
+                    Command::StartService | Command::StopService => panic!("the node hands these to its runner"),
                     Command::FencePeer { .. } => panic!("the node turns FencePeer into Fence"),
                     Command::Report(_) => {}
                 }

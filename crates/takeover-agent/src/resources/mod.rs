@@ -119,3 +119,79 @@ pub fn instantiate(spec: &ResourceSpec) -> Box<dyn Resource> {
         ResourceKind::Ocf(it) => Box::new(ocf::Ocf::new(it.clone())),
     }
 }
+
+/// What a resource's settings are resolved against on one node.
+#[derive(Clone, Debug)]
+pub struct SpecEnv<'a> {
+    pub cluster: &'a str,
+    pub node: &'a str,
+    pub group: &'a str,
+    /// The node's API address, as `unix:/path` or `tcp:addr`, for processes to call back.
+    pub api: String,
+    pub state_dir: &'a std::path::Path,
+}
+
+/// The resource as it runs on `env.node`: per-node values picked, `{node}` and `{group}`
+/// replaced in a process's command, the `TAKEOVER_*` variables set.
+pub fn spec_for(cfg: &crate::config::ResourceConfig, env: &SpecEnv) -> ResourceSpec {
+    use crate::config::ResourceKindConfig as K;
+    let fill = |text: &str| text.replace("{node}", env.node).replace("{group}", env.group);
+    let kind = match &cfg.kind {
+        K::Vip { address, prefix_len, interface, announce, announce_interval } => ResourceKind::Vip(vip::VipSpec {
+            address: *address,
+            prefix_len: *prefix_len,
+            interface: interface.on(env.node).clone(),
+            announce_count: *announce,
+            announce_interval: *announce_interval,
+        }),
+        K::Process { argv, env: vars, log } => {
+            let mut all = vec![
+                ("TAKEOVER_CLUSTER".to_string(), env.cluster.to_string()),
+                ("TAKEOVER_NODE".to_string(), env.node.to_string()),
+                ("TAKEOVER_GROUP".to_string(), env.group.to_string()),
+                ("TAKEOVER_API".to_string(), env.api.clone()),
+            ];
+            all.extend(vars.iter().cloned());
+            ResourceKind::Process(process::ProcessSpec {
+                argv: argv.iter().map(|it| fill(it)).collect(),
+                env: all,
+                log: Some(log.clone().unwrap_or_else(|| env.state_dir.join(format!("{}.{}.log", env.group, cfg.name)))),
+            })
+        }
+        K::Disk { device } => ResourceKind::Disk(disk::DiskSpec { device: device.on(env.node).clone() }),
+        K::Mount { device, directory, fstype, options, fsck } => ResourceKind::Mount(mount::MountSpec {
+            device: device.on(env.node).clone(),
+            mountpoint: directory.clone(),
+            fstype: fstype.clone(),
+            options: options.clone(),
+            fsck: *fsck,
+        }),
+        K::Ocf { provider, agent, params } => ResourceKind::Ocf(ocf::OcfSpec {
+            provider: provider.clone(),
+            agent: agent.clone(),
+            params: params.iter().map(|(k, v)| (k.clone(), v.on(env.node).clone())).collect(),
+        }),
+    };
+    ResourceSpec {
+        name: cfg.name.clone(),
+        kind,
+        start_timeout: cfg.start_timeout,
+        stop_timeout: cfg.stop_timeout,
+        monitor_timeout: cfg.monitor_timeout,
+        monitor_interval: cfg.monitor_interval,
+    }
+}
+
+impl ResourceSpec {
+    /// `type name`, e.g. "vip ip", for events.
+    pub fn label(&self) -> String {
+        let kind = match &self.kind {
+            ResourceKind::Vip(_) => "vip",
+            ResourceKind::Process(_) => "process",
+            ResourceKind::Disk(_) => "disk",
+            ResourceKind::Mount(_) => "mount",
+            ResourceKind::Ocf(_) => "ocf",
+        };
+        format!("{kind} {}", self.name)
+    }
+}
