@@ -116,7 +116,7 @@ pub fn instantiate(spec: &ResourceSpec) -> Box<dyn Resource> {
         ResourceKind::Process(it) => Box::new(process::Process::new(it.clone())),
         ResourceKind::Disk(it) => Box::new(disk::Disk::new(it.clone())),
         ResourceKind::Mount(it) => Box::new(mount::Mount::new(it.clone())),
-        ResourceKind::Ocf(it) => Box::new(ocf::Ocf::new(it.clone())),
+        ResourceKind::Ocf(it) => Box::new(ocf::Ocf::new(it.clone()).with_budget(ocf::OpBudget::of(spec))),
     }
 }
 
