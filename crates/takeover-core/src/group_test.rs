@@ -3097,7 +3097,7 @@ fn failback_auto_moves_the_group_home_after_the_delay() {
 
 #[test]
 fn failback_manual_or_on_the_preferred_node_never_moves_by_itself() {
-    let mut g = m_with_sl();
+    let g = m_with_sl();
     assert_eq!(g.poll_timeout(), None);
     let cfg = GroupConfig { failback: Failback::Auto, failback_delay: DELAY, preferred: true, ..cfg() };
     let mut g = m_with_sl_with(cfg);

@@ -210,7 +210,7 @@ pub fn explore(opts: Options) -> Outcome {
             let mut next = next;
             transitions += 1;
             let after = fig2::pair(&next);
-            if before != after && !opts.bounds.partitions() {
+            if before != after && opts.bounds.fig2_applies() {
                 match fig2::label(before, after, world.ghost.sync_origin) {
                     Some(label) => *coverage.entry(label).or_default() += 1,
                     None => {
@@ -352,7 +352,8 @@ pub fn check_quiescent(w: &World) -> Result<(), String> {
         if run.core.status().pending_appends > 0 {
             return Err(format!("decision: node {i} is settled with appends neither acknowledged nor refused"));
         }
-        if run.core.role().is_active() != run.processing {
+        // An active node whose group failed here (and could not move) serves nothing.
+        if (run.core.role().is_active() && !run.core.status().failed) != run.processing {
             return Err(format!(
                 "decision: node {i} is {} but its service running is {}",
                 run.core.role(),
@@ -402,8 +403,17 @@ pub fn report_text(name: &str, opts: &Options, out: &Outcome) -> String {
     let _ = writeln!(text, "model check: {name}");
     let _ = writeln!(
         text,
-        "  bounds: crashes ≤ {}, both-crash ≤ {}, appends ≤ {}, force starts ≤ {}, suspicions ≤ {}, channel resets ≤ {}, fence failures ≤ {}, catch-up window 1",
-        b.crashes, b.crash_both, b.appends, b.force_starts, b.suspicions, b.resets, b.fence_failures
+        "  bounds: crashes ≤ {}, both-crash ≤ {}, appends ≤ {}, force starts ≤ {}, suspicions ≤ {}, channel resets ≤ {}, fence failures ≤ {}, switchovers ≤ {}, service failures ≤ {}, failback {}, catch-up window 1",
+        b.crashes,
+        b.crash_both,
+        b.appends,
+        b.force_starts,
+        b.suspicions,
+        b.resets,
+        b.fence_failures,
+        b.switchovers,
+        b.service_failures,
+        if b.failback { "auto" } else { "manual" }
     );
     let _ = writeln!(
         text,
@@ -415,13 +425,16 @@ pub fn report_text(name: &str, opts: &Options, out: &Outcome) -> String {
         if out.truncated { " — STOPPED at the state limit" } else { "" }
     );
     let reached: Vec<String> = out.coverage.iter().map(|(k, v)| format!("{k}×{v}")).collect();
-    if b.partitions() {
-        let _ = writeln!(text, "  Fig. 2 (crash-only) not checked: partitions and channel resets are on");
+    if !b.fig2_applies() {
+        let _ = writeln!(
+            text,
+            "  Fig. 2 (crash-only) not checked: partitions, channel resets or deliberate moves are on"
+        );
     } else {
         let _ = writeln!(text, "  Fig. 2 transitions reached: {}/22: {}", out.coverage.len(), reached.join(" "));
     }
     let missing = out.missing_transitions();
-    if !missing.is_empty() && !b.partitions() {
+    if !missing.is_empty() && b.fig2_applies() {
         let _ = writeln!(text, "  Fig. 2 transitions NOT reached: {}", missing.join(" "));
     }
     match &out.violation {

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use takeover_core::group::{
-    Arbiter, Command, Event, FenceTarget, Group, GroupConfig, GroupDurable, Message, Mutant, PeerStatus,
+    Arbiter, Command, Event, Failback, FenceTarget, Group, GroupConfig, GroupDurable, Message, Mutant, PeerStatus,
 };
 use takeover_core::log::{LogMeta, Record};
 use takeover_core::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};
@@ -41,14 +41,35 @@ pub struct Bounds {
     pub resets: u8,
     /// Fence actions that fail before powering anything off.
     pub fence_failures: u8,
+    /// Operator switchovers (F1.10).
+    pub switchovers: u8,
+    /// Times the service fails on the active node (a resource would not start or kept
+    /// failing; the runner has stopped every resource) (F1.5).
+    pub service_failures: u8,
+    /// Groups return to their preferred node (node 0) by themselves.
+    pub failback: bool,
 }
 
 impl Bounds {
-    /// Whether any fault beyond crash-stop is allowed (then the seed's Fig. 2, a
-    /// crash-only diagram, does not apply).
-    pub fn partitions(&self) -> bool {
-        self.suspicions + self.resets > 0
+    /// Crash-stop faults only, with no deliberate moves: the seed's Fig. 2 describes
+    /// exactly this, so every step must follow it.
+    pub fn fig2_applies(&self) -> bool {
+        self.suspicions + self.resets + self.switchovers + self.service_failures == 0 && !self.failback
     }
+
+    /// Shorthand for the bounds with every count zero.
+    pub const NONE: Bounds = Bounds {
+        crashes: 0,
+        crash_both: 0,
+        appends: 0,
+        force_starts: 0,
+        suspicions: 0,
+        resets: 0,
+        fence_failures: 0,
+        switchovers: 0,
+        service_failures: 0,
+        failback: false,
+    };
 }
 
 /// One step of the model; replaying the same steps from the initial world gives the same
@@ -88,6 +109,10 @@ pub enum Step {
     Reset,
     /// Node's fence action fails before powering anything off.
     FenceFail(u8),
+    /// The operator switches the group over from this node.
+    Switchover(u8),
+    /// The service fails on this node; its resources are all stopped.
+    ServiceFail(u8),
 }
 
 impl Step {
@@ -103,6 +128,8 @@ impl Step {
                 | Step::Suspect(_)
                 | Step::Reset
                 | Step::FenceFail(_)
+                | Step::Switchover(_)
+                | Step::ServiceFail(_)
         )
     }
 }
@@ -118,6 +145,8 @@ pub struct World {
     /// `chan[i]`: messages sent by node `i`, oldest first.
     pub chan: [VecDeque<Packet>; 2],
     pub ghost: Ghost,
+    /// The groups' failback setting (auto when true).
+    pub failback: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -181,6 +210,8 @@ pub struct Ghost {
     pub suspicions_left: u8,
     pub resets_left: u8,
     pub fence_failures_left: u8,
+    pub switchovers_left: u8,
+    pub service_failures_left: u8,
     /// The node's channel dropped and it has not reconnected to the same run yet: its
     /// sends are lost and what is sent to it waits.
     pub reconnect: [bool; 2],
@@ -214,8 +245,11 @@ impl World {
                 suspicions_left: bounds.suspicions,
                 resets_left: bounds.resets,
                 fence_failures_left: bounds.fence_failures,
+                switchovers_left: bounds.switchovers,
+                service_failures_left: bounds.service_failures,
                 reconnect: [false, false],
             },
+            failback: bounds.failback,
         }
     }
 
@@ -238,6 +272,8 @@ impl World {
                     Step::Crash(i),
                     Step::Suspect(i),
                     Step::FenceFail(i),
+                    Step::Switchover(i),
+                    Step::ServiceFail(i),
                 ]
             })
             .chain([Step::CrashBoth, Step::Reset])
@@ -267,6 +303,8 @@ impl World {
             Step::Suspect(i) => w.suspect(i as usize),
             Step::Reset => w.reset(),
             Step::FenceFail(i) => w.fence_fail(i as usize),
+            Step::Switchover(i) => w.switchover(i as usize),
+            Step::ServiceFail(i) => w.service_fail(i as usize),
         };
         Ok(ok.then_some(w))
     }
@@ -291,6 +329,8 @@ impl World {
             Step::FenceFail(i) => {
                 self.ghost.fence_failures_left > 0 && run(i).is_some_and(|it| matches!(it.fence, Some((_, false))))
             }
+            Step::Switchover(i) => self.ghost.switchovers_left > 0 && run(i).is_some_and(|it| it.core.role().is_active()),
+            Step::ServiceFail(i) => self.ghost.service_failures_left > 0 && run(i).is_some_and(|it| it.processing),
         }
     }
 
@@ -298,7 +338,7 @@ impl World {
         1 - i
     }
 
-    fn config(i: usize) -> GroupConfig {
+    fn config(i: usize, failback: bool) -> GroupConfig {
         GroupConfig {
             me: NodeId(i as u16),
             peer: NodeId(Self::peer_of(i) as u16),
@@ -307,6 +347,9 @@ impl World {
             fence_retry: Duration::from_secs(1),
             fence_delay: Duration::from_secs(1),
             catch_up_window: 1,
+            preferred: i == 0,
+            failback: if failback { Failback::Auto } else { Failback::Manual },
+            failback_delay: Duration::from_secs(1),
         }
     }
 
@@ -341,7 +384,7 @@ impl World {
         let meta = LogMeta::from_records(node.disk.log.iter().map(|r| (r.epoch, r.index)))
             .expect("the model's disks hold consecutive records");
         let join_only = self.ghost.must_join_only[i];
-        let mut core = Group::boot(Self::config(i), inc, node.disk.durable, meta, join_only, NOW);
+        let mut core = Group::boot(Self::config(i, self.failback), inc, node.disk.durable, meta, join_only, NOW);
         core.set_mutant(mutant);
         let mut queue = VecDeque::new();
         drain(&mut core, &mut queue);
@@ -535,7 +578,11 @@ impl World {
             }
             Command::RejectAppend { .. } | Command::Report(_) => {}
             Command::StartService => run.processing = true,
-            Command::StopService => run.processing = false,
+            Command::StopService => {
+                // The runner stops every resource; the model takes that as one step.
+                run.processing = false;
+                self.feed(i, NOW, Event::ServiceStopped);
+            }
             Command::FencePeer { target } => run.fence = Some((target, false)),
         }
         Ok(true)
@@ -598,6 +645,30 @@ impl World {
         self.ghost.force_left -= 1;
         // The operator was told to keep the peer fenced or start it with --join-only.
         self.ghost.must_join_only[Self::peer_of(i)] = true;
+        true
+    }
+
+    fn switchover(&mut self, i: usize) -> bool {
+        let Some(run) = &self.nodes[i].run else { return false };
+        if self.ghost.switchovers_left == 0 || !run.core.role().is_active() {
+            return false;
+        }
+        self.feed(i, NOW, Event::Switchover);
+        if self.nodes[i].run.as_ref().expect("running").core.status().moving.is_none() {
+            return false; // Refused: nothing happened worth exploring.
+        }
+        self.ghost.switchovers_left -= 1;
+        true
+    }
+
+    fn service_fail(&mut self, i: usize) -> bool {
+        let Some(run) = self.nodes[i].run.as_mut() else { return false };
+        if self.ghost.service_failures_left == 0 || !run.processing {
+            return false;
+        }
+        self.ghost.service_failures_left -= 1;
+        run.processing = false;
+        self.feed(i, NOW, Event::ServiceFailed { start: false });
         true
     }
 
@@ -705,5 +776,6 @@ pub fn message_name(msg: &Message) -> &'static str {
         Message::Ack { .. } => "Ack",
         Message::Promoted { .. } => "Promoted",
         Message::AskState => "AskState",
+        Message::Handover { .. } => "Handover",
     }
 }

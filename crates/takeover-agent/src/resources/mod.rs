@@ -170,6 +170,7 @@ pub fn spec_for(cfg: &crate::config::ResourceConfig, env: &SpecEnv) -> ResourceS
             provider: provider.clone(),
             agent: agent.clone(),
             params: params.iter().map(|(k, v)| (k.clone(), v.on(env.node).clone())).collect(),
+            root: None,
         }),
     };
     ResourceSpec {
