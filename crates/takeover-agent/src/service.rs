@@ -41,7 +41,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -331,7 +331,7 @@ pub(crate) fn peek_exit(pid: i32) -> io::Result<Option<ProcessExit>> {
 }
 
 /// Reap child `pid` if it has exited.
-fn reap(pid: i32) -> io::Result<Option<ProcessExit>> {
+pub(crate) fn reap(pid: i32) -> io::Result<Option<ProcessExit>> {
     waitid_exited(pid, 0)
 }
 
@@ -540,6 +540,9 @@ enum Request {
     Reap {
         pid: i32,
     },
+    /// Run a closure on the thread (see [`ServiceSupervisor::call`]). It returns the pid
+    /// of a child to reap, if any.
+    Call(Box<dyn FnOnce() -> Option<i32> + Send>),
 }
 
 /// Owns the one thread that forks every service (see the module docs for why). The
@@ -558,6 +561,43 @@ impl ServiceSupervisor {
             .spawn(move || spawner_main(rx))
             .map_err(ServiceError::Thread)?;
         Ok(ServiceSupervisor { tx })
+    }
+
+    /// The process-wide supervisor, created on first use. Its thread lives as long as the
+    /// process, so children it forks with [`die_with_agent`] get their death signal only
+    /// when the agent process dies. Used by the resources (which are created without a
+    /// supervisor handle).
+    pub fn shared() -> Result<&'static ServiceSupervisor> {
+        static SHARED: OnceLock<ServiceSupervisor> = OnceLock::new();
+        if let Some(it) = SHARED.get() {
+            return Ok(it);
+        }
+        // A racing caller's extra supervisor is dropped here and its thread exits.
+        let fresh = ServiceSupervisor::new()?;
+        Ok(SHARED.get_or_init(|| fresh))
+    }
+
+    /// Run `f` on the supervisor thread (so that the children it forks are the thread's)
+    /// and return its result. `f` runs to completion even if this future is dropped; its
+    /// result then has no taker and is handed to `orphan`, also on the supervisor thread,
+    /// which cleans up and may return the pid of a child for the thread to reap.
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+        orphan: impl FnOnce(T) -> Option<i32> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let job = move || match reply.send(f()) {
+            Ok(()) => None,
+            Err(unclaimed) => orphan(unclaimed),
+        };
+        self.tx.send(Request::Call(Box::new(job))).map_err(|_| ServiceError::SupervisorGone)?;
+        rx.await.map_err(|_| ServiceError::SupervisorGone)
+    }
+
+    /// Have the supervisor thread reap child `pid` once it has exited (after a SIGKILL).
+    pub(crate) fn reap_later(&self, pid: i32) {
+        let _ = self.tx.send(Request::Reap { pid });
     }
 
     /// Start a service. The fork happens on the supervisor thread. When this returns
@@ -617,6 +657,7 @@ fn spawner_main(rx: mpsc::Receiver<Request>) {
                 }
             }
             Some(Request::Reap { pid }) => to_reap.push(pid),
+            Some(Request::Call(job)) => to_reap.extend(job()),
             None => {}
         }
         to_reap.retain(|&pid| matches!(reap(pid), Ok(None)));
@@ -637,7 +678,6 @@ fn spawn_service(spec: &ServiceSpec) -> Result<Spawned> {
     let log = OpenOptions::new().create(true).append(true).mode(0o640).open(&spec.log_path).map_err(log_err)?;
     let log2 = log.try_clone().map_err(log_err)?;
 
-    let parent = nix::unistd::getpid().as_raw();
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -645,20 +685,7 @@ fn spawn_service(spec: &ServiceSpec) -> Result<Spawned> {
         .stdout(log)
         .stderr(log2)
         .process_group(0);
-    // SAFETY: the closure only makes async-signal-safe calls (prctl, getppid, _exit).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // If the agent died between fork and prctl, we were reparented and the
-            // death signal will never come: leave now.
-            if libc::getppid() != parent {
-                libc::_exit(127);
-            }
-            Ok(())
-        });
-    }
+    die_with_agent(&mut cmd);
     let child = cmd.spawn().map_err(|source| ServiceError::Spawn { program: program.clone(), source })?;
     // Dropping a std Child neither kills nor reaps it. From here on the pid is managed
     // with waitid/killpg directly.
@@ -683,6 +710,27 @@ fn spawn_service(spec: &ServiceSpec) -> Result<Spawned> {
         return Err(abort(ServiceError::PidFile { path: spec.pidfile.clone(), source }));
     }
     Ok(Spawned { pid, starttime })
+}
+
+/// Make the child of `cmd` get SIGKILL when the thread that forks it exits
+/// (`PR_SET_PDEATHSIG`), and exit at once if the agent already died before that was set.
+/// Spawn `cmd` only from a long-lived thread: [`ServiceSupervisor`]'s.
+pub(crate) fn die_with_agent(cmd: &mut Command) {
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure only makes async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // If the agent died between fork and prctl, we were reparented and the
+            // death signal will never come: leave now.
+            if libc::getppid() != parent {
+                libc::_exit(127);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A started service. Its main process is the leader of process group `pgid == pid`.

@@ -113,7 +113,10 @@ pub struct ResourceSpec {
 pub fn instantiate(spec: &ResourceSpec) -> Box<dyn Resource> {
     match &spec.kind {
         ResourceKind::Vip(it) => Box::new(vip::Vip::new(it.clone())),
-        ResourceKind::Process(it) => Box::new(process::Process::new(it.clone())),
+        ResourceKind::Process(it) => {
+            // Half the stop budget for SIGTERM, the other half for the kill loop.
+            Box::new(process::Process::new(it.clone()).with_stop_grace(spec.stop_timeout / 2))
+        }
         ResourceKind::Disk(it) => Box::new(disk::Disk::new(it.clone())),
         ResourceKind::Mount(it) => Box::new(mount::Mount::new(it.clone())),
         ResourceKind::Ocf(it) => Box::new(ocf::Ocf::new(it.clone()).with_budget(ocf::OpBudget::of(spec))),
