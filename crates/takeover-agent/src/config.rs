@@ -1687,8 +1687,22 @@ stop_timeout = "5s"
             [GroupConfig {
                 name: "web".into(),
                 nodes: ["alpha".into(), "beta".into()],
-                service: Some(vec!["/usr/bin/python3".into(), "-m".into(), "http.server".into(), "8080".into()]),
-                stop_timeout: Duration::from_secs(5),
+                resources: vec![ResourceConfig {
+                    name: "service".into(),
+                    kind: ResourceKindConfig::Process {
+                        argv: vec!["/usr/bin/python3".into(), "-m".into(), "http.server".into(), "8080".into()],
+                        env: vec![],
+                        log: None,
+                    },
+                    start_timeout: DEFAULT_OP_TIMEOUT,
+                    stop_timeout: Duration::from_secs(5),
+                    monitor_timeout: DEFAULT_OP_TIMEOUT,
+                    monitor_interval: SERVICE_MONITOR_INTERVAL,
+                    max_restarts: DEFAULT_MAX_RESTARTS,
+                    restart_window: DEFAULT_RESTART_WINDOW,
+                }],
+                failback: Failback::Manual,
+                failback_delay: DEFAULT_FAILBACK_DELAY,
             }]
         );
     }
@@ -1729,8 +1743,8 @@ nodes = ["b", "a"]
         assert_eq!(c.fence.as_ref().unwrap().timeout, Duration::from_secs(10));
         assert_eq!(c.fence.as_ref().unwrap().retries, DEFAULT_FENCE_RETRIES);
         assert_eq!(c.fence_delay, DEFAULT_FENCE_DELAY);
-        assert_eq!(c.groups[0].stop_timeout, Duration::from_secs(5));
-        assert_eq!(c.groups[0].service, None);
+        assert_eq!(c.groups[0].resources, vec![]);
+        assert_eq!(c.groups[0].failback, Failback::Manual);
         assert_eq!(c.groups[0].preferred(), "b");
     }
 
@@ -1809,10 +1823,13 @@ nodes = ["b", "a"]
                 fence_retry: Duration::from_secs(1),
                 fence_delay: Duration::from_millis(200),
                 catch_up_window: 17,
+                preferred: false,
+                failback: Failback::Manual,
+                failback_delay: Duration::from_secs(10),
             }
         );
         let on_alpha = c.group_core_config(web, "alpha");
-        assert_eq!((on_alpha.me, on_alpha.peer), (NodeId(0), NodeId(1)));
+        assert_eq!((on_alpha.me, on_alpha.peer, on_alpha.preferred), (NodeId(0), NodeId(1), true));
     }
 
     #[test]

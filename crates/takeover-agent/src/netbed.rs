@@ -116,6 +116,10 @@ pub struct BedState {
 pub struct MemberState {
     pub namespace: String,
     pub links: Vec<LinkState>,
+    /// Filesystems on a shared disk that this node may mount (its mount points): a power-off
+    /// stops their I/O at once, as a dead machine's would, and takes them off the host.
+    #[serde(default)]
+    pub mounts: Vec<PathBuf>,
 }
 
 /// One link of a member: a veth pair between its namespace and a bridge namespace.
@@ -223,7 +227,7 @@ fn plan(prefix: &str, nodes: &[&str], slot: u8) -> anyhow::Result<BedState> {
                 bridge_ifname: format!("{prefix}-{i}-{k}"),
             })
             .collect();
-        planned.insert(node.to_string(), MemberState { namespace: format!("{prefix}-{node}"), links });
+        planned.insert(node.to_string(), MemberState { namespace: format!("{prefix}-{node}"), links, mounts: vec![] });
     }
     let client = MemberState {
         namespace: format!("{prefix}-c"),
@@ -234,6 +238,7 @@ fn plan(prefix: &str, nodes: &[&str], slot: u8) -> anyhow::Result<BedState> {
             bridge_namespace: bridges[0].clone(),
             bridge_ifname: format!("{prefix}-c-0"),
         }],
+        mounts: vec![],
     };
     Ok(BedState { prefix: prefix.to_string(), slot, nodes: planned, client, bridges })
 }
@@ -437,9 +442,39 @@ fn set_links(member: &MemberState, up: bool) -> anyhow::Result<()> {
 /// setting a link down failed.
 fn power_off_member(member: &MemberState, deadline: Duration) -> anyhow::Result<Vec<i32>> {
     let links = set_links(member, false);
+    // The node's filesystems stop writing first, with nothing flushed (a power cut).
+    let shut: anyhow::Result<Vec<&Path>> =
+        member.mounts.iter().filter(|it| is_mountpoint(it)).map(|it| shutdown_fs(it).map(|()| it.as_path())).collect();
     let killed = kill_netns(&member.namespace, deadline)?;
+    // A dead machine's mounts are gone: all the namespaces share the host's mount table.
+    for path in shut? {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("cannot detach {} after power-off", path.display()))?;
+    }
     links?;
     Ok(killed)
+}
+
+/// Whether `path` is a mount point in this process's mount namespace.
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    text.lines().any(|line| line.split(' ').nth(4).is_some_and(|it| it == want))
+}
+
+/// `FS_IOC_SHUTDOWN` with `NOLOGFLUSH`: the filesystem refuses every further write and
+/// flushes nothing (ext4 and XFS), what a machine losing power leaves on its disk.
+fn shutdown_fs(path: &Path) -> anyhow::Result<()> {
+    const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d; // _IOR('X', 125, __u32)
+    const NOLOGFLUSH: u32 = 2;
+    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let flags = NOLOGFLUSH;
+    // SAFETY: the ioctl reads one u32 from the pointer, which lives across the call.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_SHUTDOWN as _, &flags as *const u32) };
+    if rc != 0 {
+        bail!("cannot shut down the filesystem at {}: {}", path.display(), io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// On unless every link of the member is administratively down in its namespace.
@@ -668,8 +703,34 @@ impl Netbed {
         Netbed::create_with(prefix, nodes, slot, true)
     }
 
+    /// [`Netbed::create`] (or `create_ipv6`) where a power-off of a node also cuts the
+    /// filesystems mounted at its `mounts` (see [`MemberState::mounts`]).
+    pub fn create_with_mounts(
+        prefix: &str,
+        nodes: &[&str],
+        slot: u8,
+        ipv6: bool,
+        mounts: &BTreeMap<String, Vec<PathBuf>>,
+    ) -> anyhow::Result<Netbed> {
+        Netbed::create_full(prefix, nodes, slot, ipv6, mounts)
+    }
+
     fn create_with(prefix: &str, nodes: &[&str], slot: u8, ipv6: bool) -> anyhow::Result<Netbed> {
-        let state = plan(prefix, nodes, slot)?;
+        Netbed::create_full(prefix, nodes, slot, ipv6, &BTreeMap::new())
+    }
+
+    fn create_full(
+        prefix: &str,
+        nodes: &[&str],
+        slot: u8,
+        ipv6: bool,
+        mounts: &BTreeMap<String, Vec<PathBuf>>,
+    ) -> anyhow::Result<Netbed> {
+        let mut state = plan(prefix, nodes, slot)?;
+        for (node, paths) in mounts {
+            let member = state.nodes.get_mut(node).ok_or_else(|| anyhow!("no node {node:?} in the bed for mounts"))?;
+            member.mounts = paths.clone();
+        }
         let leftovers = stale_namespaces(prefix)?;
         if !leftovers.is_empty() {
             bail!(

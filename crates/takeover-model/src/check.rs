@@ -346,7 +346,8 @@ pub fn check_world(w: &World) -> Result<(), String> {
 /// The decision property for a world where nothing happens without the environment.
 pub fn check_quiescent(w: &World) -> Result<(), String> {
     let up: Vec<usize> = (0..2).filter(|&i| w.nodes[i].run.is_some()).collect();
-    let decided = up.iter().any(|&i| w.nodes[i].run.as_ref().is_some_and(|it| it.processing));
+    // Decided: a node took the group (it serves it, or it failed there and stays put).
+    let decided = up.iter().any(|&i| w.nodes[i].run.as_ref().is_some_and(|it| it.core.role().is_active()));
     for &i in &up {
         let run = w.nodes[i].run.as_ref().expect("up");
         if run.core.status().pending_appends > 0 {
@@ -426,10 +427,8 @@ pub fn report_text(name: &str, opts: &Options, out: &Outcome) -> String {
     );
     let reached: Vec<String> = out.coverage.iter().map(|(k, v)| format!("{k}×{v}")).collect();
     if !b.fig2_applies() {
-        let _ = writeln!(
-            text,
-            "  Fig. 2 (crash-only) not checked: partitions, channel resets or deliberate moves are on"
-        );
+        let _ =
+            writeln!(text, "  Fig. 2 (crash-only) not checked: partitions, channel resets or deliberate moves are on");
     } else {
         let _ = writeln!(text, "  Fig. 2 transitions reached: {}/22: {}", out.coverage.len(), reached.join(" "));
     }

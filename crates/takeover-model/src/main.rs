@@ -1,7 +1,7 @@
 //! `takeover-model`: runs the exhaustive model check and prints what it explored.
 //!
 //! Usage: `takeover-model [--crashes N] [--crash-both N] [--appends N] [--force N] [--suspicions N] [--resets N] [--fence-failures N]
-//! [--max-states N] [--mutant act-before-persist|ack-before-sl]`.
+//! [--switchovers N] [--service-failures N] [--failback] [--max-states N] [--mutant act-before-persist|ack-before-sl]`.
 //! Exits 1 if a property fails or a Fig. 2 transition was not reached.
 
 use std::process::ExitCode;
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             suspicions: 0,
             resets: 0,
             fence_failures: 0,
+            ..Bounds::NONE
         },
         mutant: Mutant::None,
         max_states: 50_000_000,
@@ -36,6 +37,9 @@ fn main() -> ExitCode {
             "--suspicions" => opts.bounds.suspicions = number(value()) as u8,
             "--resets" => opts.bounds.resets = number(value()) as u8,
             "--fence-failures" => opts.bounds.fence_failures = number(value()) as u8,
+            "--switchovers" => opts.bounds.switchovers = number(value()) as u8,
+            "--service-failures" => opts.bounds.service_failures = number(value()) as u8,
+            "--failback" => opts.bounds.failback = true,
             "--max-states" => opts.max_states = number(value()) as usize,
             "--mutant" => {
                 opts.mutant = match value().as_str() {
@@ -63,7 +67,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: takeover-model [--crashes N] [--crash-both N] [--appends N] [--force N] [--suspicions N] [--resets N] [--fence-failures N] [--max-states N] [--mutant act-before-persist|ack-before-sl|no-fence-wait]"
+        "usage: takeover-model [--crashes N] [--crash-both N] [--appends N] [--force N] [--suspicions N] [--resets N] [--fence-failures N] [--switchovers N] [--service-failures N] [--failback] [--max-states N] [--mutant act-before-persist|ack-before-sl|no-fence-wait]"
     );
     std::process::exit(2)
 }

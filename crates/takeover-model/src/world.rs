@@ -329,7 +329,9 @@ impl World {
             Step::FenceFail(i) => {
                 self.ghost.fence_failures_left > 0 && run(i).is_some_and(|it| matches!(it.fence, Some((_, false))))
             }
-            Step::Switchover(i) => self.ghost.switchovers_left > 0 && run(i).is_some_and(|it| it.core.role().is_active()),
+            Step::Switchover(i) => {
+                self.ghost.switchovers_left > 0 && run(i).is_some_and(|it| it.core.role().is_active())
+            }
             Step::ServiceFail(i) => self.ghost.service_failures_left > 0 && run(i).is_some_and(|it| it.processing),
         }
     }
@@ -663,7 +665,10 @@ impl World {
 
     fn service_fail(&mut self, i: usize) -> bool {
         let Some(run) = self.nodes[i].run.as_mut() else { return false };
-        if self.ghost.service_failures_left == 0 || !run.processing {
+        // The runner reports a failure of the service it runs; it takes Start/Stop the
+        // moment the core emits them, so none is waiting in the shell's queue then.
+        let pending = run.queue.iter().any(|it| matches!(it, Command::StartService | Command::StopService));
+        if self.ghost.service_failures_left == 0 || !run.processing || pending {
             return false;
         }
         self.ghost.service_failures_left -= 1;

@@ -22,8 +22,16 @@ fn run(name: &str, bounds: Bounds, mutant: Mutant) -> Outcome {
     outcome
 }
 
-const CRASH_STOP: Bounds =
-    Bounds { crashes: 2, crash_both: 1, appends: 1, force_starts: 0, suspicions: 0, resets: 0, fence_failures: 0 };
+const CRASH_STOP: Bounds = Bounds {
+    crashes: 2,
+    crash_both: 1,
+    appends: 1,
+    force_starts: 0,
+    suspicions: 0,
+    resets: 0,
+    fence_failures: 0,
+    ..Bounds::NONE
+};
 
 #[test]
 fn seed_000_crash_stop_reaches_every_fig_2_transition_and_every_property_holds() {
@@ -37,7 +45,16 @@ fn seed_000_crash_stop_reaches_every_fig_2_transition_and_every_property_holds()
 fn seed_000_with_force_start_every_safety_property_holds() {
     let out = run(
         "seed-000 with a force start (F0.6)",
-        Bounds { crashes: 1, crash_both: 0, appends: 1, force_starts: 1, suspicions: 0, resets: 0, fence_failures: 0 },
+        Bounds {
+            crashes: 1,
+            crash_both: 0,
+            appends: 1,
+            force_starts: 1,
+            suspicions: 0,
+            resets: 0,
+            fence_failures: 0,
+            ..Bounds::NONE
+        },
         Mutant::None,
     );
     assert!(!out.truncated, "the exploration hit the state limit");
@@ -71,7 +88,16 @@ fn assert_holds(name: &str, bounds: Bounds) {
 fn partitions_channel_resets_and_failing_fences_never_make_two_actives_or_lose_a_record() {
     assert_holds(
         "partitions: a live peer suspected, a channel reset, a fence failing",
-        Bounds { crashes: 0, crash_both: 0, appends: 1, force_starts: 0, suspicions: 1, resets: 1, fence_failures: 1 },
+        Bounds {
+            crashes: 0,
+            crash_both: 0,
+            appends: 1,
+            force_starts: 0,
+            suspicions: 1,
+            resets: 1,
+            fence_failures: 1,
+            ..Bounds::NONE
+        },
     );
 }
 
@@ -79,7 +105,16 @@ fn partitions_channel_resets_and_failing_fences_never_make_two_actives_or_lose_a
 fn partitions_with_a_crash_and_a_failing_fence_never_make_two_actives_or_lose_a_record() {
     assert_holds(
         "partitions: a live peer suspected, a crash, a fence failing",
-        Bounds { crashes: 1, crash_both: 0, appends: 1, force_starts: 0, suspicions: 1, resets: 0, fence_failures: 1 },
+        Bounds {
+            crashes: 1,
+            crash_both: 0,
+            appends: 1,
+            force_starts: 0,
+            suspicions: 1,
+            resets: 0,
+            fence_failures: 1,
+            ..Bounds::NONE
+        },
     );
 }
 
@@ -87,7 +122,16 @@ fn partitions_with_a_crash_and_a_failing_fence_never_make_two_actives_or_lose_a_
 fn mutant_taking_over_without_the_fence_wait_is_caught() {
     assert_caught(
         "MUTANT take over without waiting for the fence",
-        Bounds { crashes: 0, crash_both: 0, appends: 1, force_starts: 0, suspicions: 1, resets: 0, fence_failures: 0 },
+        Bounds {
+            crashes: 0,
+            crash_both: 0,
+            appends: 1,
+            force_starts: 0,
+            suspicions: 1,
+            resets: 0,
+            fence_failures: 0,
+            ..Bounds::NONE
+        },
         Mutant::NoFenceWait,
     );
 }

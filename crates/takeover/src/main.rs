@@ -2,6 +2,7 @@
 
 mod demo;
 mod demo_app;
+mod probe_app;
 mod render;
 
 use std::path::PathBuf;
@@ -54,6 +55,22 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Move a group from this node (its active node) to its peer: resources stop here in
+    /// reverse order, then start there once the peer holds every record (F1.10).
+    Switchover {
+        group: String,
+        /// The node to move to (a group runs on a pair: only its peer is possible).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Clear a group's failure counts on this node; a group that failed here starts again.
+    Cleanup {
+        group: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Check a configuration file; errors come as file:line:column.
     Config {
         #[command(subcommand)]
@@ -85,6 +102,9 @@ enum Cmd {
     /// The demo's sample service (started by the agent).
     #[command(hide = true)]
     DemoApp(demo_app::Args),
+    /// The resource tests' sample service: UDP answers, durable on the group's filesystem.
+    #[command(hide = true)]
+    ProbeApp(probe_app::Args),
     /// The network-namespace test bed's fence agent (fence-agents stdin protocol).
     #[command(hide = true)]
     FenceNetns {
@@ -208,6 +228,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Cmd::Switchover { group, to, target } => {
+            let answer = target.client()?.switchover(&group, to.as_deref()).await.map_err(|e| anyhow!(e.message))?;
+            println!("{}: {}", answer.outcome, answer.message);
+            if answer.outcome == "refused" {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Cmd::Cleanup { group, target } => {
+            let answer = target.client()?.cleanup(&group).await.map_err(|e| anyhow!(e.message))?;
+            println!("{}: {}", answer.outcome, answer.message);
+        }
         Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
             Ok(cfg) => println!(
                 "{}: ok: cluster {}, {} node(s), {} group(s), heartbeat every {}, a peer is failed after {} of silence on every link, arbiter {}",
@@ -250,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{report:?}");
         }
         Cmd::DemoApp(args) => demo_app::run(args).await?,
+        Cmd::ProbeApp(args) => tokio::task::spawn_blocking(move || probe_app::run(args)).await??,
         Cmd::FenceNetns { bed } => {
             let code = tokio::task::spawn_blocking(move || {
                 takeover_agent::netbed::fence_agent_main(std::io::stdin().lock(), &bed)

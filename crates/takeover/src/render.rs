@@ -43,9 +43,17 @@ pub fn status(doc: &StatusDoc) -> String {
             (Some(role), Some(priority)) => format!("{} {} {role} p{priority}", g.peer, g.peer_state.status),
             _ => format!("{} {}", g.peer, g.peer_state.status),
         };
+        let up = g.resources.iter().filter(|it| it.state == "up").count();
+        let service = if g.failed {
+            "FAILED (run `takeover cleanup` once fixed)".to_string()
+        } else if g.resources.is_empty() {
+            "no resources".to_string()
+        } else {
+            format!("{up}/{} resources up", g.resources.len())
+        };
         let _ = writeln!(
             out,
-            "  {:<10} {:<2}  priority {}  epoch {:<7} peer {:<18} journal {} (SL durable {}, pending {})  service {}{}",
+            "  {:<10} {:<2}  priority {}  epoch {:<7} peer {:<18} journal {} (SL durable {}, pending {})  {service}{}{}",
             g.name,
             g.role,
             g.priority,
@@ -54,13 +62,44 @@ pub fn status(doc: &StatusDoc) -> String {
             g.journal.last_index,
             g.journal.sl_durable.map_or("-".into(), |it| it.to_string()),
             g.journal.pending_appends,
-            match (g.service.configured, g.service.running, g.service.pid) {
-                (false, _, _) => "none".to_string(),
-                (true, true, Some(pid)) => format!("running (pid {pid})"),
-                _ => "stopped".to_string(),
-            },
-            if g.join_only { "  join-only" } else { "" }
+            if g.join_only { "  join-only" } else { "" },
+            g.moving.as_ref().map_or(String::new(), |it| format!("  MOVING ({it})")),
         );
+        for r in &g.resources {
+            let plan = match r.plan_ok {
+                None => "plan not checked yet".to_string(),
+                Some(true) => "plan ok".to_string(),
+                Some(false) => format!("PLAN PROBLEM: {}", r.plan.join("; ")),
+            };
+            let _ = writeln!(
+                out,
+                "             {:<8} {:<12} {:<8} failures {}/{}  {}  {plan}",
+                r.kind,
+                r.name,
+                r.state,
+                r.failures,
+                r.max_restarts,
+                r.last_op.as_deref().unwrap_or("-"),
+            );
+        }
+        if let Some(m) = &g.last_move {
+            let steps: Vec<String> = m.steps.iter().map(|it| format!("{} {} ms", it.step, it.ms)).collect();
+            let _ = writeln!(
+                out,
+                "             last move: {} {} in {} ms: {}",
+                m.what,
+                m.outcome,
+                m.total_ms,
+                steps.join(" → ")
+            );
+        }
+        if g.peer_failed {
+            let _ = writeln!(
+                out,
+                "             the group failed on {} before it came here (cleared by `takeover cleanup`)",
+                g.peer
+            );
+        }
         if let Some(waiting) = &g.waiting {
             let _ = writeln!(out, "             waiting: {waiting}");
         }

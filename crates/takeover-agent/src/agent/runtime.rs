@@ -109,6 +109,7 @@ impl Agent {
         let rt = &self.groups[g];
         Ctx {
             node: self.me.name.clone(),
+            scope: resources::node_scope(&self.me.name, &self.me.state_dir),
             node_index: self.cfg.node_id(&self.me.name).map_or(0, |it| it.0),
             group: rt.name.clone(),
             resource: rt.resources[resource].spec.name.clone(),
@@ -240,6 +241,15 @@ impl Agent {
     /// Stops every resource of every group, in reverse order, before the core runs: a
     /// previous run may have died with resources up. Fails if one will not stop.
     pub(super) async fn stop_leftovers(&mut self, durable: &[(GroupIndex, Epoch)]) -> anyhow::Result<()> {
+        // Processes first: whatever a previous run started is in this node's cgroups.
+        let scope = resources::node_scope(&self.me.name, &self.me.state_dir);
+        let removed = tokio::task::spawn_blocking(move || resources::process::kill_leftover_cgroups(&scope)).await??;
+        if !removed.is_empty() {
+            self.record(format!(
+                "killed what a previous run left running and removed its cgroup(s): {}",
+                removed.join(", ")
+            ));
+        }
         for g in 0..self.groups.len() {
             let generation = durable.iter().find(|(i, _)| *i == self.groups[g].index).map_or(Epoch::ZERO, |it| it.1);
             for resource in (0..self.groups[g].resources.len()).rev() {

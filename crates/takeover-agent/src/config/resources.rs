@@ -16,7 +16,7 @@
 //! name = "fs"
 //! type = "mount"
 //! device = { alpha = "/dev/loop3", beta = "/dev/loop4" }
-//! directory = "/srv/web"
+//! directory = "/srv/web"           # or per node, like device
 //! fstype = "ext4"
 //! options = "noatime"            # default none
 //! fsck = true                    # default true: check and replay the journal before mounting
@@ -124,7 +124,7 @@ pub enum ResourceKindConfig {
     Vip { address: IpAddr, prefix_len: u8, interface: PerNode<String>, announce: u32, announce_interval: Duration },
     Process { argv: Vec<String>, env: Vec<(String, String)>, log: Option<PathBuf> },
     Disk { device: PerNode<PathBuf> },
-    Mount { device: PerNode<PathBuf>, directory: PathBuf, fstype: String, options: String, fsck: bool },
+    Mount { device: PerNode<PathBuf>, directory: PerNode<PathBuf>, fstype: String, options: String, fsck: bool },
     Ocf { provider: String, agent: String, params: Vec<(String, PerNode<String>)> },
 }
 
@@ -171,7 +171,7 @@ pub(super) struct RawResource {
     log: Option<Spanned<String>>,
     // disk, mount
     device: Option<Spanned<Value>>,
-    directory: Option<Spanned<String>>,
+    directory: Option<Spanned<Value>>,
     fstype: Option<Spanned<String>>,
     options: Option<Spanned<String>>,
     fsck: Option<Spanned<bool>>,
@@ -672,15 +672,16 @@ impl Checker<'_> {
         let directory =
             self.required(what, "directory", &r.kind, &r.directory, "where to mount it, e.g. \"/srv/data\"");
         let directory = directory.and_then(|raw| {
-            let path = Path::new(raw.get_ref());
-            if !path.is_absolute() || path == Path::new("/") {
-                self.error(
-                    raw.span(),
-                    format!("{what}: directory {:?} must be an absolute path other than /", raw.get_ref()),
-                );
+            let value = self.per_node_path(what, "directory", raw, members)?;
+            let root = match &value {
+                PerNode::All(path) => path == Path::new("/"),
+                PerNode::Each(map) => map.values().any(|it| it == Path::new("/")),
+            };
+            if root {
+                self.error(raw.span(), format!("{what}: directory cannot be /"));
                 return None;
             }
-            Some(path.to_path_buf())
+            Some(value)
         });
         let fstype = self.required(what, "fstype", &r.kind, &r.fstype, "the filesystem type, e.g. \"ext4\" or \"xfs\"");
         let fstype = fstype.and_then(|raw| {

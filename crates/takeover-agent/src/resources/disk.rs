@@ -1010,6 +1010,7 @@ mod tests {
     fn ctx(node: &str, index: u16, counter: u64, gen_node: u16) -> Ctx {
         Ctx {
             node: node.into(),
+            scope: node.into(),
             node_index: index,
             group: "web".into(),
             resource: "data".into(),

@@ -49,6 +49,11 @@ impl OpOutcome {
 #[derive(Clone, Debug)]
 pub struct Ctx {
     pub node: String,
+    /// Names this node's agent uniquely on this machine (`<node>-<8 hex digits of its state
+    /// directory>`), for operating-system objects shared by every agent on the machine,
+    /// such as cgroups: two clusters on one machine (a lab, the tests) never touch each
+    /// other's.
+    pub scope: String,
     pub node_index: u16,
     pub group: String,
     /// The resource's name within its group.
@@ -58,6 +63,18 @@ pub struct Ctx {
     /// The group's current generation (epoch): the fencing token a resource writes where
     /// others can see it (a disk reservation) and checks before acting.
     pub generation: Epoch,
+}
+
+/// The [`Ctx::scope`] of node `node` keeping its state in `state_dir`: stable across
+/// restarts of its agent (FNV-1a of the path, so it does not depend on the Rust version).
+pub fn node_scope(node: &str, state_dir: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hash = state_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("{node}-{hash:08x}")
 }
 
 /// A boxed future, so resources can be trait objects without an extra crate.
@@ -164,7 +181,7 @@ pub fn spec_for(cfg: &crate::config::ResourceConfig, env: &SpecEnv) -> ResourceS
         K::Disk { device } => ResourceKind::Disk(disk::DiskSpec { device: device.on(env.node).clone() }),
         K::Mount { device, directory, fstype, options, fsck } => ResourceKind::Mount(mount::MountSpec {
             device: device.on(env.node).clone(),
-            mountpoint: directory.clone(),
+            mountpoint: directory.on(env.node).clone(),
             fstype: fstype.clone(),
             options: options.clone(),
             fsck: *fsck,

@@ -951,6 +951,7 @@ mod tests {
     fn ctx() -> Ctx {
         Ctx {
             node: "a".into(),
+            scope: "a".into(),
             node_index: 0,
             group: "web".into(),
             resource: "fs".into(),

@@ -1227,6 +1227,7 @@ mod tests {
     fn ctx(state_dir: &Path, group: &str, resource: &str) -> Ctx {
         Ctx {
             node: "n1".into(),
+            scope: "n1".into(),
             node_index: 0,
             group: group.into(),
             resource: resource.into(),

@@ -2,12 +2,12 @@
 //! process it started (double-forked daemons and `setsid` children included) and leaves
 //! nothing behind.
 //!
-//! - **One cgroup per group and resource**, named `<node>.<group>.<resource>`: on cgroup
-//!   v1 `/sys/fs/cgroup/freezer/takeover/<name>` (and the same under `pids/` when that
+//! - **One cgroup per group and resource**, named `<scope>.<group>.<resource>`
+//!   ([`Ctx::scope`]: the node name plus a hash of its state directory): on cgroup v1 `/sys/fs/cgroup/freezer/takeover/<name>` (and the same under `pids/` when that
 //!   controller is mounted); on v2 `/sys/fs/cgroup/takeover.slice/<name>`. Which one is
 //!   found at run time, see [`cgroup::Hierarchy::detect`]. The parts are joined with `.`,
 //!   which names cannot contain, so one node's cgroups are exactly those starting with
-//!   `<node>.` (names may contain `-`: with `-` as separator, node `a`'s prefix would
+//!   `<scope>.` (names may contain `-`: with `-` as separator, node `a`'s prefix would
 //!   also match node `a-b`'s cgroups).
 //! - **The child enters the cgroup before exec.** `cgroup.procs` of each of its
 //!   directories is opened (close-on-exec) before the fork. Between fork and exec the
@@ -374,14 +374,14 @@ impl Drop for Process {
     }
 }
 
-/// The cgroup name of a resource: `<node>.<group>.<resource>`. Each part must be a
+/// The cgroup name of a resource: `<scope>.<group>.<resource>`. Each part must be a
 /// config name (ASCII letters, digits, `_`, `-`), so that the name is one path component
-/// and `<node>.` prefixes exactly one node's cgroups.
+/// and `<scope>.` prefixes exactly one node's cgroups.
 pub fn cgroup_name(ctx: &Ctx) -> Result<String, String> {
-    for (what, part) in [("node", &ctx.node), ("group", &ctx.group), ("resource", &ctx.resource)] {
+    for (what, part) in [("node scope", &ctx.scope), ("group", &ctx.group), ("resource", &ctx.resource)] {
         check_name(what, part)?;
     }
-    Ok(format!("{}.{}.{}", ctx.node, ctx.group, ctx.resource))
+    Ok(format!("{}.{}.{}", ctx.scope, ctx.group, ctx.resource))
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), String> {
@@ -392,14 +392,14 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 /// Kill what a previous run of this node's agent left in its cgroups, and remove them:
-/// every `takeover/<node>.*` (v1: freezer and pids) and `takeover.slice/<node>.*` (v2,
+/// every `takeover/<scope>.*` (v1: freezer and pids) and `takeover.slice/<scope>.*` (v2,
 /// also the hybrid `unified` mount) cgroup, whichever hierarchy it is in. Returns the
 /// cgroup directories removed. Call at agent start, before anything else. Blocking: up
 /// to [`KILL_WAIT`] per cgroup. An error means some processes or cgroups could not be
 /// removed. No cgroup support at all is not an error: nothing can have been left.
-pub fn kill_leftover_cgroups(node: &str) -> anyhow::Result<Vec<String>> {
-    check_name("node", node).map_err(anyhow::Error::msg)?;
-    let prefix = format!("{node}.");
+pub fn kill_leftover_cgroups(scope: &str) -> anyhow::Result<Vec<String>> {
+    check_name("node scope", scope).map_err(anyhow::Error::msg)?;
+    let prefix = format!("{scope}.");
     let mut removed = Vec::new();
     let mut failed = Vec::new();
     for hier in Hierarchy::all_mounted() {

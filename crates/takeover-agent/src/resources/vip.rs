@@ -790,6 +790,7 @@ mod tests {
     fn ctx(node: &str) -> Ctx {
         Ctx {
             node: node.into(),
+            scope: node.into(),
             node_index: 0,
             group: "web".into(),
             resource: "vip".into(),

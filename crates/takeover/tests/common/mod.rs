@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod netcluster;
+pub mod shared;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

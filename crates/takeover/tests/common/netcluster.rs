@@ -48,7 +48,11 @@ pub struct NetCluster {
     pub bed: Netbed,
     pub dir: PathBuf,
     pub config: PathBuf,
-    binary: PathBuf,
+    pub binary: PathBuf,
+    /// The nodes, in `[[node]]` order.
+    pub nodes: Vec<String>,
+    /// The group `role`, `wait_role`, `client` and `journal_path` speak of.
+    pub group: String,
     agents: HashMap<String, Child>,
     _tmp: tempfile::TempDir,
 }
@@ -56,9 +60,35 @@ pub struct NetCluster {
 impl NetCluster {
     /// A bed with namespaces `{prefix}-*` and addresses in 10.200.{2 slot, 2 slot + 1}.0/24.
     pub fn create(prefix: &str, slot: u8, fencing: Fencing) -> NetCluster {
-        let _ = Netbed::cleanup_stale(prefix);
-        let bed = Netbed::create(prefix, &NODES, slot).expect("a network-namespace test bed");
         let tmp = tempfile::tempdir().expect("a temporary directory");
+        let dir = tmp.path().to_path_buf();
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_takeover"));
+        let listen: Vec<String> =
+            NODES.iter().map(|node| format!("{node}={}:8080", node_addr(slot, node, 0))).collect();
+        let group = format!(
+            "\n[[group]]\nname = {GROUP:?}\nnodes = [\"alpha\", \"beta\"]\nservice = [{:?}, \"demo-app\", \"--listen\", {:?}, \"--record\", {:?}, \"--tick-ms\", \"20\"]\nstop_timeout = \"2s\"\n",
+            binary.display().to_string(),
+            listen.join(","),
+            dir.join("app-records.log").display().to_string(),
+        );
+        NetCluster::create_with(prefix, slot, fencing, tmp, &NODES, GROUP, &group, &BTreeMap::new())
+    }
+
+    /// A cluster of `nodes` running the `[[group]]` tables `groups` (TOML text), in
+    /// `tmp`; a power-off of a node also cuts its filesystems at `mounts`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_with(
+        prefix: &str,
+        slot: u8,
+        fencing: Fencing,
+        tmp: tempfile::TempDir,
+        nodes: &[&str],
+        group: &str,
+        groups: &str,
+        mounts: &BTreeMap<String, Vec<PathBuf>>,
+    ) -> NetCluster {
+        let _ = Netbed::cleanup_stale(prefix);
+        let bed = Netbed::create_with_mounts(prefix, nodes, slot, false, mounts).expect("a network-namespace test bed");
         let dir = tmp.path().to_path_buf();
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_takeover"));
         let agent = dir.join("fence-netns");
@@ -84,8 +114,7 @@ impl NetCluster {
         for level in &levels {
             text.push_str(&format!("[[fence.level]]\ndevices = [{level}]\n"));
         }
-        let listen: Vec<String> = NODES.iter().map(|node| format!("{node}={}:8080", bed.node_addr(node, 0))).collect();
-        for node in NODES {
+        for node in nodes {
             text.push_str(&format!(
                 "\n[[node]]\nname = {node:?}\nstate_dir = {:?}\napi = \"unix:{}\"\nlinks = [\"{}:7100\", \"{}:7100\"]\n",
                 dir.join(node).display().to_string(),
@@ -94,15 +123,19 @@ impl NetCluster {
                 bed.node_addr(node, 1),
             ));
         }
-        text.push_str(&format!(
-            "\n[[group]]\nname = {GROUP:?}\nnodes = [\"alpha\", \"beta\"]\nservice = [{:?}, \"demo-app\", \"--listen\", {:?}, \"--record\", {:?}, \"--tick-ms\", \"20\"]\nstop_timeout = \"2s\"\n",
-            binary.display().to_string(),
-            listen.join(","),
-            dir.join("app-records.log").display().to_string(),
-        ));
+        text.push_str(groups);
         let config = dir.join("cluster.toml");
         std::fs::write(&config, text).unwrap();
-        NetCluster { bed, dir, config, binary, agents: HashMap::new(), _tmp: tmp }
+        NetCluster {
+            bed,
+            dir,
+            config,
+            binary,
+            nodes: nodes.iter().map(|it| it.to_string()).collect(),
+            group: group.to_string(),
+            agents: HashMap::new(),
+            _tmp: tmp,
+        }
     }
 
     pub fn start(&mut self, node: &str) {
@@ -117,6 +150,14 @@ impl NetCluster {
         ];
         let child = self.bed.spawn(node, &argv, &[("TAKEOVER_LOG", "info")], &log).expect("the agent starts");
         self.agents.insert(node.to_string(), child);
+    }
+
+    /// kill -9 of the node's agent alone (its namespace and links stay up).
+    pub fn kill_agent(&mut self, node: &str) {
+        if let Some(child) = self.agents.get_mut(node) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Power-off by the test itself (not through a fence).
@@ -163,7 +204,7 @@ impl NetCluster {
 
     pub async fn role(&self, node: &str) -> Option<String> {
         let status = self.status(node).await?;
-        status.groups.iter().find(|it| it.name == GROUP).map(|it| it.role.clone())
+        status.groups.iter().find(|it| it.name == self.group).map(|it| it.role.clone())
     }
 
     /// Polls until `pred` holds for `node`, or panics with both agents' logs.
@@ -181,17 +222,24 @@ impl NetCluster {
     }
 
     pub async fn wait_role(&self, node: &str, role: &'static str) {
-        let pred = move |s: &StatusDoc| s.groups.iter().any(|g| g.name == GROUP && g.role == role);
-        self.wait_for(node, Duration::from_secs(20), &format!("{GROUP} to be {role}"), pred).await;
+        let group = self.group.clone();
+        self.wait_group_role(node, &group, role).await;
+    }
+
+    pub async fn wait_group_role(&self, node: &str, group: &str, role: &'static str) {
+        let name = group.to_string();
+        let pred = move |s: &StatusDoc| s.groups.iter().any(|g| g.name == name && g.role == role);
+        self.wait_for(node, Duration::from_secs(20), &format!("{group} to be {role}"), pred).await;
     }
 
     /// A client appending through the agents' API sockets every 10 ms.
     pub fn client(&self, prefix: &str) -> AppClient {
-        let targets: BTreeMap<String, Target> = NODES
+        let targets: BTreeMap<String, Target> = self
+            .nodes
             .iter()
             .map(|node| {
                 let socket = self.dir.join(node).join("api.sock");
-                (node.to_string(), Target::Agent { socket, group: GROUP.into() })
+                (node.to_string(), Target::Agent { socket, group: self.group.clone() })
             })
             .collect();
         AppClient::start_targets(targets, prefix, Duration::from_millis(10))
@@ -202,12 +250,12 @@ impl NetCluster {
     }
 
     pub fn journal_path(&self, node: &str) -> PathBuf {
-        self.dir.join(node).join(format!("{GROUP}.journal"))
+        self.dir.join(node).join(format!("{}.journal", self.group))
     }
 
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for node in NODES {
+        for node in &self.nodes {
             let log = std::fs::read_to_string(self.dir.join(format!("{node}.agent.log"))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
             out.push_str(&format!("--- {node}.agent.log (last 40 lines)\n{}\n", tail.join("\n")));
@@ -218,11 +266,17 @@ impl NetCluster {
 
 impl Drop for NetCluster {
     fn drop(&mut self) {
-        for node in NODES {
-            let _ = self.bed.power_off(node);
-            self.reap(node);
+        for node in self.nodes.clone() {
+            let _ = self.bed.power_off(&node);
+            self.reap(&node);
         }
     }
+}
+
+/// The address of `node` on `link` in a bed of `slot` (the bed's addressing rule).
+pub fn node_addr(slot: u8, node: &str, link: u8) -> std::net::Ipv4Addr {
+    let i = NODES.iter().position(|it| *it == node).expect("alpha or beta") as u8;
+    std::net::Ipv4Addr::new(10, 200, 2 * slot + link, 10 + i)
 }
 
 /// The records of a journal file, read from a copy (opening may cut a torn tail, and

@@ -92,6 +92,7 @@ fn assert_no_cgroups(node: &str) {
 fn ctx(node: &str, resource: &str, dir: &Path) -> Ctx {
     Ctx {
         node: node.into(),
+        scope: node.into(),
         node_index: 0,
         group: "web".into(),
         resource: resource.into(),
