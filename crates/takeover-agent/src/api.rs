@@ -118,7 +118,7 @@ pub struct ResourceDoc {
 }
 
 /// A move of a group (takeover, switchover, failback, start), timed step by step.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveDoc {
     pub what: String,
     /// `done`, `handed over`, `FAILED` or `interrupted`.
@@ -129,7 +129,7 @@ pub struct MoveDoc {
     pub steps: Vec<StepDoc>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepDoc {
     pub step: String,
     pub ms: u64,

@@ -46,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let node = std::env::var("TAKEOVER_NODE").context("TAKEOVER_NODE is not set: the agent starts this service")?;
     let socket =
         UdpSocket::bind(("0.0.0.0", args.port)).with_context(|| format!("cannot bind UDP port {}", args.port))?;
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
     let log_path = args.data.join("served.log");
     let mut log = OpenOptions::new()
         .create(true)

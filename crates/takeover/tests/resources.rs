@@ -39,7 +39,15 @@ fn events(status: &StatusDoc) -> String {
 }
 
 /// The `[[group]]` of a full service: disk, filesystem, address, process (in this order).
-fn web_group(name: &str, nodes: [&str; 2], disk: &SharedDisk, dir: &Path, slot: u8, extra: &str) -> String {
+fn web_group(
+    name: &str,
+    nodes: [&str; 2],
+    disk: &SharedDisk,
+    dir: &Path,
+    slot: u8,
+    extra: &str,
+    app_extra: &str,
+) -> String {
     let binary = env!("CARGO_BIN_EXE_takeover");
     let mnt = |node: &str| dir.join(node).join("mnt").display().to_string();
     format!(
@@ -75,6 +83,7 @@ type = "process"
 command = ["{binary}", "probe-app", "--port", "{PORT}", "--data", "{dir}/{{node}}/mnt", "--record", "{dir}/app-records.log"]
 monitor_interval = "500ms"
 stop_timeout = "4s"
+{app_extra}
 "#,
         a = nodes[0],
         b = nodes[1],
@@ -95,13 +104,25 @@ struct WebCluster {
 impl WebCluster {
     /// alpha and beta running group `web` (alpha preferred), up as (M, SL).
     async fn up(prefix: &str, slot: u8, extra: &str) -> WebCluster {
+        WebCluster::up_with(prefix, slot, extra, "", |_| String::new()).await
+    }
+
+    /// As `up`, with `app_extra` added to the app's table and `more` (further groups) to
+    /// the configuration.
+    async fn up_with(
+        prefix: &str,
+        slot: u8,
+        extra: &str,
+        app_extra: &str,
+        more: impl Fn(&Path) -> String,
+    ) -> WebCluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let nodes = ["alpha", "beta"];
         let disk = SharedDisk::create(&dir, &nodes);
         let mounts: BTreeMap<String, Vec<PathBuf>> =
             nodes.iter().map(|n| (n.to_string(), vec![dir.join(n).join("mnt")])).collect();
-        let groups = web_group("web", nodes, &disk, &dir, slot, extra);
+        let groups = web_group("web", nodes, &disk, &dir, slot, extra, app_extra) + &more(&dir);
         let mut c = NetCluster::create_with(prefix, slot, Fencing::PowerOff, tmp, &nodes, "web", &groups, &mounts);
         c.start("alpha");
         c.start("beta");
@@ -212,7 +233,7 @@ async fn a_failed_monitor_restarts_the_resource_in_place() {
     let w = WebCluster::up("trmon", 21, "").await;
     let probe = w.probe();
     probe.wait_answers_from("alpha", 50, WAIT, || w.context()).await;
-    let pid = app_pid(&w.c, "alpha");
+    let pid = app_pid(&w.c, "alpha", PORT);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     // The monitor notices, the process alone restarts (nothing below it), alpha keeps
     // the group and beta stays SL.
@@ -221,7 +242,7 @@ async fn a_failed_monitor_restarts_the_resource_in_place() {
     })
     .await;
     probe.wait_answers_from("alpha", 50, WAIT, || w.context()).await;
-    assert_ne!(app_pid(&w.c, "alpha"), pid, "a new instance runs");
+    assert_ne!(app_pid(&w.c, "alpha", PORT), pid, "a new instance runs");
     assert_eq!(w.c.role("alpha").await.as_deref(), Some("M"));
     assert_eq!(w.c.role("beta").await.as_deref(), Some("SL"));
     let status = w.c.status("alpha").await.unwrap();
@@ -241,16 +262,20 @@ async fn a_failed_monitor_restarts_the_resource_in_place() {
     w.check_answers_kept(&probe, "alpha");
 }
 
-/// The pid of the probe service of `node` (the one process of its namespace running it).
-fn app_pid(c: &NetCluster, node: &str) -> i32 {
+/// The pid of the probe service of `node` answering on `port`.
+fn app_pid(c: &NetCluster, node: &str, port: u16) -> i32 {
     let pids = c.bed.pids(node).unwrap();
+    let port = port.to_string();
     *pids
         .iter()
         .find(|&&pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|it| String::from_utf8_lossy(&it).split('\0').any(|arg| arg == "probe-app"))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|it| {
+                let text = String::from_utf8_lossy(&it).into_owned();
+                let args: Vec<&str> = text.split('\0').collect();
+                args.contains(&"probe-app") && args.windows(2).any(|w| w == ["--port", port.as_str()])
+            })
         })
-        .unwrap_or_else(|| panic!("no probe-app among {pids:?} in {node}"))
+        .unwrap_or_else(|| panic!("no probe-app on port {port} among {pids:?} in {node}"))
 }
 
 #[tokio::test]
@@ -294,4 +319,433 @@ async fn switchover_stops_in_reverse_then_starts_on_the_peer() {
         left.steps.iter().map(|s| format!("{} {} ms", s.step, s.ms)).collect::<Vec<_>>().join(", "),
         last.total_ms
     );
+}
+
+/// A group of an address (`vip(slot, n)`) and the probe service on `port`, keeping its
+/// answers in a node-local directory: for tests about which group moves, not about data.
+fn light_group(name: &str, nodes: &[&str], dir: &Path, slot: u8, n: u8, port: u16, extra: &str) -> String {
+    let binary = env!("CARGO_BIN_EXE_takeover");
+    let list: Vec<String> = nodes.iter().map(|it| format!("{it:?}")).collect();
+    format!(
+        r#"
+[[group]]
+name = "{name}"
+nodes = [{list}]
+{extra}
+[[group.resource]]
+name = "ip"
+type = "vip"
+address = "{vip}/24"
+interface = "eth0"
+monitor_interval = "1s"
+
+[[group.resource]]
+name = "app"
+type = "process"
+command = ["{binary}", "probe-app", "--port", "{port}", "--data", "{dir}/{{node}}/{name}", "--record", "{dir}/{name}-records.log"]
+monitor_interval = "500ms"
+stop_timeout = "4s"
+"#,
+        list = list.join(", "),
+        vip = vip(slot, n),
+        dir = dir.display(),
+    )
+}
+
+/// What a group's status says, in one line for assertion messages.
+fn brief(status: &StatusDoc, name: &str) -> String {
+    let g = group(status, name);
+    let resources: Vec<String> =
+        g.resources.iter().map(|r| format!("{}={} failures {}", r.name, r.state, r.failures)).collect();
+    format!(
+        "{name}: role {} failed {} peer_failed {} moving {:?} [{}] last move {:?}",
+        g.role,
+        g.failed,
+        g.peer_failed,
+        g.moving,
+        resources.join(", "),
+        g.last_move.as_ref().map(|m| (&m.what, &m.outcome))
+    )
+}
+
+/// Every resource of `name` up on `node` and its last move finished as `what`.
+async fn wait_group_up(c: &NetCluster, node: &str, name: &str, what: &str) -> StatusDoc {
+    let (name2, what2) = (name.to_string(), what.to_string());
+    c.wait_for(node, WAIT, &format!("{name} up on {node} after a {what}"), move |s| {
+        s.groups.iter().any(|g| {
+            g.name == name2
+                && !g.resources.is_empty()
+                && g.resources.iter().all(|r| r.state == "up")
+                && g.last_move.as_ref().is_some_and(|m| m.what == what2 && m.outcome == "done")
+        })
+    })
+    .await;
+    c.status(node).await.unwrap()
+}
+
+#[tokio::test]
+async fn repeated_failures_move_only_the_failing_group() {
+    if !root_or_skip("repeated_failures_move_only_the_failing_group") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 23;
+    let w = WebCluster::up_with("trrep", slot, "", "max_restarts = 1", |dir| {
+        light_group("side", &["alpha", "beta"], dir, slot, 1, PORT + 1, "")
+    })
+    .await;
+    wait_group_up(&w.c, "alpha", "side", "start").await;
+    let probe = w.probe();
+    let side = Probe::start(&w.c.bed, SocketAddrV4::new(vip(slot, 1), PORT + 1), Duration::from_millis(5));
+    probe.wait_answers_from("alpha", 50, WAIT, || w.context()).await;
+    side.wait_answers_from("alpha", 50, WAIT, || w.context()).await;
+    let side_pid = app_pid(&w.c, "alpha", PORT + 1);
+    let side_before = group(&w.c.status("alpha").await.unwrap(), "side").last_move.clone();
+
+    // First failure of web's app: restarted in place (max_restarts = 1).
+    let kill = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    kill(app_pid(&w.c, "alpha", PORT)).unwrap();
+    w.c.wait_for("alpha", WAIT, "web's app restarted once", |s| {
+        s.groups.iter().any(|g| {
+            g.name == "web" && g.resources.iter().any(|r| r.name == "app" && r.failures == 1 && r.state == "up")
+        })
+    })
+    .await;
+    probe.wait_answers_from("alpha", 20, WAIT, || w.context()).await;
+    // Second failure within the window: web moves to beta; side stays on alpha.
+    kill(app_pid(&w.c, "alpha", PORT)).unwrap();
+    let status = wait_group_up(&w.c, "beta", "web", "failover after a failed resource (arriving)").await;
+    probe.wait_answers_from("beta", 50, WAIT, || w.context()).await;
+    assert!(group(&status, "web").peer_failed, "{}", brief(&status, "web"));
+    // alpha keeps the count of the failures (until `cleanup`) and will not take web back.
+    let alpha = w.c.status("alpha").await.unwrap();
+    let app = group(&alpha, "web").resources.iter().find(|r| r.name == "app").unwrap();
+    assert_eq!((app.failures, app.state.as_str()), (2, "down"), "{}", brief(&alpha, "web"));
+    assert_eq!(group(&alpha, "web").role, "SL", "{}", brief(&alpha, "web"));
+    assert!(!mounted(&w.mnt("alpha")) && mounted(&w.mnt("beta")));
+    assert!(!has_address(&w.c.bed, "alpha", w.vip()) && has_address(&w.c.bed, "beta", w.vip()));
+
+    // side: same process, same role, no failure, no move, answers from alpha only.
+    side.wait_answers_from("alpha", 50, WAIT, || w.context()).await;
+    assert_eq!(app_pid(&w.c, "alpha", PORT + 1), side_pid, "side's service was restarted");
+    assert_eq!(group(&alpha, "side").role, "M", "{}", brief(&alpha, "side"));
+    assert!(group(&alpha, "side").resources.iter().all(|r| r.failures == 0 && r.state == "up"));
+    assert_eq!(group(&alpha, "side").last_move, side_before, "side moved");
+    assert_eq!(side.answer_sequence(), ["alpha"]);
+    assert_eq!(probe.answer_sequence(), ["alpha", "beta"]);
+    let answered = w.check_answers_kept(&probe, "beta");
+    println!(
+        "failover after repeated failures: {answered} answered, web outage {} ms; side's longest gap {} ms",
+        probe.longest_outage().as_millis(),
+        side.longest_outage().as_millis()
+    );
+}
+
+#[tokio::test]
+async fn automatic_failback_returns_the_group_when_the_preferred_node_is_back() {
+    if !root_or_skip("automatic_failback_returns_the_group_when_the_preferred_node_is_back") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut w = WebCluster::up("trfb", 24, "failback = \"auto\"\nfailback_delay = \"1s\"").await;
+    let probe = w.probe();
+    probe.wait_answers_from("alpha", 50, WAIT, || w.context()).await;
+    w.c.kill_agent("alpha");
+    wait_group_up(&w.c, "beta", "web", "takeover").await;
+    probe.wait_answers_from("beta", 50, WAIT, || w.context()).await;
+    // alpha comes back (its namespace was powered off by the fence): it joins as SL, and
+    // after failback_delay the group returns to it by a switchover (no fence).
+    w.c.power_on_and_start("alpha");
+    let status = wait_group_up(&w.c, "alpha", "web", "failback (arriving)").await;
+    probe.wait_answers_from("alpha", 50, WAIT, || w.context()).await;
+    w.c.wait_role("beta", "SL").await;
+    assert_eq!(group(&status, "web").role, "M", "{}", brief(&status, "web"));
+    assert!(mounted(&w.mnt("alpha")) && !mounted(&w.mnt("beta")));
+    assert_eq!(client_neighbour(&w.c.bed, w.vip()), Some(mac(&w.c.bed, "alpha")));
+    let beta = w.c.status("beta").await.unwrap();
+    let left = group(&beta, "web").last_move.clone().unwrap();
+    assert_eq!((left.what.as_str(), left.outcome.as_str()), ("failback (leaving)", "handed over"), "{left:?}");
+    assert_eq!(probe.answer_sequence(), ["alpha", "beta", "alpha"]);
+    let answered = w.check_answers_kept(&probe, "alpha");
+    let back = group(&status, "web").last_move.clone().unwrap();
+    println!(
+        "failback: {answered} answered, longest client outage {} ms, failback stop {} ms + start {} ms",
+        probe.longest_outage().as_millis(),
+        left.total_ms,
+        back.total_ms
+    );
+}
+
+#[tokio::test]
+async fn symmetric_groups_a_failure_moves_one_and_leaves_the_survivors_group_alone() {
+    if !root_or_skip("symmetric_groups_a_failure_moves_one_and_leaves_the_survivors_group_alone") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 25;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let groups = light_group("left", &["alpha", "beta"], &dir, slot, 0, PORT, "")
+        + &light_group("right", &["beta", "alpha"], &dir, slot, 1, PORT + 1, "");
+    let nodes = ["alpha", "beta"];
+    let mut c =
+        NetCluster::create_with("trsym", slot, Fencing::PowerOff, tmp, &nodes, "left", &groups, &BTreeMap::new());
+    c.start("alpha");
+    c.start("beta");
+    wait_group_up(&c, "alpha", "left", "start").await;
+    wait_group_up(&c, "beta", "right", "start").await;
+    c.wait_group_role("beta", "left", "SL").await;
+    c.wait_group_role("alpha", "right", "SL").await;
+    let left = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 0), PORT), Duration::from_millis(5));
+    let right = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 1), PORT + 1), Duration::from_millis(5));
+    left.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    right.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    let right_pid = app_pid(&c, "beta", PORT + 1);
+    let right_before = group(&c.status("beta").await.unwrap(), "right").last_move.clone();
+
+    c.kill_agent("alpha");
+    let status = wait_group_up(&c, "beta", "left", "takeover").await;
+    left.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    right.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    // right lost its standby (SM now) but its service ran on undisturbed.
+    assert_eq!(group(&status, "right").role, "SM", "{}", brief(&status, "right"));
+    assert_eq!(group(&status, "right").last_move, right_before, "right moved: {}", brief(&status, "right"));
+    assert!(group(&status, "right").resources.iter().all(|r| r.failures == 0 && r.state == "up"));
+    assert_eq!(app_pid(&c, "beta", PORT + 1), right_pid, "right's service was restarted");
+    assert_eq!(left.answer_sequence(), ["alpha", "beta"]);
+    assert_eq!(right.answer_sequence(), ["beta"]);
+    for name in ["left", "right"] {
+        let (_, overlaps) = serving_overlaps(&c.dir.join(format!("{name}-records.log"))).unwrap();
+        assert_eq!(overlaps, 0, "{name}: two instances at once\n{}", c.logs());
+    }
+    println!(
+        "symmetric: left outage {} ms (takeover {} ms), right's longest gap {} ms",
+        left.longest_outage().as_millis(),
+        group(&status, "left").last_move.as_ref().unwrap().total_ms,
+        right.longest_outage().as_millis()
+    );
+}
+
+#[tokio::test]
+async fn n_plus_one_the_shared_standby_takes_each_failed_nodes_group() {
+    if !root_or_skip("n_plus_one_the_shared_standby_takes_each_failed_nodes_group") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 26;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let groups = light_group("a", &["alpha", "gamma"], &dir, slot, 0, PORT, "")
+        + &light_group("b", &["beta", "gamma"], &dir, slot, 1, PORT + 1, "");
+    let nodes = ["alpha", "beta", "gamma"];
+    let mut c = NetCluster::create_with("trn1", slot, Fencing::PowerOff, tmp, &nodes, "a", &groups, &BTreeMap::new());
+    for node in nodes {
+        c.start(node);
+    }
+    wait_group_up(&c, "alpha", "a", "start").await;
+    wait_group_up(&c, "beta", "b", "start").await;
+    c.wait_group_role("gamma", "a", "SL").await;
+    c.wait_group_role("gamma", "b", "SL").await;
+    let a = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 0), PORT), Duration::from_millis(5));
+    let b = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 1), PORT + 1), Duration::from_millis(5));
+    a.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    b.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    let b_pid = app_pid(&c, "beta", PORT + 1);
+
+    // alpha fails: gamma takes a, b stays on beta untouched.
+    c.kill_agent("alpha");
+    wait_group_up(&c, "gamma", "a", "takeover").await;
+    a.wait_answers_from("gamma", 50, WAIT, || c.logs()).await;
+    b.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    assert_eq!(app_pid(&c, "beta", PORT + 1), b_pid, "b's service was restarted");
+    assert_eq!(c.status("beta").await.and_then(|s| Some(group(&s, "b").role.clone())).as_deref(), Some("M"));
+    assert_eq!(b.answer_sequence(), ["beta"]);
+
+    // beta fails too: gamma holds both groups.
+    c.kill_agent("beta");
+    let status = wait_group_up(&c, "gamma", "b", "takeover").await;
+    b.wait_answers_from("gamma", 50, WAIT, || c.logs()).await;
+    a.wait_answers_from("gamma", 20, WAIT, || c.logs()).await;
+    assert_eq!(group(&status, "a").role, "SM", "{}", brief(&status, "a"));
+    assert_eq!(group(&status, "b").role, "SM", "{}", brief(&status, "b"));
+    assert_eq!(a.answer_sequence(), ["alpha", "gamma"]);
+    assert_eq!(b.answer_sequence(), ["beta", "gamma"]);
+    for name in ["a", "b"] {
+        let (_, overlaps) = serving_overlaps(&c.dir.join(format!("{name}-records.log"))).unwrap();
+        assert_eq!(overlaps, 0, "{name}: two instances at once\n{}", c.logs());
+    }
+    println!(
+        "N+1: a outage {} ms, b outage {} ms on gamma",
+        a.longest_outage().as_millis(),
+        b.longest_outage().as_millis()
+    );
+}
+
+#[tokio::test]
+async fn ocf_agents_in_a_group_switch_over_and_take_over() {
+    if !root_or_skip("ocf_agents_in_a_group_switch_over_and_take_over") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 27;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let nodes = ["alpha", "beta"];
+    let disk = SharedDisk::create(&dir, &nodes);
+    let mnt = |node: &str| dir.join(node).join("mnt");
+    for node in nodes {
+        std::fs::create_dir_all(mnt(node)).unwrap();
+    }
+    let binary = env!("CARGO_BIN_EXE_takeover");
+    // Debian's heartbeat agents, run unchanged: Filesystem mounts the shared disk, IPaddr2
+    // adds the address (and announces it), Dummy keeps its state on the new filesystem.
+    let groups = format!(
+        r#"
+[[group]]
+name = "web"
+nodes = ["alpha", "beta"]
+
+[[group.resource]]
+name = "fs"
+type = "ocf"
+agent = "heartbeat/Filesystem"
+params = {{ device = {devices}, directory = {{ alpha = "{ma}", beta = "{mb}" }}, fstype = "ext4" }}
+monitor_interval = "2s"
+
+[[group.resource]]
+name = "ip"
+type = "ocf"
+agent = "heartbeat/IPaddr2"
+params = {{ ip = "{vip}", cidr_netmask = "24", nic = "eth0" }}
+monitor_interval = "2s"
+
+[[group.resource]]
+name = "marker"
+type = "ocf"
+agent = "heartbeat/Dummy"
+params = {{ state = {{ alpha = "{ma}/dummy.state", beta = "{mb}/dummy.state" }} }}
+monitor_interval = "2s"
+
+[[group.resource]]
+name = "app"
+type = "process"
+command = ["{binary}", "probe-app", "--port", "{PORT}", "--data", "{dir}/{{node}}/mnt", "--record", "{dir}/app-records.log"]
+monitor_interval = "500ms"
+stop_timeout = "4s"
+"#,
+        devices = disk.per_node(),
+        ma = mnt("alpha").display(),
+        mb = mnt("beta").display(),
+        vip = vip(slot, 0),
+        dir = dir.display(),
+    );
+    let mounts: BTreeMap<String, Vec<PathBuf>> = nodes.iter().map(|n| (n.to_string(), vec![mnt(n)])).collect();
+    let mut c = NetCluster::create_with("trocf", slot, Fencing::PowerOff, tmp, &nodes, "web", &groups, &mounts);
+    c.start("alpha");
+    c.start("beta");
+    wait_group_up(&c, "alpha", "web", "start").await;
+    c.wait_role("beta", "SL").await;
+    let probe = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 0), PORT), Duration::from_millis(5));
+    probe.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    assert!(mounted(&mnt("alpha")) && mnt("alpha").join("dummy.state").exists());
+
+    // Switchover: the agents stop in reverse order on alpha, start on beta.
+    let answer = c.api("alpha").switchover("web", None).await.unwrap();
+    assert_eq!(answer.outcome, "moving", "{answer:?}");
+    wait_group_up(&c, "beta", "web", "switchover (arriving)").await;
+    probe.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    assert!(!mounted(&mnt("alpha")) && mounted(&mnt("beta")) && mnt("beta").join("dummy.state").exists());
+    assert!(!has_address(&c.bed, "alpha", vip(slot, 0)));
+    let alpha = c.status("alpha").await.unwrap();
+    let stops: Vec<String> =
+        group(&alpha, "web").last_move.as_ref().unwrap().steps.iter().map(|s| s.step.clone()).collect();
+    assert_eq!(stops, ["process app stop", "ocf marker stop", "ocf ip stop", "ocf fs stop"]);
+    c.wait_role("alpha", "SL").await;
+
+    // kill -9 of beta's agent: alpha fences it and the agents start there again.
+    c.kill_agent("beta");
+    let status = wait_group_up(&c, "alpha", "web", "takeover").await;
+    probe.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    assert!(mounted(&mnt("alpha")) && !mounted(&mnt("beta")));
+    assert_eq!(probe.answer_sequence(), ["alpha", "beta", "alpha"]);
+    let served = std::fs::read_to_string(mnt("alpha").join("served.log")).unwrap();
+    let kept: std::collections::BTreeSet<u64> = served.lines().filter_map(|it| it.parse().ok()).collect();
+    let lost: Vec<u64> = probe.answered().keys().filter(|it| !kept.contains(it)).copied().collect();
+    assert!(lost.is_empty(), "answered but not on the shared filesystem: {lost:?}\n{}", c.logs());
+    let (_, overlaps) = serving_overlaps(&c.dir.join("app-records.log")).unwrap();
+    assert_eq!(overlaps, 0, "{}", c.logs());
+    let last = group(&status, "web").last_move.clone().unwrap();
+    println!(
+        "OCF group: {} answered, longest outage {} ms; takeover {} ms: {}",
+        probe.answered().len(),
+        probe.longest_outage().as_millis(),
+        last.total_ms,
+        last.steps.iter().map(|s| format!("{} {} ms", s.step, s.ms)).collect::<Vec<_>>().join(", ")
+    );
+    drop(c);
+    drop(disk);
+}
+
+#[tokio::test]
+async fn a_group_failing_on_both_nodes_ends_failed_without_flapping() {
+    if !root_or_skip("a_group_failing_on_both_nodes_ends_failed_without_flapping") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 28;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let starts = dir.join("starts.log");
+    // A service that dies at once wherever it runs.
+    let groups = format!(
+        r#"
+[[group]]
+name = "bad"
+nodes = ["alpha", "beta"]
+
+[[group.resource]]
+name = "app"
+type = "process"
+command = ["/bin/sh", "-c", "echo {{node}} >> {starts}; exit 3"]
+monitor_interval = "200ms"
+max_restarts = 1
+"#,
+        starts = starts.display()
+    );
+    let nodes = ["alpha", "beta"];
+    let mut c =
+        NetCluster::create_with("trboth", slot, Fencing::PowerOff, tmp, &nodes, "bad", &groups, &BTreeMap::new());
+    c.start("alpha");
+    c.start("beta");
+    // alpha: start, restart, hand over to beta (failures counted, the group not here);
+    // beta: start, restart, and no node left to move to: failed, down, an alarm.
+    let failed = |s: &StatusDoc| s.groups.iter().any(|g| g.name == "bad" && g.failed && g.peer_failed);
+    c.wait_for("beta", WAIT, "bad failed on beta after alpha", failed).await;
+    let handed = |s: &StatusDoc| {
+        s.groups.iter().any(|g| g.name == "bad" && g.role == "SL" && g.resources.iter().all(|r| r.failures == 2))
+    };
+    c.wait_for("alpha", WAIT, "alpha handed bad over after two failures", handed).await;
+    let count =
+        |node: &str| std::fs::read_to_string(&starts).unwrap_or_default().lines().filter(|it| *it == node).count();
+    // It stays failed: no node starts it again for 10 monitor intervals (2 s).
+    let before = (count("alpha"), count("beta"));
+    assert_eq!(before, (2, 2), "one start and one restart on each node\n{}", c.logs());
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        for node in nodes {
+            let s = c.status(node).await.unwrap();
+            assert!(group(&s, "bad").resources.iter().all(|r| r.state != "up"), "{node}: {}", brief(&s, "bad"));
+        }
+        let beta = c.status("beta").await.unwrap();
+        assert!(group(&beta, "bad").failed, "{}", brief(&beta, "bad"));
+        let alpha = c.status("alpha").await.unwrap();
+        assert_eq!(group(&alpha, "bad").role, "SL", "{}", brief(&alpha, "bad"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((count("alpha"), count("beta")), before, "the group was started again\n{}", c.logs());
+    let beta = c.status("beta").await.unwrap();
+    let alpha = c.status("alpha").await.unwrap();
+    assert!(events(&beta).contains("ALARM"), "{}", events(&beta));
+    println!("failed on both: alpha {} / beta {}", brief(&alpha, "bad"), brief(&beta, "bad"));
+    assert!(c.running("alpha") && c.running("beta"), "the agents keep running");
 }

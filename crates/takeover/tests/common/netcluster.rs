@@ -270,12 +270,19 @@ impl Drop for NetCluster {
             let _ = self.bed.power_off(&node);
             self.reap(&node);
         }
+        // The services' cgroups a killed agent left (a real machine loses them at reboot).
+        for node in &self.nodes {
+            let scope = takeover_agent::resources::node_scope(node, &self.dir.join(node));
+            if let Err(e) = takeover_agent::resources::process::kill_leftover_cgroups(&scope) {
+                eprintln!("netcluster: {e:#}");
+            }
+        }
     }
 }
 
 /// The address of `node` on `link` in a bed of `slot` (the bed's addressing rule).
 pub fn node_addr(slot: u8, node: &str, link: u8) -> std::net::Ipv4Addr {
-    let i = NODES.iter().position(|it| *it == node).expect("alpha or beta") as u8;
+    let i = NODES.iter().position(|it| *it == node).expect("alpha or beta (other beds: Netbed::node_addr)") as u8;
     std::net::Ipv4Addr::new(10, 200, 2 * slot + link, 10 + i)
 }
 
