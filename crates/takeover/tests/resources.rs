@@ -558,7 +558,7 @@ async fn n_plus_one_the_shared_standby_takes_each_failed_nodes_group() {
     a.wait_answers_from("gamma", 50, WAIT, || c.logs()).await;
     b.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
     assert_eq!(app_pid(&c, "beta", PORT + 1), b_pid, "b's service was restarted");
-    assert_eq!(c.status("beta").await.and_then(|s| Some(group(&s, "b").role.clone())).as_deref(), Some("M"));
+    assert_eq!(c.status("beta").await.map(|s| group(&s, "b").role.clone()).as_deref(), Some("M"));
     assert_eq!(b.answer_sequence(), ["beta"]);
 
     // beta fails too: gamma holds both groups.
