@@ -159,6 +159,9 @@ impl Runner {
                 self.monitor_at[resource] = monitored.then_some(now);
             }
             (Op::Start, _) => {
+                // Counted like a failed monitor (shown until the operator's cleanup), but
+                // never retried in place: the group moves (Pacemaker's start-failure-is-fatal).
+                self.failures[resource].push_back(now);
                 // It may be half up: it is stopped with the rest.
                 self.up = resource + 1;
                 self.fail(true, resource);
@@ -443,6 +446,10 @@ mod tests {
         assert_eq!(drain(&mut r), vec![run(0, Op::Stop)]);
         r.done(ms(0), 0, Op::Stop, Outcome::Ok);
         assert_eq!(drain(&mut r), vec![RunnerOutput::ServiceFailed { start: true, resource: 1 }]);
+        // The failed start is counted on its resource until the operator clears it.
+        assert_eq!(r.status().failures, vec![0, 1, 0]);
+        r.clear_failures();
+        assert_eq!(r.status().failures, vec![0, 0, 0]);
     }
 
     #[test]

@@ -253,13 +253,24 @@ async fn a_failed_monitor_restarts_the_resource_in_place() {
     }
     assert!(events(&status).contains("restarting it in place"), "{}", events(&status));
     assert!(mounted(&w.mnt("alpha")) && has_address(&w.c.bed, "alpha", w.vip()), "the disk, mount and address stayed");
-    // Cleared by the operator's command.
-    let answer = w.c.api("alpha").cleanup("web").await.unwrap();
-    assert_eq!(answer.outcome, "cleared");
+    // Shown by `takeover status`, cleared by `takeover cleanup`.
+    let (code, out) = cli(&w.c, &["status", "--node", "alpha"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.lines().any(|l| l.contains("app") && l.contains("process") && l.contains("failures 1/3")), "{out}");
+    let (code, out) = cli(&w.c, &["cleanup", "web", "--node", "alpha"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("cleared:"), "{out}");
     let status = w.c.status("alpha").await.unwrap();
     assert!(group(&status, "web").resources.iter().all(|r| r.failures == 0));
     assert_eq!(probe.answer_sequence(), ["alpha"]);
     w.check_answers_kept(&probe, "alpha");
+}
+
+/// Runs `takeover ARGS --config <the cluster's file>`: its exit code and stdout + stderr.
+fn cli(c: &NetCluster, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(&c.binary).args(args).arg("--config").arg(&c.config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
 }
 
 /// The pid of the probe service of `node` answering on `port`.
@@ -292,8 +303,10 @@ async fn switchover_stops_in_reverse_then_starts_on_the_peer() {
     assert_eq!(refused.outcome, "refused", "{refused:?}");
     assert!(w.c.api("alpha").switchover("web", Some("gamma")).await.is_err());
 
-    let answer = w.c.api("alpha").switchover("web", Some("beta")).await.unwrap();
-    assert_eq!(answer.outcome, "moving", "{answer:?}");
+    // The operator's command, as typed.
+    let (code, out) = cli(&w.c, &["switchover", "web", "--to", "beta", "--node", "alpha"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("moving:"), "{out}");
     let status = w.wait_all_up("beta", "web").await;
     probe.wait_answers_from("beta", 50, WAIT, || w.context()).await;
     assert_eq!(client_neighbour(&w.c.bed, w.vip()), Some(mac(&w.c.bed, "beta")));
@@ -696,7 +709,9 @@ async fn a_group_failing_on_both_nodes_ends_failed_without_flapping() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let starts = dir.join("starts.log");
-    // A service that dies at once wherever it runs.
+    // bad: a service that dies at once wherever it runs (its monitor fails);
+    // nostart: Debian's Dummy agent with its state file in a missing directory, so its
+    // validate-all fails (the plan shows it ahead of time) and so does every start.
     let groups = format!(
         r#"
 [[group]]
@@ -709,43 +724,81 @@ type = "process"
 command = ["/bin/sh", "-c", "echo {{node}} >> {starts}; exit 3"]
 monitor_interval = "200ms"
 max_restarts = 1
+
+[[group]]
+name = "nostart"
+nodes = ["alpha", "beta"]
+
+[[group.resource]]
+name = "marker"
+type = "ocf"
+agent = "heartbeat/Dummy"
+params = {{ state = "{missing}/dummy.state" }}
+monitor_interval = "200ms"
 "#,
-        starts = starts.display()
+        starts = starts.display(),
+        missing = dir.join("missing").display(),
     );
     let nodes = ["alpha", "beta"];
     let mut c =
         NetCluster::create_with("trboth", slot, Fencing::PowerOff, tmp, &nodes, "bad", &groups, &BTreeMap::new());
     c.start("alpha");
     c.start("beta");
-    // alpha: start, restart, hand over to beta (failures counted, the group not here);
-    // beta: start, restart, and no node left to move to: failed, down, an alarm.
-    let failed = |s: &StatusDoc| s.groups.iter().any(|g| g.name == "bad" && g.failed && g.peer_failed);
-    c.wait_for("beta", WAIT, "bad failed on beta after alpha", failed).await;
-    let handed = |s: &StatusDoc| {
-        s.groups.iter().any(|g| g.name == "bad" && g.role == "SL" && g.resources.iter().all(|r| r.failures == 2))
-    };
-    c.wait_for("alpha", WAIT, "alpha handed bad over after two failures", handed).await;
+    // alpha: it fails (bad: start, restart, fail again), alpha hands it over to beta;
+    // beta: it fails there too and no node is left to move to: failed, down, an alarm.
+    for name in ["bad", "nostart"] {
+        let n = name.to_string();
+        let failed = move |s: &StatusDoc| s.groups.iter().any(|g| g.name == n && g.failed && g.peer_failed);
+        c.wait_for("beta", WAIT, &format!("{name} failed on beta after alpha"), failed).await;
+        let n = name.to_string();
+        let handed = move |s: &StatusDoc| {
+            s.groups.iter().any(|g| g.name == n && g.role == "SL" && g.resources.iter().all(|r| r.failures > 0))
+        };
+        c.wait_for("alpha", WAIT, &format!("alpha handed {name} over after its failure"), handed).await;
+    }
+    // The plan said so before anything ran: validate-all's reason, on both nodes.
+    for node in nodes {
+        let s = c.status(node).await.unwrap();
+        let marker = &group(&s, "nostart").resources[0];
+        assert_eq!(marker.plan_ok, Some(false), "{node}: {marker:?}");
+        assert!(marker.plan.iter().any(|it| it.contains("not writable")), "{node}: {marker:?}");
+    }
     let count =
         |node: &str| std::fs::read_to_string(&starts).unwrap_or_default().lines().filter(|it| *it == node).count();
-    // It stays failed: no node starts it again for 10 monitor intervals (2 s).
     let before = (count("alpha"), count("beta"));
-    assert_eq!(before, (2, 2), "one start and one restart on each node\n{}", c.logs());
+    assert_eq!(before, (2, 2), "bad: one start and one restart on each node\n{}", c.logs());
+    let moves = |s: &StatusDoc, name: &str| group(s, name).last_move.clone();
+    let (a0, b0) = (c.status("alpha").await.unwrap(), c.status("beta").await.unwrap());
+    // They stay failed: nothing starts or moves again for 10 monitor intervals (2 s).
     let until = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < until {
-        for node in nodes {
-            let s = c.status(node).await.unwrap();
-            assert!(group(&s, "bad").resources.iter().all(|r| r.state != "up"), "{node}: {}", brief(&s, "bad"));
+        let (alpha, beta) = (c.status("alpha").await.unwrap(), c.status("beta").await.unwrap());
+        for name in ["bad", "nostart"] {
+            for (node, s) in [("alpha", &alpha), ("beta", &beta)] {
+                assert!(group(s, name).resources.iter().all(|r| r.state != "up"), "{node}: {}", brief(s, name));
+            }
+            assert!(group(&beta, name).failed, "{}", brief(&beta, name));
+            assert_eq!(group(&alpha, name).role, "SL", "{}", brief(&alpha, name));
+            assert_eq!(moves(&alpha, name), moves(&a0, name), "{name} moved again");
+            assert_eq!(moves(&beta, name), moves(&b0, name), "{name} moved again");
         }
-        let beta = c.status("beta").await.unwrap();
-        assert!(group(&beta, "bad").failed, "{}", brief(&beta, "bad"));
-        let alpha = c.status("alpha").await.unwrap();
-        assert_eq!(group(&alpha, "bad").role, "SL", "{}", brief(&alpha, "bad"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!((count("alpha"), count("beta")), before, "the group was started again\n{}", c.logs());
-    let beta = c.status("beta").await.unwrap();
-    let alpha = c.status("alpha").await.unwrap();
-    assert!(events(&beta).contains("ALARM"), "{}", events(&beta));
-    println!("failed on both: alpha {} / beta {}", brief(&alpha, "bad"), brief(&beta, "bad"));
+    assert_eq!((count("alpha"), count("beta")), before, "bad was started again\n{}", c.logs());
+    let (alpha, beta) = (c.status("alpha").await.unwrap(), c.status("beta").await.unwrap());
+    for name in ["bad", "nostart"] {
+        assert!(events(&beta).contains(&format!("ALARM: group {name}: FAILED")), "{}", events(&beta));
+        println!("failed on both: alpha {} / beta {}", brief(&alpha, name), brief(&beta, name));
+    }
     assert!(c.running("alpha") && c.running("beta"), "the agents keep running");
+
+    // The operator fixes the cause and clears the failures: the group starts again.
+    std::fs::create_dir(dir.join("missing")).unwrap();
+    let answer = c.api("beta").cleanup("nostart").await.unwrap();
+    assert_eq!(answer.outcome, "cleared", "{answer:?}");
+    let up = |s: &StatusDoc| {
+        s.groups.iter().any(|g| g.name == "nostart" && !g.failed && g.resources.iter().all(|r| r.state == "up"))
+    };
+    c.wait_for("beta", WAIT, "nostart up on beta after cleanup", up).await;
+    assert!(dir.join("missing").join("dummy.state").exists());
 }
