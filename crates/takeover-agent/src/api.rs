@@ -105,7 +105,7 @@ pub struct ResourceDoc {
     pub kind: String,
     /// `up`, `down`, `starting` or `stopping`.
     pub state: String,
-    /// Monitor failures within the restart window.
+    /// Failed monitors within the restart window, and failed starts (until `cleanup`).
     pub failures: usize,
     /// Restarts in place allowed within the window before the group moves.
     pub max_restarts: u32,
