@@ -491,6 +491,16 @@ fn explain_toml_error(text: &str, e: &toml::de::Error, span: &Range<usize>) -> S
     if message == "missing field `cluster`" {
         return "the file has no [cluster] table; start it with `[cluster]` and `name = \"...\"`".to_string();
     }
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|it| it.strip_suffix('`')) {
+        // A [[group.resource]] table (or an inline one in `resource = [...]`).
+        let resource = spanned.starts_with("[[group.resource") || spanned.starts_with('{');
+        let hint = match field {
+            "type" if resource => format!("add type = \"...\", one of {}", resources::TYPES),
+            "name" if resource => "add name = \"...\", a name unique within the group, e.g. name = \"ip\"".to_string(),
+            _ => format!("add `{field} = ...` to this table"),
+        };
+        return format!("{message}: {hint}");
+    }
     if message.contains("expected a sequence") && spanned.starts_with('[') && !spanned.starts_with("[[") {
         let table = spanned.trim_matches(|c| c == '[' || c == ']');
         return format!("{message}: write [[{table}]] with double brackets; each [[{table}]] table adds one {table}");
@@ -661,7 +671,7 @@ struct RawGroup {
     nodes: RawStrings,
     service: Option<RawStrings>,
     stop_timeout: Option<Spanned<Value>>,
-    failback: Option<Spanned<String>>,
+    failback: Option<Spanned<Value>>,
     failback_delay: Option<Spanned<Value>>,
     resource: Option<Spanned<Vec<Spanned<resources::RawResource>>>>,
 }
