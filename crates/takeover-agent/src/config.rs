@@ -491,6 +491,16 @@ fn explain_toml_error(text: &str, e: &toml::de::Error, span: &Range<usize>) -> S
     if message == "missing field `cluster`" {
         return "the file has no [cluster] table; start it with `[cluster]` and `name = \"...\"`".to_string();
     }
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|it| it.strip_suffix('`')) {
+        // A [[group.resource]] table (or an inline one in `resource = [...]`).
+        let resource = spanned.starts_with("[[group.resource") || spanned.starts_with('{');
+        let hint = match field {
+            "type" if resource => format!("add type = \"...\", one of {}", resources::TYPES),
+            "name" if resource => "add name = \"...\", a name unique within the group, e.g. name = \"ip\"".to_string(),
+            _ => format!("add `{field} = ...` to this table"),
+        };
+        return format!("{message}: {hint}");
+    }
     if message.contains("expected a sequence") && spanned.starts_with('[') && !spanned.starts_with("[[") {
         let table = spanned.trim_matches(|c| c == '[' || c == ']');
         return format!("{message}: write [[{table}]] with double brackets; each [[{table}]] table adds one {table}");
@@ -661,7 +671,7 @@ struct RawGroup {
     nodes: RawStrings,
     service: Option<RawStrings>,
     stop_timeout: Option<Spanned<Value>>,
-    failback: Option<Spanned<String>>,
+    failback: Option<Spanned<Value>>,
     failback_delay: Option<Spanned<Value>>,
     resource: Option<Spanned<Vec<Spanned<resources::RawResource>>>>,
 }
@@ -1760,9 +1770,33 @@ nodes = ["b", "a"]
     #[test]
     fn example_file_parses() {
         let text = include_str!("../../../examples/two-nodes.toml");
-        let c = parse(text, "examples/two-nodes.toml").unwrap();
+        let c = parse(text, "examples/two-nodes.toml").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.nodes.len(), 2);
         assert_eq!(c.groups.len(), 2);
+        // The web group shows a full service, in start order; queue runs nothing.
+        let web = c.group("web").unwrap();
+        let kinds: Vec<_> = web.resources.iter().map(|it| (it.kind.type_name(), it.name.as_str())).collect();
+        assert_eq!(kinds, [("disk", "data"), ("mount", "fs"), ("vip", "ip"), ("process", "app")]);
+        assert_eq!(web.failback, Failback::Manual);
+        let ResourceKindConfig::Vip { interface, .. } = &web.resources[2].kind else { panic!("not a vip") };
+        assert_eq!((interface.on("alpha").as_str(), interface.on("beta").as_str()), ("eth0", "ens3"));
+        assert!(c.group("queue").unwrap().resources.is_empty());
+    }
+
+    #[test]
+    fn example_file_ocf_resource_parses_when_uncommented() {
+        // The commented OCF example must stay valid: uncomment it (in place of the process).
+        let text = include_str!("../../../examples/two-nodes.toml");
+        let start = text.find("# [[group.resource]]\n# name = \"apache\"").expect("the commented OCF example");
+        let end = start + text[start..].find("\n\n").expect("a blank line after it");
+        let ocf: String = text[start..end].lines().map(|it| format!("{}\n", &it[2..])).collect();
+        let text = format!("{}{ocf}{}", &text[..start], &text[end..]);
+        let c = parse(&text, "examples/two-nodes.toml").unwrap_or_else(|e| panic!("{e}"));
+        let web = c.group("web").unwrap();
+        let last = web.resources.last().unwrap();
+        assert_eq!(last.name, "apache");
+        assert!(matches!(&last.kind, ResourceKindConfig::Ocf { provider, agent, params }
+            if provider == "heartbeat" && agent == "apache" && params.len() == 2));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! [[group]]
 //! name = "web"
 //! nodes = ["alpha", "beta"]
-//! failback = "manual"            # default; "auto": return to alpha once it is back and in sync
-//! failback_delay = "10s"         # default 10s: how long alpha must be in sync before it gets the group back
+//! failback = "auto"              # default "manual"; "auto": return to alpha once it is back and in sync
+//! failback_delay = "10s"         # default 10s, only with "auto": how long alpha must be in sync before it gets the group back
 //!
 //! [[group.resource]]
 //! name = "data"
@@ -24,7 +24,7 @@
 //! [[group.resource]]
 //! name = "ip"
 //! type = "vip"
-//! address = "10.200.0.100/24"    # IPv4 or IPv6, with its prefix length
+//! address = "10.200.0.100/24"    # IPv4 or IPv6, a host address with its prefix length (from 1)
 //! interface = "eth0"             # or { alpha = "eth0", beta = "ens3" }
 //! announce = 5                   # default 5 gratuitous ARPs / unsolicited NAs
 //! announce_interval = "100ms"    # default 100ms
@@ -180,7 +180,7 @@ pub(super) struct RawResource {
     params: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
 }
 
-const TYPES: &str = "vip, disk, mount, process or ocf";
+pub(super) const TYPES: &str = "vip, disk, mount, process or ocf";
 
 impl RawResource {
     /// The type-specific keys present, with their spans.
@@ -233,14 +233,18 @@ impl Checker<'_> {
         let mut ok = true;
         let failback = match &raw.failback {
             None => Some(Failback::Manual),
-            Some(value) => match value.get_ref().as_str() {
-                "manual" => Some(Failback::Manual),
-                "auto" => Some(Failback::Auto),
+            Some(value) => match value.get_ref() {
+                Value::String(s) if s == "manual" => Some(Failback::Manual),
+                Value::String(s) if s == "auto" => Some(Failback::Auto),
                 other => {
+                    let shown = match other {
+                        Value::String(s) => format!("{s:?}"),
+                        other => other.to_string(),
+                    };
                     self.error(
                         value.span(),
                         format!(
-                            "group `{group}`: failback {other:?} is not a failback setting; use \"manual\" (the group stays where it is until `takeover switchover`) or \"auto\" (it returns to its preferred node once that node is back and in sync)"
+                            "group `{group}`: failback {shown} is not a failback setting; use \"manual\" (the group stays where it is until `takeover switchover`) or \"auto\" (it returns to its preferred node once that node is back and in sync)"
                         ),
                     );
                     None
@@ -255,8 +259,24 @@ impl Checker<'_> {
                 true,
             )
             .value;
+        // The delay only matters when the group moves back by itself: given with
+        // "manual" it would be silently ignored.
+        if failback == Some(Failback::Manual)
+            && let Some(delay) = &raw.failback_delay
+        {
+            self.error(
+                delay.span(),
+                format!(
+                    "group `{group}`: failback_delay only applies with failback = \"auto\", but failback is \"manual\"{}; add failback = \"auto\" to move the group back to its preferred node by itself, or remove failback_delay",
+                    if raw.failback.is_none() { " (the default)" } else { "" }
+                ),
+            );
+            ok = false;
+        }
 
         let mut resources = Vec::new();
+        // Where each of `resources` is written: its name (or `service`).
+        let mut spans = Vec::new();
         if let Some(service) = &raw.service {
             if let Some(list) = &raw.resource {
                 self.error(
@@ -276,16 +296,19 @@ impl Checker<'_> {
                 .duration(&format!("group `{group}`: stop_timeout"), &raw.stop_timeout, super::DEFAULT_STOP_TIMEOUT)
                 .value;
             match (argv, stop_timeout) {
-                (Some(argv), Some(stop_timeout)) => resources.push(ResourceConfig {
-                    name: "service".into(),
-                    kind: ResourceKindConfig::Process { argv, env: Vec::new(), log: None },
-                    start_timeout: DEFAULT_OP_TIMEOUT,
-                    stop_timeout,
-                    monitor_timeout: DEFAULT_OP_TIMEOUT,
-                    monitor_interval: SERVICE_MONITOR_INTERVAL,
-                    max_restarts: DEFAULT_MAX_RESTARTS,
-                    restart_window: DEFAULT_RESTART_WINDOW,
-                }),
+                (Some(argv), Some(stop_timeout)) => {
+                    spans.push(service.span());
+                    resources.push(ResourceConfig {
+                        name: "service".into(),
+                        kind: ResourceKindConfig::Process { argv, env: Vec::new(), log: None },
+                        start_timeout: DEFAULT_OP_TIMEOUT,
+                        stop_timeout,
+                        monitor_timeout: DEFAULT_OP_TIMEOUT,
+                        monitor_interval: SERVICE_MONITOR_INTERVAL,
+                        max_restarts: DEFAULT_MAX_RESTARTS,
+                        restart_window: DEFAULT_RESTART_WINDOW,
+                    });
+                }
                 _ => ok = false,
             }
         } else if let Some(timeout) = &raw.stop_timeout {
@@ -320,7 +343,10 @@ impl Checker<'_> {
                 names.insert(name.clone(), self.line_of(&r.name.span()));
             }
             match self.check_resource(group, r, members) {
-                Some(resource) => resources.push(resource),
+                Some(resource) => {
+                    spans.push(r.name.span());
+                    resources.push(resource);
+                }
                 None => ok = false,
             }
         }
@@ -333,10 +359,9 @@ impl Checker<'_> {
                     .position(|it| matches!(&it.kind, ResourceKindConfig::Disk { device: d } if d == device));
                 if let Some(owner) = owner
                     && owner > i
-                    && let Some(raw_list) = &raw.resource
                 {
                     self.error(
-                        raw_list.span(),
+                        spans[i].clone(),
                         format!(
                             "group `{group}`: mount `{}` uses the device of disk `{}`, which comes after it; list the disk first: resources start in order ({})",
                             resource.name,
@@ -438,7 +463,10 @@ impl Checker<'_> {
         example: &str,
     ) -> Option<&'r T> {
         if value.is_none() {
-            self.error(kind.span(), format!("{what}: a {} resource needs `{key}`: {example}", kind.get_ref()));
+            let kind_span = kind.span();
+            let kind = kind.get_ref();
+            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+            self.error(kind_span, format!("{what}: {article} {kind} resource needs `{key}`: {example}"));
         }
         value.as_ref()
     }
@@ -467,7 +495,7 @@ impl Checker<'_> {
                         self.error(
                             raw.span(),
                             format!(
-                                "{what}: `{key}` names node `{node}`, which does not run this group ({})",
+                                "{what}: `{key}` names node `{node}`, which does not run this group; give values only for the group's nodes ({})",
                                 members.join(" and ")
                             ),
                         );
@@ -558,37 +586,74 @@ impl Checker<'_> {
         let parsed = address.and_then(|address| {
             let text = address.get_ref();
             let Some((ip, prefix)) = text.split_once('/') else {
+                let example = match text.parse::<IpAddr>() {
+                    Ok(IpAddr::V6(_)) => format!("\"{text}/64\""),
+                    _ => format!("\"{text}/24\" (netmask 255.255.255.0)"),
+                };
                 self.error(
                     address.span(),
                     format!(
-                        "{what}: address {text:?} has no prefix length; write it as \"{text}/24\" (IPv4) or \"{text}/64\" (IPv6) to match the interface's network"
+                        "{what}: address {text:?} has no prefix length; add the prefix length of the interface's network, e.g. {example}"
                     ),
                 );
                 return None;
             };
             let Ok(ip) = ip.parse::<IpAddr>() else {
-                self.error(address.span(), format!("{what}: {ip:?} is not an IPv4 or IPv6 address"));
+                self.error(
+                    address.span(),
+                    format!(
+                        "{what}: {ip:?} is not an IPv4 or IPv6 address; write the address and its prefix length, e.g. \"10.0.0.100/24\" or \"fd00::100/64\""
+                    ),
+                );
                 return None;
             };
             let max = if ip.is_ipv4() { 32 } else { 128 };
-            match prefix.parse::<u8>() {
-                Ok(len) if len <= max => {}
+            // Prefix 0 would put the whole address space on the interface (a second
+            // default route), never what a service address means.
+            let prefix_len = match prefix.parse::<u8>() {
+                Ok(len) if (1..=max).contains(&len) => len,
                 _ => {
+                    let example = if ip.is_ipv4() {
+                        "24 for netmask 255.255.255.0, or 32 for the address alone as keepalived does by default"
+                    } else {
+                        "64"
+                    };
                     self.error(
                         address.span(),
-                        format!("{what}: prefix length {prefix:?} must be a number from 0 to {max}"),
+                        format!(
+                            "{what}: prefix length {prefix:?} must be a number from 1 to {max}: the prefix length of the interface's network, as in `ip address add` (e.g. {example})"
+                        ),
+                    );
+                    return None;
+                }
+            };
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                self.error(
+                    address.span(),
+                    format!(
+                        "{what}: {ip} cannot be a service address (unspecified, multicast or loopback); give an unused address of the interface's network"
+                    ),
+                );
+                return None;
+            }
+            if let IpAddr::V4(v4) = ip
+                && prefix_len <= 30
+            {
+                let host_bits = u32::MAX >> prefix_len;
+                let host = u32::from(v4) & host_bits;
+                if host == 0 || host == host_bits {
+                    let which = if host == 0 { "network" } else { "broadcast" };
+                    let network = std::net::Ipv4Addr::from(u32::from(v4) & !host_bits);
+                    self.error(
+                        address.span(),
+                        format!(
+                            "{what}: {ip} is the {which} address of {network}/{prefix_len}, not a host address; give an unused host address of that network"
+                        ),
                     );
                     return None;
                 }
             }
-            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
-                self.error(
-                    address.span(),
-                    format!("{what}: {ip} cannot be a service address (unspecified, multicast or loopback)"),
-                );
-                return None;
-            }
-            Some((ip, prefix.parse::<u8>().expect("checked")))
+            Some((ip, prefix_len))
         });
         let interface = interface.and_then(|raw| {
             let value = self.per_node_string(what, "interface", raw, members)?;
@@ -746,3 +811,6 @@ impl Checker<'_> {
         ok.then(|| ResourceKindConfig::Ocf { provider: provider.to_string(), agent: name.to_string(), params })
     }
 }
+
+#[cfg(test)]
+mod tests;
