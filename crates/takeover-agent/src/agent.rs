@@ -107,6 +107,35 @@ struct Agent {
     heartbeat_seq: u64,
     /// Group reports captured while answering an API call.
     captured: Vec<(GroupIndex, Report)>,
+    /// The state directory's lock, held while this agent lives.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the state directory's exclusive lock: one agent per state directory, so a second
+/// agent for the same node, or two nodes given one directory on one machine, never run
+/// (they would share priorities and journals and kill each other's services).
+fn lock_state_dir(dir: &std::path::Path, node: &str) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            let holder = std::fs::read_to_string(dir.join("agent.pid"))
+                .ok()
+                .and_then(|it| it.split_whitespace().next().map(str::to_string))
+                .map_or_else(String::new, |pid| format!(" (pid {pid})"));
+            anyhow!(
+                "another takeover agent{holder} already runs with the state directory {} (node `{node}`): stop it first; if this is a different node on the same machine, give it a state_dir of its own",
+                dir.display()
+            )
+        } else {
+            anyhow!("cannot lock {}: {errno}", path.display())
+        }
+    })
 }
 
 /// What a fence action came to.
@@ -147,6 +176,7 @@ impl Agent {
         let my_id = cfg.node_id(&me.name).expect("declared");
         std::fs::create_dir_all(&me.state_dir)
             .with_context(|| format!("cannot create the state directory {}", me.state_dir.display()))?;
+        let lock = lock_state_dir(&me.state_dir, &me.name)?;
         service::write_own_pidfile(&me.state_dir.join("agent.pid"))
             .with_context(|| format!("cannot write {}", me.state_dir.join("agent.pid").display()))?;
 
@@ -298,6 +328,7 @@ impl Agent {
         }
 
         let mut agent = Agent {
+            _lock: lock,
             cfg,
             me,
             incarnation,

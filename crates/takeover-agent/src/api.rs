@@ -344,6 +344,12 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
                 path.display()
             )));
         }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::other(format!(
+                "{} is the API socket of a running agent; stop it first, or give this node an api path of its own",
+                path.display()
+            )));
+        }
         std::fs::remove_file(path)?;
     }
     if let Some(dir) = path.parent() {

@@ -1215,8 +1215,6 @@ impl Checker<'_> {
         }
 
         let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut state_dirs: HashMap<PathBuf, (&str, usize)> = HashMap::new();
-        let mut apis: HashMap<ApiAddr, (&str, usize)> = HashMap::new();
         // Every TCP address a node binds: links and tcp APIs.
         let mut addresses: HashMap<SocketAddr, (String, usize)> = HashMap::new();
         let mut advertised: HashMap<SocketAddr, (String, usize)> = HashMap::new();
@@ -1248,32 +1246,16 @@ impl Checker<'_> {
                     ),
                 );
                 node_ok = false;
-            } else if let Some((other, line)) = state_dirs.get(&state_dir) {
-                self.error(
-                    node.state_dir.span(),
-                    format!(
-                        "node `{name}`: state_dir {:?} is already the state_dir of node `{other}` (line {line}); every node needs its own",
-                        node.state_dir.get_ref()
-                    ),
-                );
-                node_ok = false;
-            } else {
-                state_dirs.insert(state_dir.clone(), (name, self.line_of(&node.state_dir.span())));
             }
+            // The same state_dir (and api socket) on every node is what one file for
+            // separate machines gives; two agents sharing one on the same machine are
+            // stopped at start-up by the state directory's lock.
 
             // api
             let api = self.api(name, &node.api);
             if let Some(api) = &api {
                 let line = self.line_of(&node.api.span());
-                if let Some((other, first)) = apis.get(api) {
-                    self.error(
-                        node.api.span(),
-                        format!(
-                            "node `{name}`: api `{api}` is already the api of node `{other}` (line {first}); every node needs its own"
-                        ),
-                    );
-                    node_ok = false;
-                } else if let ApiAddr::Tcp(addr) = api
+                if let ApiAddr::Tcp(addr) = api
                     && let Some((owner, first)) = addresses.get(addr)
                 {
                     self.error(
@@ -1283,11 +1265,8 @@ impl Checker<'_> {
                         ),
                     );
                     node_ok = false;
-                } else {
-                    apis.insert(api.clone(), (name, line));
-                    if let ApiAddr::Tcp(addr) = api {
-                        addresses.insert(*addr, (format!("the api of node `{name}`"), line));
-                    }
+                } else if let ApiAddr::Tcp(addr) = api {
+                    addresses.insert(*addr, (format!("the api of node `{name}`"), line));
                 }
             } else {
                 node_ok = false;
@@ -1765,6 +1744,17 @@ nodes = ["b", "a"]
         assert_eq!(c.arbiter, Arbiter::UnsafeAssumeCrashStop);
         assert_eq!(c.fence, None);
         assert_eq!(c.fence_plan(), None);
+    }
+
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in the README") + "```toml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").expect("its end")];
+        let c = parse(text, "README.md").unwrap_or_else(|e| panic!("{e}"));
+        let db = c.group("db").unwrap();
+        let kinds: Vec<_> = db.resources.iter().map(|it| it.kind.type_name()).collect();
+        assert_eq!(kinds, ["disk", "mount", "vip", "process"]);
     }
 
     #[test]
@@ -2449,23 +2439,15 @@ advertise = ["127.0.0.3:7102"]"#,
     }
 
     #[test]
-    fn state_dirs_must_be_unique() {
-        assert_single(
-            &with(22, r#"state_dir = "/var/lib/takeover/alpha/""#),
-            22,
-            13,
-            "node `beta`: state_dir \"/var/lib/takeover/alpha/\" is already the state_dir of node `alpha` (line 16)",
-        );
-    }
-
-    #[test]
-    fn apis_must_be_unique() {
-        assert_single(
-            &with(23, r#"api = "unix:/run/takeover/alpha.sock""#),
-            23,
-            7,
-            "node `beta`: api `unix:/run/takeover/alpha.sock` is already the api of node `alpha` (line 17)",
-        );
+    fn state_dir_and_api_may_be_the_same_on_every_node() {
+        // One file for separate machines: the same paths on each (a shared one on a single
+        // machine is refused by the agent's lock at start-up instead).
+        let text = with_lines(&[
+            (22, r#"state_dir = "/var/lib/takeover/alpha/""#),
+            (23, r#"api = "unix:/run/takeover/alpha.sock""#),
+        ]);
+        let c = parse(&text, "cluster.toml").expect("shared state_dir and api accepted");
+        assert_eq!(c.nodes[0].state_dir, c.nodes[1].state_dir);
     }
 
     #[test]

@@ -213,3 +213,32 @@ async fn the_demo_runs_and_reports_nothing_lost() {
     let last = stdout.lines().find(|it| it.starts_with("demo: ") && it.contains("records acknowledged")).unwrap();
     assert!(last.contains(", 0 lost,"), "{last}");
 }
+
+#[tokio::test]
+async fn a_second_agent_for_a_running_node_is_refused_and_the_first_keeps_running() {
+    let mut bed = Bed::new().await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let before = bed.cluster.status("alpha").await.unwrap();
+    // The same command again (an operator's mistake, or a second unit for the node).
+    let second = tokio::process::Command::new(&bed.cluster.binary)
+        .args(["agent", "--config"])
+        .arg(&bed.cluster.config)
+        .args(["--node", "alpha"])
+        .output();
+    let out = tokio::time::timeout(common::WAIT, second).await.expect("the second agent exits").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second agent ran: {stderr}");
+    let pidfile = std::fs::read_to_string(bed.dir.join("alpha/agent.pid")).expect("alpha's pid file");
+    let pid = pidfile.split_whitespace().next().expect("a pid");
+    assert!(
+        stderr.contains(&format!("another takeover agent (pid {pid}) already runs with the state directory")),
+        "{stderr}"
+    );
+    // The first one never noticed: same incarnation, same role, API answering.
+    assert!(bed.cluster.is_running("alpha"));
+    let after = bed.cluster.status("alpha").await.unwrap();
+    assert_eq!(after.incarnation, before.incarnation);
+    assert_eq!(group(&after).unwrap().role, "M");
+}
