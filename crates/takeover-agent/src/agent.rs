@@ -109,6 +109,36 @@ struct Agent {
     captured: Vec<(GroupIndex, Report)>,
     /// The state directory's lock, held while this agent lives.
     _lock: nix::fcntl::Flock<std::fs::File>,
+    /// Renewed from the event loop; stops the services if the loop stalls.
+    watchdog: crate::guard::Watchdog,
+}
+
+impl Agent {
+    fn start_watchdog(&mut self) -> anyhow::Result<()> {
+        let scope = crate::resources::node_scope(&self.me.name, &self.me.state_dir);
+        let vips: Vec<_> = self
+            .cfg
+            .groups_of(&self.me.name)
+            .flat_map(|g| g.resources.iter())
+            .filter_map(|r| match &r.kind {
+                config::ResourceKindConfig::Vip { address, prefix_len, interface, .. } => {
+                    Some(crate::resources::vip::VipSpec {
+                        address: *address,
+                        prefix_len: *prefix_len,
+                        interface: interface.on(&self.me.name).clone(),
+                        announce_count: 0,
+                        announce_interval: Duration::ZERO,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let binary = std::env::current_exe().context("cannot find this program's path to start the guard")?;
+        self.watchdog = crate::guard::Watchdog::start(&self.cfg.guard, &binary, &scope, &vips)?;
+        let text = format!("guard: {}", self.watchdog.describe());
+        self.record(text);
+        Ok(())
+    }
 }
 
 /// Takes the state directory's exclusive lock: one agent per state directory, so a second
@@ -329,6 +359,7 @@ impl Agent {
 
         let mut agent = Agent {
             _lock: lock,
+            watchdog: crate::guard::Watchdog::Off,
             cfg,
             me,
             incarnation,
@@ -382,6 +413,8 @@ impl Agent {
         }
         // Whatever a previous run left up is stopped before the core may start anything.
         agent.stop_leftovers(&durables).await?;
+        // From here on, a stalled agent's services are stopped by the guard.
+        agent.start_watchdog()?;
         agent.check_plans();
         Ok(agent)
     }
@@ -408,6 +441,8 @@ impl Agent {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut plan_check = tokio::time::interval(runtime::PLAN_CHECK_INTERVAL);
         plan_check.reset();
+        let mut renew = tokio::time::interval(self.watchdog.every().unwrap_or(Duration::from_secs(3600)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.execute().await?;
             let deadline = self.node.poll_timeout().map(|at| self.tokio_instant(at));
@@ -424,10 +459,12 @@ impl Agent {
                 Some(done) = self.ops_rx.recv() => self.on_op_done(done),
                 Some(done) = self.plans_rx.recv() => self.on_plan_checked(done),
                 _ = plan_check.tick() => self.check_plans(),
+                _ = renew.tick() => self.watchdog.renew()?,
             }
         }
         self.record("stopping: SIGTERM/SIGINT received; stopping the resources that are up".into());
         self.stop_all().await;
+        self.watchdog.disarm();
         Ok(())
     }
 

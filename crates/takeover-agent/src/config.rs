@@ -30,6 +30,11 @@
 //! fence_delay = "200ms"         # default 200ms; 0 to under 60s (see ClusterConfig::fence_delay)
 //! catch_up_window = 4096        # default 4096 records per catch-up batch
 //!
+//! [guard]                       # optional; see crate::guard
+//! enabled = true                # default true
+//! timeout = "500ms"             # default cluster.dead_after; at least 3 × heartbeat_interval
+//! device = "/dev/watchdog"      # optional: renew this watchdog device instead of a guard process
+//!
 //! [fence]                       # required when arbiter = "fence"
 //! command = ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
 //! timeout = "10s"               # default 10s, per attempt
@@ -158,10 +163,27 @@ pub struct ClusterConfig {
     pub catch_up_window: u64,
     /// The `[fence]` table; always present when `arbiter` is [`Arbiter::Fence`].
     pub fence: Option<FenceConfig>,
+    /// The `[guard]` table (defaults when absent).
+    pub guard: GuardConfig,
     /// The `[[node]]` tables in file order; a node's [`NodeId`] is its index here.
     pub nodes: Vec<NodeConfig>,
     /// The `[[group]]` tables in file order.
     pub groups: Vec<GroupConfig>,
+}
+
+/// The `[guard]` table: what stops this node's services when its agent stops renewing
+/// (see [`crate::guard`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// `guard.enabled` (default true).
+    pub enabled: bool,
+    /// `guard.timeout`: without a renewal for this long, the guard acts. Default
+    /// `cluster.dead_after`, so the services are gone by the time the peer declares this
+    /// node failed.
+    pub timeout: Duration,
+    /// `guard.device`: a watchdog device (`/dev/watchdog`) renewed instead of running the
+    /// guard process.
+    pub device: Option<PathBuf>,
 }
 
 /// The `[fence]` table.
@@ -609,6 +631,7 @@ type RawStrings = Spanned<Vec<Spanned<String>>>;
 struct RawFile {
     cluster: Spanned<RawCluster>,
     fence: Option<Spanned<RawFence>>,
+    guard: Option<Spanned<RawGuard>>,
     #[serde(default)]
     node: Vec<Spanned<RawNode>>,
     #[serde(default)]
@@ -637,6 +660,14 @@ struct RawFence {
     timeout: Option<Spanned<Value>>,
     retries: Option<Spanned<Value>>,
     level: Option<Spanned<Vec<Spanned<RawLevel>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    enabled: Option<Spanned<bool>>,
+    timeout: Option<Spanned<Value>>,
+    device: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -805,6 +836,46 @@ impl Checker<'_> {
         Some(raw.get_ref().iter().map(|a| a.get_ref().clone()).collect())
     }
 
+    fn check_guard(
+        &mut self,
+        raw: Option<&Spanned<RawGuard>>,
+        heartbeat: Option<Duration>,
+        dead_after: Option<Duration>,
+    ) -> Option<GuardConfig> {
+        let default_timeout = dead_after.unwrap_or(DEFAULT_DEAD_AFTER);
+        let Some(raw) = raw else {
+            return Some(GuardConfig { enabled: true, timeout: default_timeout, device: None });
+        };
+        let g = raw.get_ref();
+        let enabled = g.enabled.as_ref().is_none_or(|it| *it.get_ref());
+        let timeout = self.duration("guard.timeout", &g.timeout, default_timeout);
+        if let (Some(t), Some(hb), Some(span)) = (timeout.value, heartbeat, timeout.span.clone())
+            && t < hb * MIN_HEARTBEATS_BEFORE_DEAD
+        {
+            self.error(
+                span,
+                format!(
+                    "guard.timeout ({}) must be at least {MIN_HEARTBEATS_BEFORE_DEAD} × cluster.heartbeat_interval ({}): the agent renews the guard from the loop that sends heartbeats, and a scheduling hiccup must not kill a healthy node's services; leave it out to use cluster.dead_after",
+                    format_duration(t),
+                    format_duration(hb)
+                ),
+            );
+            return None;
+        }
+        let device = match &g.device {
+            None => None,
+            Some(d) if Path::new(d.get_ref()).is_absolute() => Some(PathBuf::from(d.get_ref())),
+            Some(d) => {
+                self.error(
+                    d.span(),
+                    format!("guard.device {:?} must be an absolute path, e.g. \"/dev/watchdog\"", d.get_ref()),
+                );
+                return None;
+            }
+        };
+        Some(GuardConfig { enabled, timeout: timeout.value?, device })
+    }
+
     fn check(&mut self, raw: RawFile) -> Option<ClusterConfig> {
         let cluster_span = raw.cluster.span();
         let cluster = raw.cluster.into_inner();
@@ -925,6 +996,9 @@ impl Checker<'_> {
             Some(raw_fence) => self.check_fence(raw_fence),
         };
 
+        // ---- [guard] ----
+        let guard = self.check_guard(raw.guard.as_ref(), heartbeat.value, dead_after.value);
+
         // ---- nodes ----
         let nodes = self.check_nodes(&raw.node, &cluster_span);
 
@@ -940,6 +1014,7 @@ impl Checker<'_> {
             fence_retry: fence_retry.value?,
             fence_delay: fence_delay.value?,
             catch_up_window: catch_up_window?,
+            guard: guard?,
             fence: match (arbiter?, fence) {
                 (Arbiter::Fence, None) => return None,
                 (_, fence) => fence,
@@ -1744,6 +1819,45 @@ nodes = ["b", "a"]
         assert_eq!(c.arbiter, Arbiter::UnsafeAssumeCrashStop);
         assert_eq!(c.fence, None);
         assert_eq!(c.fence_plan(), None);
+    }
+
+    // ---- [guard] ----
+
+    /// FULL followed by `guard` (a `[guard]` table) at its end.
+    fn with_guard(guard: &str) -> String {
+        format!("{FULL}\n[guard]\n{guard}\n")
+    }
+
+    #[test]
+    fn guard_defaults_to_on_with_dead_after() {
+        let c = parse(FULL, "cluster.toml").unwrap();
+        assert_eq!(c.guard, GuardConfig { enabled: true, timeout: c.dead_after, device: None });
+        let c = parse(&with_guard("timeout = \"2s\"\ndevice = \"/dev/watchdog\""), "cluster.toml").unwrap();
+        assert_eq!(c.guard.timeout, Duration::from_secs(2));
+        assert_eq!(c.guard.device.as_deref(), Some(Path::new("/dev/watchdog")));
+        let c = parse(&with_guard("enabled = false"), "cluster.toml").unwrap();
+        assert!(!c.guard.enabled);
+    }
+
+    #[test]
+    fn guard_mistakes_are_reported_where_they_are() {
+        let lines = FULL.lines().count();
+        assert_single(
+            &with_guard("timeout = \"150ms\""),
+            lines + 3,
+            11,
+            "guard.timeout (150ms) must be at least 3 × cluster.heartbeat_interval (100ms)",
+        );
+        assert_single(
+            &with_guard("device = \"watchdog\""),
+            lines + 3,
+            10,
+            "guard.device \"watchdog\" must be an absolute path",
+        );
+        assert_single(&with_guard("timeout = \"soon\""), lines + 3, 11, "guard.timeout");
+        let (line, _, _, message) = single(&with_guard("mode = \"x\""));
+        assert_eq!(line, lines + 3, "{message}");
+        assert!(message.contains("mode"), "{message}");
     }
 
     #[test]

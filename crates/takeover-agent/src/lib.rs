@@ -23,6 +23,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod fence;
+pub mod guard;
 pub mod journal;
 pub mod localnet;
 pub mod net;

@@ -105,6 +105,20 @@ enum Cmd {
     /// The resource tests' sample service: UDP answers, durable on the group's filesystem.
     #[command(hide = true)]
     ProbeApp(probe_app::Args),
+    /// The guard process (started by the agent, renewed through its stdin): kills the
+    /// agent, the node's cgroups and removes its virtual IPs when renewals stop.
+    #[command(hide = true)]
+    Guard {
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        agent_pid: i32,
+        #[arg(long)]
+        scope: String,
+        /// ADDRESS/PREFIX@INTERFACE, repeated.
+        #[arg(long = "vip")]
+        vips: Vec<String>,
+    },
     /// The network-namespace test bed's fence agent (fence-agents stdin protocol).
     #[command(hide = true)]
     FenceNetns {
@@ -282,6 +296,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::DemoApp(args) => demo_app::run(args).await?,
         Cmd::ProbeApp(args) => tokio::task::spawn_blocking(move || probe_app::run(args)).await??,
+        Cmd::Guard { timeout, agent_pid, scope, vips } => {
+            let args = takeover_agent::guard::GuardArgs { timeout, agent_pid, scope, vips };
+            let clean = tokio::task::spawn_blocking(move || takeover_agent::guard::main(args)).await??;
+            return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
         Cmd::FenceNetns { bed } => {
             let code = tokio::task::spawn_blocking(move || {
                 takeover_agent::netbed::fence_agent_main(std::io::stdin().lock(), &bed)

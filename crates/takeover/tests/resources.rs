@@ -802,3 +802,46 @@ monitor_interval = "200ms"
     c.wait_for("beta", WAIT, "nostart up on beta after cleanup", up).await;
     assert!(dir.join("missing").join("dummy.state").exists());
 }
+
+#[tokio::test]
+async fn a_paused_agent_is_stopped_by_its_guard_before_the_peer_takes_over() {
+    if !root_or_skip("a_paused_agent_is_stopped_by_its_guard_before_the_peer_takes_over") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 29;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    // A fence that says "off" and does nothing: only the guard stops alpha's service.
+    let groups = light_group("web", &["alpha", "beta"], &dir, slot, 0, PORT, "") + "\n[guard]\ntimeout = \"300ms\"\n";
+    let nodes = ["alpha", "beta"];
+    let mut c = NetCluster::create_with("trgrd", slot, Fencing::Lying, tmp, &nodes, "web", &groups, &BTreeMap::new());
+    c.start("alpha");
+    c.start("beta");
+    wait_group_up(&c, "alpha", "web", "start").await;
+    c.wait_role("beta", "SL").await;
+    let probe = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 0), PORT), Duration::from_millis(5));
+    probe.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    let status = c.status("alpha").await.unwrap();
+    assert!(events(&status).contains("guard: guard process"), "{}", events(&status));
+
+    // SIGSTOP of alpha's agent alone: its service and its guard keep running.
+    let agent = c.agent_pid("alpha").expect("alpha's agent");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The guard kills the agent, the service and removes the address.
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.running("alpha") || !c.bed.pids("alpha").unwrap_or_default().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "alpha's guard did not act\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!has_address(&c.bed, "alpha", vip(slot, 0)), "alpha still holds the address");
+    let log = std::fs::read_to_string(c.dir.join("alpha.agent.log")).unwrap();
+    assert!(log.contains(&format!("takeover guard: the agent (pid {agent}) did not renew for")), "{log}");
+    // beta takes over after the (lying) fence; the two services never overlapped.
+    wait_group_up(&c, "beta", "web", "takeover").await;
+    probe.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    assert_eq!(probe.answer_sequence(), ["alpha", "beta"]);
+    let (instances, overlaps) = serving_overlaps(&c.dir.join("web-records.log")).unwrap();
+    assert_eq!((instances, overlaps), (2, 0), "{}", c.logs());
+    println!("guard: alpha's service stopped by its guard; client outage {} ms", probe.longest_outage().as_millis());
+}

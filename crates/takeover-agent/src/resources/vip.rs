@@ -111,6 +111,12 @@ impl VipSpec {
     }
 }
 
+/// Removes `spec`'s address from its interface if it is there (the guard's clean-up, run
+/// outside any group).
+pub async fn release(spec: VipSpec) -> Result<(), String> {
+    Vip::new(spec).stop_inner().await
+}
+
 pub struct Vip {
     spec: VipSpec,
     /// The task sending announcements 2..=count of the last start, if still running.

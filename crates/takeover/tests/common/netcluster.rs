@@ -71,6 +71,10 @@ impl NetCluster {
             listen.join(","),
             dir.join("app-records.log").display().to_string(),
         );
+        // These tests follow what a paused or cut-off active does when it wakes (it yields
+        // to the newer epoch); its guard would kill it first, so it is off here, and
+        // tests/resources.rs checks the guard.
+        let group = group + "\n[guard]\nenabled = false\n";
         NetCluster::create_with(prefix, slot, fencing, tmp, &NODES, GROUP, &group, &BTreeMap::new())
     }
 
@@ -178,6 +182,11 @@ impl NetCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The pid of the node's agent process, while it runs.
+    pub fn agent_pid(&mut self, node: &str) -> Option<u32> {
+        self.running(node).then(|| self.agents[node].id())
     }
 
     /// Whether the node's agent process still runs.
