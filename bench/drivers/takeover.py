@@ -193,7 +193,7 @@ def start(node, peer, variant, ctx):
     except FileNotFoundError:
         pass
     log = open(ctx["logfile"], "w")
-    env = dict(os.environ, TAKEOVER_LOG=os.environ.get("TAKEOVER_LOG", "info"))
+    env = dict(os.environ, TAKEOVER_LOG=os.environ.get("TAKEOVER_LOG", "info"), NO_COLOR="1")
     p = subprocess.Popen(["ip", "netns", "exec", node["ns"], BIN, "agent", "--config", conf, "--node", node["name"]],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True, close_fds=True, env=env)

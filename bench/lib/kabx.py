@@ -156,9 +156,14 @@ FAULTS = {
 
 def run_trial(drv, variant, fault, rep, tdir, args, rng, links=1):
     """One trial, as the anchor's bench.run_trial, with our faults and links."""
-    V = kab.get_variant(drv, variant)
+    V = dict(kab.get_variant(drv, variant))
+    if fault == "lan-down" and V.get("monitor_interval"):
+        # the node keeps its peer: only the VIP's monitor can notice; watch long enough for it
+        V["post_fault_s"] = max(V["post_fault_s"], seconds(V["monitor_interval"]) + 5.0)
+    res_post = V["post_fault_s"]
     os.makedirs(tdir, exist_ok=True)
-    res = {"driver": drv.NAME, "variant": variant, "fault": fault, "rep": rep, "ok": False, "links": links}
+    res = {"driver": drv.NAME, "variant": variant, "fault": fault, "rep": rep, "ok": False, "links": links,
+           "post_fault_s": res_post}
     procs = kab.Procs()
     sh([kab.TOPO, "down"], check=False)
     down_own()
@@ -271,6 +276,13 @@ def run_trial(drv, variant, fault, rep, tdir, args, rng, links=1):
     for n in kab.NODES:
         subprocess.run(["rm", "-rf", os.path.join(tdir, n, "www")], check=False)
     return res
+
+
+def seconds(text):
+    m = re.match(r"^(\d+(?:\.\d+)?)(ms|s|m)$", text)
+    if not m:
+        return 10.0
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(2)]
 
 
 def vip_moves(tdir, res):

@@ -100,7 +100,8 @@ def plan(args):
         for system in ("takeover", "keepalived"):
             if system not in systems:
                 continue
-            vs = args.redundant_takeover_variants if system == "takeover" else var[system]
+            vs = args.redundant_takeover_variants if system == "takeover" else \
+                (args.redundant_keepalived_variants or var[system])
             for v in vs.split(","):
                 for f in args.redundant_faults.split(","):
                     items.append({"scenario": "redundant", "system": system, "variant": v, "fault": f})
@@ -164,6 +165,8 @@ def run_item(it, rnd, args, drvs, out):
         n["loadavg"] = r.get("loadavg_start")
         arp = r.get("arp_replies_after") or {}
         n["old_node_answers_arp_after"] = bool(arp.get("n1"))
+        if r.get("trial_dir") and r.get("fault_ts"):
+            n.update(old_node_after_new(r["trial_dir"], r["fault_ts"]))
         if it["system"] == "takeover" and r.get("trial_dir"):
             n["takeover_steps"] = takeover_steps(r["trial_dir"], r)
         if "vip_moves_after_fault" not in n and r.get("trial_dir"):
@@ -209,6 +212,27 @@ def run_anchor_harness(it, rnd, args, d):
     return recs
 
 
+def old_node_after_new(tdir, t_fault):
+    """From the probe's CSV: did the old node (n1) answer any request started after the new
+    node (n2) had answered one? (both serving: the duplicate VIP the client can still reach)"""
+    import gzip
+    p = os.path.join(tdir, "probe.csv.gz")
+    try:
+        with gzip.open(p, "rt") as f:
+            next(f)
+            rows = [l.rstrip("\n").split(",") for l in f]
+    except (OSError, StopIteration):
+        return {}
+    ok = [(float(r[1]), float(r[2]), r[4]) for r in rows if len(r) >= 5 and r[3] == "1"]
+    first_new = min((te for ts, te, srv in ok if srv == "kab-n2" and ts >= t_fault), default=None)
+    if first_new is None:
+        return {"old_node_served_after_new": 0, "old_node_last_answer_ms": None}
+    late = [te for ts, te, srv in ok if srv == "kab-n1" and ts >= first_new]
+    last_old = max((te for ts, te, srv in ok if srv == "kab-n1" and ts >= t_fault), default=None)
+    return {"old_node_served_after_new": len(late),
+            "old_node_last_answer_ms": None if last_old is None else round((last_old - t_fault) * 1000.0, 1)}
+
+
 def takeover_steps(tdir, r):
     """The move's steps from n2's status (groups[].last_move), plus the detection time
     from n2's agent log (fault -> the peer declared failed, wall clock of one machine)."""
@@ -236,8 +260,9 @@ def takeover_steps(tdir, r):
 ARGS_OUT = None
 
 SMOKE = {"reps": 1, "systems": "takeover,keepalived", "takeover_variants": "default,tuned",
-         "keepalived_variants": "fast", "faults": "poweroff,kill", "redundant_faults": "hblink-down",
-         "redundant_takeover_variants": "default", "retries": 0}
+         "keepalived_variants": "default,fast", "faults": "poweroff,kill", "redundant_faults": "hblink-down",
+         "redundant_takeover_variants": "default", "redundant_keepalived_variants": "fast", "retries": 0,
+         "pre": 1.5, "jitter": 0.5, "settle": 0.5}
 
 
 def main():
@@ -245,8 +270,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5, help="rounds: trials per (system, variant, fault)")
     ap.add_argument("--smoke", action="store_true",
-                    help="a quick end-to-end check (~1.5 min): 1 round of takeover default+tuned and keepalived "
-                         "fast, faults poweroff+kill, and the two-link hblink-down; later options override")
+                    help="a quick end-to-end check (under 2 min): 1 round of takeover default+tuned and keepalived "
+                         "default+fast, faults poweroff+kill, and the two-link hblink-down (takeover default, "
+                         "keepalived fast), shorter pre-fault waits; options given as well override these")
     ap.add_argument("--scenarios", default="failover,redundant")
     ap.add_argument("--systems", default="takeover,keepalived,pacemaker")
     ap.add_argument("--takeover-variants", default="default,default-nofence,tuned,tuned-nofence")
@@ -255,6 +281,7 @@ def main():
     ap.add_argument("--faults", default="kill,poweroff,linkdown", help="faults of the failover scenario")
     ap.add_argument("--redundant-faults", default="hblink-down,lan-down")
     ap.add_argument("--redundant-takeover-variants", default="default,tuned")
+    ap.add_argument("--redundant-keepalived-variants", default=None, help="default: --keepalived-variants")
     ap.add_argument("--own-harness", action="store_true",
                     help="run kill/linkdown in bench/lib/kabx.py too instead of the anchor's bench.py")
     ap.add_argument("--out", default=None)
@@ -338,6 +365,7 @@ def main():
     finally:
         subprocess.run([kabx.kab.TOPO, "down"], capture_output=True)
         kabx.down_own()
+        subprocess.run(["rm", "-rf", drvs["takeover"].API_DIR])
         if "pacemaker" in args.systems.split(","):
             pacemaker.down()
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -359,8 +387,12 @@ def versions(drvs, args):
     sh = lambda *c: subprocess.run(c, capture_output=True, text=True).stdout.strip()
     v["iproute2"] = sh("ip", "-V")
     v["python (probe, web servers, harness)"] = sh(PY, "--version")
-    v["anchors"] = "%s (git %s)" % (kabx.ANCHORS, sh("git", "-C", kabx.ANCHORS, "rev-parse", "--short", "HEAD") or
-                                   "not a git tree")
+    import hashlib
+    files = ["keepalived/lib/bench.py", "keepalived/lib/probe.py", "keepalived/lib/topo.sh",
+             "keepalived/drivers/keepalived.py", "pacemaker/bench.py", "pacemaker/probe.py", "pacemaker/cluster-up.sh"]
+    v["anchors"] = "%s, sha256 of the harness files: %s" % (kabx.ANCHORS, ", ".join(
+        "%s %s" % (f, hashlib.sha256(open(os.path.join(kabx.ANCHORS, f), "rb").read()).hexdigest()[:12])
+        for f in files if os.path.exists(os.path.join(kabx.ANCHORS, f))))
     return v
 
 
