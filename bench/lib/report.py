@@ -221,6 +221,14 @@ def targets(rows, trials):
     return out
 
 
+def ratio_text(r, k):
+    q = r["ratios"][k]
+    f = lambda x: "–" if x is None else ("%.2f" % x if x < 10 else "%.0f" % x)
+    return "×%s, ×%s vs %s%s" % (f(q["outage_ms"]), f(q["takeover_ms"]), k,
+                                 " (anchor: no outage, its old node kept serving)" if k in r.get("anchor_notes", {})
+                                 else "")
+
+
 def where_time_goes(r):
     s = r.get("steps") or {}
     parts = []
@@ -262,14 +270,7 @@ def markdown(out, rows, tg, meta, trials):
                      "| longest gap ms | failed requests | VIP moves | nodes answering ARP for the VIP after | old node served after the new one "
                      "| takeover / anchor (outage) |")
             L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        rat = ""
-        if r.get("ratios"):
-            rat = "; ".join("×%s vs %s" % (fmt(r["ratios"][k]["outage_ms"]) if r["ratios"][k]["outage_ms"]
-                                           is not None and r["ratios"][k]["outage_ms"] >= 10 else
-                                           ("%.2f" % r["ratios"][k]["outage_ms"] if r["ratios"][k]["outage_ms"]
-                                            is not None else "–"), k)
-                            + (" (anchor: no outage, its old node kept serving)" if k in r.get("anchor_notes", {})
-                               else "") for k in r.get("compared_with", []))
+        rat = "; ".join(ratio_text(r, k) for k in r.get("compared_with", [])) if r.get("ratios") else ""
         moves = fmt3(r.get("vip_moves_after_fault")) if r["system"] != "pacemaker" else "–"
         arp = ", ".join("%s %d/%d" % (k, v, r["valid"]) for k, v in sorted(r.get("arp_after", {}).items())) \
             if r["system"] != "pacemaker" else "–"
@@ -374,20 +375,28 @@ def markdown(out, rows, tg, meta, trials):
 
 
 def headline(out, rows, meta):
-    """The rows for bench/README.md: power-off and kill, failover, every system."""
+    """The rows for the READMEs: power-off, kill, and one link of two down."""
     L = ["Run %s (%s), `%s`:" % (meta.get("started", "?"),
-                                 "smoke, 1 round" if meta["args"].get("reps", 0) < 5 or meta["args"].get("smoke")
+                                 "smoke, 1 round: single trials, not a benchmark"
+                                 if meta["args"].get("reps", 0) < 5 or meta["args"].get("smoke")
                                  else "%d rounds" % meta["args"]["reps"], meta.get("command")), "",
-         "| fault | system | variant | fencing | n | outage ms (min / median / max) | failed requests | "
-         "takeover / anchor (outage) |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["scenario"] == "failover" and r["fault"] in ("poweroff", "kill") or r["fault"] == "hblink-down":
-            rat = "; ".join("×%.2f vs %s" % (r["ratios"][k]["outage_ms"], k) for k in r.get("compared_with", [])
-                            if r["ratios"][k]["outage_ms"] is not None) if r.get("ratios") else ""
-            fence = "yes" if (r["fencing"] or "").startswith("fencing") else "no"
-            L.append("| %s | %s | %s | %s | %d | %s | %s | %s |" % (
-                FAULT_TEXT.get(r["fault"], r["fault"]), r["system"], r["variant"], fence, r["valid"],
-                fmt3(r["outage_ms"]), fmt3(r["failed"]), rat))
+         "| fault | system | variant | fencing | n | outage ms (min / **median** / max) | first success from the new "
+         "node ms (median) | failed requests (median) | VIP answered by both nodes afterwards | takeover / anchor "
+         "(medians: outage, first success from the new node) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"poweroff": 0, "kill": 1, "hblink-down": 2}
+    pick = [r for r in rows if (r["scenario"] == "failover" and r["fault"] in ("poweroff", "kill"))
+            or r["fault"] == "hblink-down"]
+    pick.sort(key=lambda r: (order[r["fault"]], SYSTEM_ORDER.get(r["system"], 9), r["variant"]))
+    for r in pick:
+        rat = "; ".join(ratio_text(r, k) for k in r.get("compared_with", [])) if r.get("ratios") else ""
+        fence = "yes" if (r["fencing"] or "").startswith("fencing") else "no"
+        both = "%d of %d" % (r.get("arp_after", {}).get("n1+n2", 0), r["valid"]) if r["system"] != "pacemaker" \
+            else "–"
+        L.append("| %s | %s | %s | %s | %d%s | %s | %s | %s | %s | %s |" % (
+            FAULT_TEXT.get(r["fault"], r["fault"]), r["system"], r["variant"], fence, r["valid"],
+            "" if r["valid"] == r["trials"] else " (+%d discarded)" % (r["trials"] - r["valid"]),
+            fmt3(r["outage_ms"]), fmt(r["takeover_ms"] and r["takeover_ms"]["median"]),
+            fmt(r["failed"] and r["failed"]["median"]), both, rat))
     return "\n".join(L) + "\n"
 
 

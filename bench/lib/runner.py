@@ -261,7 +261,7 @@ ARGS_OUT = None
 
 SMOKE = {"reps": 1, "systems": "takeover,keepalived", "takeover_variants": "default,tuned",
          "keepalived_variants": "default,fast", "faults": "poweroff,kill", "redundant_faults": "hblink-down",
-         "redundant_takeover_variants": "default", "redundant_keepalived_variants": "fast", "retries": 0,
+         "redundant_takeover_variants": "default", "redundant_keepalived_variants": "fast", "retries": 1,
          "pre": 1.5, "jitter": 0.5, "settle": 0.5}
 
 
