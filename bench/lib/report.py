@@ -120,6 +120,8 @@ def rows_of(trials):
              "fencing": next((t.get("fencing") for t in ts if t.get("fencing")), None)}
         for m, _ in METRICS + [("max_gap_ms", "")]:
             r[m] = mmm([t.get(m) for t in valid])
+        # trials whose service never came back within the probe's window (no success after the failures)
+        r["not_recovered"] = sum(1 for t in valid if t.get("failed") and t.get("outage_ms") is None)
         if key[2] != "pacemaker":
             r["old_node_answers_arp_after"] = sum(1 for t in valid if t.get("old_node_answers_arp_after"))
             r["vip_on_old_node_after"] = sum(1 for t in valid if t.get("vip_on_n1_after"))
@@ -221,6 +223,14 @@ def targets(rows, trials):
     return out
 
 
+def outage_cell(r):
+    c = fmt3(r["outage_ms"])
+    if r.get("not_recovered"):
+        c = ("%s; " % c if r["outage_ms"] else "") + "**no recovery within the window in %d of %d**" % (
+            r["not_recovered"], r["valid"])
+    return c
+
+
 def ratio_text(r, k):
     q = r["ratios"][k]
     f = lambda x: "–" if x is None else ("%.2f" % x if x < 10 else "%.0f" % x)
@@ -280,7 +290,7 @@ def markdown(out, rows, tg, meta, trials):
         L.append("| %s | %s | %s | %s | %d%s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["fault"], r["system"], r["variant"], fence, r["valid"],
             "" if r["valid"] == r["trials"] else " (+%d discarded)" % (r["trials"] - r["valid"]),
-            fmt3(r["outage_ms"]), fmt3(r["takeover_ms"]), fmt3(r["max_gap_ms"]), fmt3(r["failed"]), moves, arp,
+            outage_cell(r), fmt3(r["takeover_ms"]), fmt3(r["max_gap_ms"]), fmt3(r["failed"]), moves, arp,
             late, rat))
         if scen != (rows[rows.index(r) + 1]["scenario"] if rows.index(r) + 1 < len(rows) else None):
             L.append("")
@@ -395,7 +405,7 @@ def headline(out, rows, meta):
         L.append("| %s | %s | %s | %s | %d%s | %s | %s | %s | %s | %s |" % (
             FAULT_TEXT.get(r["fault"], r["fault"]), r["system"], r["variant"], fence, r["valid"],
             "" if r["valid"] == r["trials"] else " (+%d discarded)" % (r["trials"] - r["valid"]),
-            fmt3(r["outage_ms"]), fmt(r["takeover_ms"] and r["takeover_ms"]["median"]),
+            outage_cell(r), fmt(r["takeover_ms"] and r["takeover_ms"]["median"]),
             fmt(r["failed"] and r["failed"]["median"]), both, rat))
     return "\n".join(L) + "\n"
 
