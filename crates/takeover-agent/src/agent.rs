@@ -103,7 +103,9 @@ struct Agent {
     peer_dead_at: HashMap<NodeId, tokio::time::Instant>,
     /// When the fence of each peer started, and how long the last confirmed one took.
     fence_started_at: HashMap<NodeId, tokio::time::Instant>,
-    fence_took: HashMap<NodeId, Duration>,
+    /// The last confirmed fence of each peer: when it started, how long it took, when
+    /// it was confirmed (a takeover's "fence delay", "fence" and "become active" steps).
+    fence_took: HashMap<NodeId, (tokio::time::Instant, Duration, tokio::time::Instant)>,
     heartbeat_seq: u64,
     /// Group reports captured while answering an API call.
     captured: Vec<(GroupIndex, Report)>,
@@ -172,6 +174,8 @@ fn lock_state_dir(dir: &std::path::Path, node: &str) -> anyhow::Result<nix::fcnt
 enum FenceDone {
     Report(crate::fence::FenceReport),
     NotConfigured,
+    /// Not attempted: every link of this node is down, so this node is the isolated one.
+    OwnLinksDown(String),
 }
 
 /// Where an append's outcome goes.
@@ -510,6 +514,10 @@ impl Agent {
             FenceDone::NotConfigured => {
                 format!("ALARM: cannot fence {}: no [fence] in the configuration; nothing moves", self.peer_name(peer))
             }
+            FenceDone::OwnLinksDown(what) => format!(
+                "ALARM: not fencing {}: every link of this node is down ({what}); this node is the isolated one and its peer is likely alive; retrying once a link is back",
+                self.peer_name(peer)
+            ),
         });
         let now = self.now();
         self.node.handle(now, NodeEvent::FenceResult { peer, confirmed });
@@ -744,7 +752,8 @@ impl Agent {
                         }
                         NodeReport::FenceFinished { peer, confirmed: true } => {
                             if let Some(at) = self.fence_started_at.remove(&peer) {
-                                self.fence_took.insert(peer, at.elapsed());
+                                let now = tokio::time::Instant::now();
+                                self.fence_took.insert(peer, (at, now - at, now));
                             }
                         }
                         _ => {}
@@ -800,6 +809,13 @@ impl Agent {
             None => format!("ALARM: {name} must be fenced but no [fence] is configured"),
         });
         let done = self.fence_tx.clone();
+        // A node that lost every link of its own must not power off a peer that is most
+        // likely fine (it would then serve nobody): the fence counts as failed, and the
+        // core retries it after fence_retry, while the peer fences this node.
+        if let Some(what) = crate::net::own_links_all_down(&self.me.links) {
+            let _ = done.send((peer, FenceDone::OwnLinksDown(what)));
+            return;
+        }
         tokio::spawn(async move {
             let outcome = match plan {
                 Some(plan) => FenceDone::Report(crate::fence::fence_node(&plan, &name, index).await),

@@ -237,3 +237,42 @@ fn start_channel(
         Channel { peer, incarnation, link, conn, writer, tasks: [read_task.abort_handle(), write_task.abort_handle()] };
     let _ = up.send(Input::ChannelUp { channel });
 }
+
+/// When every link address of this node sits on an interface that is down (not UP, or no
+/// carrier), what is down, e.g. `"10.0.0.1 on eth0 (no carrier)"`; `None` when any link
+/// is up or cannot be told (a wildcard address, an address not found). A node whose own
+/// links are all down is the isolated one: its silent peer is most likely alive.
+pub fn own_links_all_down(links: &[std::net::SocketAddr]) -> Option<String> {
+    use nix::net::if_::InterfaceFlags;
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
+    let mut down = Vec::new();
+    for link in links {
+        let ip = link.ip();
+        let found = addrs.iter().find(|it| {
+            it.address.as_ref().is_some_and(|a| {
+                a.as_sockaddr_in().map(|v4| std::net::IpAddr::V4(v4.ip())) == Some(ip)
+                    || a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())) == Some(ip)
+            })
+        })?;
+        let up = found.flags.contains(InterfaceFlags::IFF_UP);
+        let running = found.flags.contains(InterfaceFlags::IFF_RUNNING);
+        if up && running {
+            return None;
+        }
+        down.push(format!("{ip} on {} ({})", found.interface_name, if up { "no carrier" } else { "down" }));
+    }
+    (!down.is_empty()).then(|| down.join(", "))
+}
+
+#[cfg(test)]
+mod own_links_tests {
+    use super::own_links_all_down;
+
+    #[test]
+    fn loopback_links_are_up_and_unknown_addresses_are_not_judged() {
+        assert_eq!(own_links_all_down(&["127.0.0.1:7100".parse().unwrap()]), None);
+        assert_eq!(own_links_all_down(&["0.0.0.0:7100".parse().unwrap()]), None);
+        assert_eq!(own_links_all_down(&["192.0.2.77:7100".parse().unwrap()]), None);
+        assert_eq!(own_links_all_down(&[]), None);
+    }
+}

@@ -268,3 +268,30 @@ async fn one_link_flapping_no_takeover() {
     c.bed.heal().unwrap();
     check_nothing_lost(&c, &client, "alpha").await;
 }
+
+#[tokio::test]
+async fn the_active_losing_every_link_of_its_own_does_not_fence_its_peer() {
+    if !root_or_skip("the_active_losing_every_link_of_its_own_does_not_fence_its_peer") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut c = up("tpiso", 18, Fencing::PowerOff).await;
+    let client = c.client("isolated");
+    more_acks(&c, &client, 30).await;
+    // alpha's own interfaces go down (a dead NIC, a pulled cable). The active fences at
+    // once in a partition, so without the check it would power off the healthy beta and
+    // then serve nobody.
+    for ifname in ["eth0", "eth1"] {
+        c.bed.exec("alpha", &["ip", "link", "set", "dev", ifname, "down"]).unwrap();
+    }
+    c.wait_role("beta", "SM").await;
+    assert!(c.bed.pids("alpha").unwrap().is_empty(), "beta fenced alpha\n{}", c.logs());
+    assert!(c.bed.is_powered_on("beta").unwrap(), "alpha fenced beta\n{}", c.logs());
+    let log = std::fs::read_to_string(c.dir.join("alpha.agent.log")).unwrap();
+    assert!(log.contains("not fencing beta: every link of this node is down"), "{}", c.logs());
+    more_acks(&c, &client, client.acks() + 30).await;
+    c.power_on_and_start("alpha");
+    c.wait_role("alpha", "SL").await;
+    c.wait_role("beta", "M").await;
+    check_nothing_lost(&c, &client, "beta").await;
+}

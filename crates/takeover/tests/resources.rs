@@ -207,7 +207,15 @@ async fn kill_9_of_the_active_moves_disk_mount_address_and_process_and_the_clien
     let last = web.last_move.as_ref().expect("the takeover's steps");
     assert_eq!((last.what.as_str(), last.outcome.as_str()), ("takeover", "done"), "{last:?}");
     let steps: Vec<&str> = last.steps.iter().map(|it| it.step.as_str()).collect();
-    for step in ["fence wait", "disk data start", "mount fs start", "vip ip start", "process app start"] {
+    for step in [
+        "fence delay",
+        "fence",
+        "become active",
+        "disk data start",
+        "mount fs start",
+        "vip ip start",
+        "process app start",
+    ] {
         assert!(steps.contains(&step), "step {step} missing from {steps:?}");
     }
     assert!(steps.iter().any(|it| it.starts_with("first monitor")), "{steps:?}");

@@ -411,10 +411,17 @@ impl Agent {
                     _ => ("start".to_string(), None),
                 };
                 self.begin_timeline(g, what, since);
-                if let Some(took) = self.fence_took.remove(&peer)
+                if let Some((started, took, confirmed)) = self.fence_took.remove(&peer)
                     && *cause == Cause::Takeover
                 {
-                    self.step(g, "fence wait".into(), took);
+                    // From the peer declared failed: the wait before fencing (fence_delay,
+                    // or a retry), the fence itself, then making the new priority and
+                    // epoch durable and becoming active.
+                    if let Some(dead) = self.peer_dead_at.get(&peer) {
+                        self.step(g, "fence delay".into(), started.saturating_duration_since(*dead));
+                    }
+                    self.step(g, "fence".into(), took);
+                    self.step(g, "become active".into(), confirmed.elapsed());
                 }
                 if self.groups[g].resources.is_empty() {
                     self.finish_timeline(g, "done");
