@@ -135,8 +135,27 @@ impl Agent {
                 _ => None,
             })
             .collect();
+        let storage = match self.cfg.storage_fence.clone() {
+            None => None,
+            Some(sf) => {
+                let device = sf.device.on(&self.me.name).clone();
+                let slot = self.cfg.node_id(&self.me.name).expect("declared").0;
+                crate::storage_fence::check_header(&device, &self.cfg.name, self.cfg.nodes.len())
+                    .map_err(|e| anyhow!("storage fence: {e}"))?;
+                let own = crate::storage_fence::read_slot(&device, slot).map_err(|e| anyhow!("storage fence: {e}"))?;
+                if own.poison {
+                    crate::storage_fence::clear(&device, slot, &self.me.name)
+                        .map_err(|e| anyhow!("storage fence: cannot clear this node's slot: {e}"))?;
+                    self.record(format!(
+                        "this node's previous run was fenced through the storage device by {} (poison message {}); its slot is cleared",
+                        own.sender, own.sequence
+                    ));
+                }
+                Some(crate::guard::StorageWatch { device, slot, timeout: sf.timeout })
+            }
+        };
         let binary = std::env::current_exe().context("cannot find this program's path to start the guard")?;
-        self.watchdog = crate::guard::Watchdog::start(&self.cfg.guard, &binary, &scope, &vips)?;
+        self.watchdog = crate::guard::Watchdog::start(&self.cfg.guard, &binary, &scope, &vips, storage.as_ref())?;
         let text = format!("guard: {}", self.watchdog.describe());
         self.record(text);
         Ok(())
@@ -803,7 +822,7 @@ impl Agent {
     fn fence(&mut self, peer: NodeId) {
         let name = self.peer_name(peer);
         let index = self.cfg.node_id(&name).map_or(0, |it| it.0 as usize);
-        let plan = self.cfg.fence_plan();
+        let plan = self.cfg.fence_plan_for(&self.me.name);
         self.record(match &plan {
             Some(plan) => format!("fencing {name}: {}", plan.describe()),
             None => format!("ALARM: {name} must be fenced but no [fence] is configured"),

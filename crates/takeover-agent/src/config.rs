@@ -165,6 +165,8 @@ pub struct ClusterConfig {
     pub fence: Option<FenceConfig>,
     /// The `[guard]` table (defaults when absent).
     pub guard: GuardConfig,
+    /// The `[storage_fence]` table, if any.
+    pub storage_fence: Option<StorageFenceConfig>,
     /// The `[[node]]` tables in file order; a node's [`NodeId`] is its index here.
     pub nodes: Vec<NodeConfig>,
     /// The `[[group]]` tables in file order.
@@ -185,6 +187,21 @@ pub struct GuardConfig {
     /// guard process.
     pub device: Option<PathBuf>,
 }
+
+/// The `[storage_fence]` table: a poison-pill slot per node on a shared device
+/// (see [`crate::storage_fence`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageFenceConfig {
+    /// The device, as each node sees it.
+    pub device: resources::PerNode<PathBuf>,
+    /// A node that cannot read its slot this long stops everything (its guard does).
+    pub timeout: Duration,
+    /// How long a fencing node waits after writing the poison; at least 2 × `timeout`.
+    pub msgwait: Duration,
+}
+
+/// Default of `storage_fence.timeout`.
+pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `[fence]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,6 +341,25 @@ impl ClusterConfig {
     /// [`crate::fence::fence_node`].
     pub fn fence_plan(&self) -> Option<FencePlan> {
         self.fence.as_ref().map(|f| f.plan.clone())
+    }
+
+    /// [`ClusterConfig::fence_plan`] as run by node `me`: storage devices get `me`'s path
+    /// of the shared device, its slot and `msgwait`.
+    pub fn fence_plan_for(&self, me: &str) -> Option<FencePlan> {
+        let mut plan = self.fence_plan()?;
+        let index = self.node_id(me).map_or(0, |it| it.0);
+        for level in &mut plan.levels {
+            for device in &mut level.devices {
+                if let (FenceDeviceKind::Storage { device, msgwait, me: who }, Some(sf)) =
+                    (&mut device.kind, &self.storage_fence)
+                {
+                    *device = sf.device.on(me).clone();
+                    *msgwait = sf.msgwait;
+                    *who = (index, me.to_string());
+                }
+            }
+        }
+        Some(plan)
     }
 }
 
@@ -632,6 +668,7 @@ struct RawFile {
     cluster: Spanned<RawCluster>,
     fence: Option<Spanned<RawFence>>,
     guard: Option<Spanned<RawGuard>>,
+    storage_fence: Option<Spanned<RawStorageFence>>,
     #[serde(default)]
     node: Vec<Spanned<RawNode>>,
     #[serde(default)]
@@ -672,6 +709,14 @@ struct RawGuard {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStorageFence {
+    device: Option<Spanned<Value>>,
+    timeout: Option<Spanned<Value>>,
+    msgwait: Option<Spanned<Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLevel {
     devices: Option<Spanned<Vec<Spanned<RawDevice>>>>,
 }
@@ -679,6 +724,7 @@ struct RawLevel {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDevice {
+    storage: Option<Spanned<bool>>,
     agent: Option<Spanned<String>>,
     command: Option<RawStrings>,
     options: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
@@ -834,6 +880,99 @@ impl Checker<'_> {
             return None;
         }
         Some(raw.get_ref().iter().map(|a| a.get_ref().clone()).collect())
+    }
+
+    fn uses_storage(fence: &RawFence) -> bool {
+        fence.level.as_ref().is_some_and(|levels| {
+            levels.get_ref().iter().any(|l| {
+                l.get_ref().devices.as_ref().is_some_and(|d| d.get_ref().iter().any(|d| d.get_ref().storage.is_some()))
+            })
+        })
+    }
+
+    fn check_storage_fence(
+        &mut self,
+        raw: &Spanned<RawStorageFence>,
+        nodes: &[String],
+        guard: Option<&GuardConfig>,
+        (heartbeat, fence_delay): (Option<Duration>, Option<Duration>),
+        fence: Option<&FenceConfig>,
+    ) -> Option<StorageFenceConfig> {
+        let sf = raw.get_ref();
+        let device = match &sf.device {
+            None => {
+                self.error(
+                    raw.span(),
+                    "[storage_fence] needs `device`: the shared device holding the nodes' slots, e.g. \"/dev/disk/by-id/wwn-...\" (or { alpha = ..., beta = ... })",
+                );
+                None
+            }
+            Some(d) => self.per_node_path("storage_fence", "device", d, nodes),
+        };
+        let timeout = self.duration("storage_fence.timeout", &sf.timeout, DEFAULT_STORAGE_TIMEOUT);
+        let default_msgwait = timeout.value.unwrap_or(DEFAULT_STORAGE_TIMEOUT) * 2;
+        let msgwait = self.duration("storage_fence.msgwait", &sf.msgwait, default_msgwait);
+        let span = |s: &Setting<Duration>| s.span.clone().unwrap_or_else(|| raw.span());
+        let mut ok = true;
+        if let (Some(t), Some(m)) = (timeout.value, msgwait.value)
+            && m < t * 2
+        {
+            self.error(
+                span(&msgwait),
+                format!(
+                    "storage_fence.msgwait ({}) must be at least twice storage_fence.timeout ({}): a fenced node may need up to `timeout` to notice the poison or give up on the device, and the fencing node must not go on before that",
+                    format_duration(m),
+                    format_duration(t)
+                ),
+            );
+            ok = false;
+        }
+        if let (Some(hb), Some(delay)) = (heartbeat, fence_delay)
+            && delay < hb
+        {
+            self.error(
+                raw.span(),
+                format!(
+                    "cluster.fence_delay ({}) must be at least cluster.heartbeat_interval ({}) with a storage fence: the active writes its poison at once, and the standby, which checks its own slot before fencing, must start later than that even when it noticed the silence a heartbeat earlier",
+                    format_duration(delay),
+                    format_duration(hb)
+                ),
+            );
+            ok = false;
+        }
+        match guard {
+            Some(g) if !g.enabled || g.device.is_some() => {
+                self.error(
+                    raw.span(),
+                    "a storage fence needs the guard process ([guard] enabled, without `device`): it is what reads this node's slot and stops everything on a poison",
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        if let (Some(m), Some(fence)) = (msgwait.value, fence) {
+            for (l, level) in fence.plan.levels.iter().enumerate() {
+                for (k, d) in level.devices.iter().enumerate() {
+                    if matches!(d.kind, FenceDeviceKind::Storage { .. }) && d.timeout <= m {
+                        self.error(
+                            raw.span(),
+                            format!(
+                                "fence level {}, device {} (storage): its timeout ({}) must be longer than storage_fence.msgwait ({}), or every storage fence would time out; raise fence.timeout or the device's timeout",
+                                l + 1,
+                                k + 1,
+                                format_duration(d.timeout),
+                                format_duration(m)
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(StorageFenceConfig { device: device?, timeout: timeout.value?, msgwait: msgwait.value? })
     }
 
     fn check_guard(
@@ -1002,6 +1141,31 @@ impl Checker<'_> {
         // ---- nodes ----
         let nodes = self.check_nodes(&raw.node, &cluster_span);
 
+        // ---- [storage_fence] ----
+        let node_names: Vec<String> = raw.node.iter().map(|it| it.get_ref().name.get_ref().clone()).collect();
+        let storage_fence = match &raw.storage_fence {
+            None => {
+                if let Some(fence) = &raw.fence
+                    && Self::uses_storage(fence.get_ref())
+                {
+                    self.error(
+                        fence.span(),
+                        "a fence device is `{ storage = true }` but there is no [storage_fence] table: add one with the shared device, e.g. [storage_fence] device = \"/dev/disk/by-id/...\"",
+                    );
+                }
+                Some(None)
+            }
+            Some(sf) => self
+                .check_storage_fence(
+                    sf,
+                    &node_names,
+                    guard.as_ref(),
+                    (heartbeat.value, fence_delay.value),
+                    fence.as_ref(),
+                )
+                .map(Some),
+        };
+
         // ---- groups ----
         let groups = self.check_groups(&raw.group, &raw.node);
 
@@ -1015,6 +1179,7 @@ impl Checker<'_> {
             fence_delay: fence_delay.value?,
             catch_up_window: catch_up_window?,
             guard: guard?,
+            storage_fence: storage_fence?,
             fence: match (arbiter?, fence) {
                 (Arbiter::Fence, None) => return None,
                 (_, fence) => fence,
@@ -1135,6 +1300,26 @@ impl Checker<'_> {
             }
         };
         let kind = match (&d.agent, &d.command) {
+            _ if d.storage.is_some() => {
+                let storage = d.storage.as_ref().expect("checked");
+                if d.agent.is_some() || d.command.is_some() || d.options.is_some() || !*storage.get_ref() {
+                    self.error(
+                        storage.span(),
+                        format!(
+                            "{what}: a storage device is written `{{ storage = true }}` (with an optional timeout), alone: it uses the [storage_fence] table"
+                        ),
+                    );
+                    None
+                } else {
+                    // The device path and msgwait come from [storage_fence]; see
+                    // ClusterConfig::fence_plan_for.
+                    Some(FenceDeviceKind::Storage {
+                        device: PathBuf::new(),
+                        msgwait: Duration::ZERO,
+                        me: (0, String::new()),
+                    })
+                }
+            }
             (Some(_), Some(command)) => {
                 self.error(
                     command.span(),
@@ -1858,6 +2043,71 @@ nodes = ["b", "a"]
         let (line, _, _, message) = single(&with_guard("mode = \"x\""));
         assert_eq!(line, lines + 3, "{message}");
         assert!(message.contains("mode"), "{message}");
+    }
+
+    // ---- [storage_fence] ----
+
+    /// FULL with its fence replaced by a storage level, and `table` as [storage_fence].
+    fn with_storage(table: &str) -> String {
+        let fence_start = FULL.find("[fence]").unwrap();
+        let fence_end = fence_start + FULL[fence_start..].find("\n[[node]]").unwrap();
+        format!(
+            "{}[fence]\n[[fence.level]]\ndevices = [{{ storage = true }}]\n{}\n[storage_fence]\n{table}\n",
+            &FULL[..fence_start],
+            &FULL[fence_end..]
+        )
+    }
+
+    #[test]
+    fn storage_fence_parses_with_defaults_and_the_plan_resolves_per_node() {
+        let c = parse(&with_storage(r#"device = { alpha = "/dev/sdb", beta = "/dev/sdc" }"#), "cluster.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sf = c.storage_fence.as_ref().unwrap();
+        assert_eq!((sf.timeout, sf.msgwait), (Duration::from_secs(2), Duration::from_secs(4)));
+        let plan = c.fence_plan_for("beta").unwrap();
+        let FenceDeviceKind::Storage { device, msgwait, me } = &plan.levels[0].devices[0].kind else {
+            panic!("{plan:?}")
+        };
+        assert_eq!((device.as_path(), *msgwait, me.clone()), (Path::new("/dev/sdc"), sf.msgwait, (1, "beta".into())));
+    }
+
+    #[test]
+    fn storage_fence_timing_mistakes_are_rejected() {
+        let msg = |text: &str| errors_of(&with_storage(text)).into_iter().map(|e| e.message).collect::<Vec<_>>();
+        let e = msg("device = \"/dev/sdb\"\ntimeout = \"2s\"\nmsgwait = \"3s\"");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("storage_fence.msgwait (3s) must be at least twice storage_fence.timeout (2s)")),
+            "{e:?}"
+        );
+        // A fence_delay shorter than a heartbeat.
+        let text = with_storage("device = \"/dev/sdb\"").replacen(
+            "heartbeat_interval = \"100ms\"",
+            "heartbeat_interval = \"100ms\"\nfence_delay = \"50ms\"",
+            1,
+        );
+        let e: Vec<String> = errors_of(&text).into_iter().map(|e| e.message).collect();
+        assert!(
+            e.iter().any(|m| m.contains(
+                "cluster.fence_delay (50ms) must be at least cluster.heartbeat_interval (100ms) with a storage fence"
+            )),
+            "{e:?}"
+        );
+        // The fence's own timeout (FULL: 10s) must outlast msgwait.
+        let e = msg("device = \"/dev/sdb\"\ntimeout = \"400ms\"\nmsgwait = \"12s\"");
+        assert!(e.iter().any(|m| m.contains("must be longer than storage_fence.msgwait (12s)")), "{e:?}");
+        let e = msg("timeout = \"400ms\"");
+        assert!(e.iter().any(|m| m.contains("[storage_fence] needs `device`")), "{e:?}");
+        let e = msg("device = \"sdb\"\ntimeout = \"400ms\"");
+        assert!(e.iter().any(|m| m.contains("not an absolute path")), "{e:?}");
+        let text = with_storage("device = \"/dev/sdb\"\ntimeout = \"400ms\"") + "\n[guard]\nenabled = false\n";
+        let e: Vec<String> = errors_of(&text).into_iter().map(|e| e.message).collect();
+        assert!(e.iter().any(|m| m.contains("a storage fence needs the guard process")), "{e:?}");
+        // A storage device without the table.
+        let text = with_storage("device = \"/dev/sdb\"");
+        let text = text[..text.find("\n[storage_fence]").unwrap()].to_string();
+        let e: Vec<String> = errors_of(&text).into_iter().map(|e| e.message).collect();
+        assert!(e.iter().any(|m| m.contains("there is no [storage_fence] table")), "{e:?}");
     }
 
     #[test]

@@ -296,6 +296,15 @@ pub enum FenceDeviceKind {
         /// Never empty.
         argv: Vec<String>,
     },
+    /// The poison pill on the shared device of `[storage_fence]`
+    /// ([`crate::storage_fence::fence`]): confirmed once `msgwait` has passed.
+    Storage {
+        /// This node's path of the device.
+        device: PathBuf,
+        msgwait: Duration,
+        /// This node: its `[[node]]` index and name.
+        me: (u16, String),
+    },
 }
 
 /// One `key=value` option of an agent. Its `Debug` masks the value of a secret (a key
@@ -337,6 +346,7 @@ impl FenceDevice {
         let program = match &self.kind {
             FenceDeviceKind::Agent { path, .. } => path.as_os_str().to_string_lossy().into_owned(),
             FenceDeviceKind::Command { argv } => argv.first().cloned().unwrap_or_default(),
+            FenceDeviceKind::Storage { .. } => return "storage".to_string(),
         };
         match program.rsplit_once('/') {
             Some((_, base)) if !base.is_empty() => base.to_string(),
@@ -353,6 +363,11 @@ impl FenceDevice {
                 words.join(" ")
             }
             FenceDeviceKind::Command { argv } => format!("command {}", argv.join(" ")),
+            FenceDeviceKind::Storage { device, msgwait, .. } => format!(
+                "storage poison pill on {} (msgwait {})",
+                device.display(),
+                crate::config::format_duration(*msgwait)
+            ),
         };
         let attempts = 1 + u64::from(self.retries);
         let attempts = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
@@ -410,6 +425,8 @@ pub enum Confirmation {
     StatusOff,
     /// The agent's `off` exited 0 and it does not support `status`: the off is trusted.
     StatusUnsupported,
+    /// The poison pill was written and `msgwait` passed: the node has stopped itself.
+    StorageMsgwait,
 }
 
 /// How one attempt of one device ended.
@@ -533,6 +550,9 @@ impl fmt::Display for FenceAttempt {
             AttemptOutcome::Confirmed(Confirmation::StatusUnsupported) => {
                 write!(f, ": confirmed off in {took} (off succeeded; the agent does not support status)")
             }
+            AttemptOutcome::Confirmed(Confirmation::StorageMsgwait) => {
+                write!(f, ": confirmed off in {took} (poison pill written, msgwait passed)")
+            }
             AttemptOutcome::OffFailed(status) => write!(f, ": off failed ({}) after {took}", exit_words(status, tail)),
             AttemptOutcome::StillOn => write!(f, ": off exited 0 but status still says on, after {took}"),
             AttemptOutcome::StatusFailed(status) => {
@@ -650,6 +670,14 @@ fn says_status_unsupported(run: &ProcessRun) -> bool {
 async fn attempt_device(device: &FenceDevice, node: &str, node_index: usize) -> (AttemptOutcome, String) {
     let deadline = tokio::time::Instant::now() + device.timeout;
     match &device.kind {
+        FenceDeviceKind::Storage { device: path, msgwait, me } => {
+            let fence = crate::storage_fence::fence(path, (me.0, &me.1), (node_index as u16, node), *msgwait);
+            match tokio::time::timeout_at(deadline, fence).await {
+                Ok(Ok(_done)) => (AttemptOutcome::Confirmed(Confirmation::StorageMsgwait), String::new()),
+                Ok(Err(message)) => (AttemptOutcome::Error(message), String::new()),
+                Err(_) => (AttemptOutcome::TimedOut(FenceStep::Off), String::new()),
+            }
+        }
         FenceDeviceKind::Command { argv } => {
             let argv: Vec<String> = argv.iter().map(|a| substitute(a, node, node_index)).collect();
             let run = run_process(&argv, None, deadline).await;

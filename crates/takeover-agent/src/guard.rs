@@ -55,6 +55,17 @@ pub struct GuardArgs {
     pub scope: String,
     /// Virtual IPs to remove, `ADDRESS/PREFIX@INTERFACE`.
     pub vips: Vec<String>,
+    /// The storage fence slot to watch, if any.
+    pub storage: Option<StorageWatch>,
+}
+
+/// A storage fence slot the guard reads every `timeout / 4` (see [`crate::storage_fence`]).
+#[derive(Clone, Debug)]
+pub struct StorageWatch {
+    pub device: PathBuf,
+    pub slot: u16,
+    /// No successful read for this long: act.
+    pub timeout: Duration,
 }
 
 /// The agent's side of the guard.
@@ -80,6 +91,7 @@ impl Watchdog {
         binary: &std::path::Path,
         scope: &str,
         vips: &[VipSpec],
+        storage: Option<&StorageWatch>,
     ) -> anyhow::Result<Watchdog> {
         if !guard.enabled {
             return Ok(Watchdog::Off);
@@ -104,6 +116,15 @@ impl Watchdog {
             .stdin(Stdio::piped());
         for vip in vips {
             command.arg("--vip").arg(format!("{}/{}@{}", vip.address, vip.prefix_len, vip.interface));
+        }
+        if let Some(s) = storage {
+            command
+                .arg("--storage-device")
+                .arg(&s.device)
+                .arg("--storage-slot")
+                .arg(s.slot.to_string())
+                .arg("--storage-timeout")
+                .arg(crate::config::format_duration(s.timeout));
         }
         let mut child =
             command.spawn().with_context(|| format!("cannot start the guard ({} guard)", binary.display()))?;
@@ -208,19 +229,59 @@ pub enum Trip {
     Expired { silent: Duration },
     /// The pipe closed without `q`: the agent died without stopping its resources.
     AgentGone,
+    /// A peer wrote the poison pill into this node's storage fence slot.
+    Poisoned { by: String, sequence: u64 },
+    /// The storage fence slot could not be read for its timeout.
+    StorageUnreadable { for_: Duration, error: String },
+}
+
+/// Reads the slot every `timeout / 4` on a thread of its own (a read may hang on a dead
+/// device; the guard's deadlines do not).
+fn spawn_reader(watch: StorageWatch) -> std::sync::mpsc::Receiver<Result<crate::storage_fence::Slot, String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        loop {
+            let read = crate::storage_fence::read_slot(&watch.device, watch.slot);
+            if tx.send(read).is_err() {
+                return;
+            }
+            std::thread::sleep(renew_every(watch.timeout));
+        }
+    });
+    rx
 }
 
 /// Reads renewals from `input` until a clean stop (`Ok(None)`) or a trip. The deadline
-/// is measured on CLOCK_MONOTONIC; data that arrives after it does not count.
-pub fn watch(input: &mut File, timeout: Duration) -> std::io::Result<Option<Trip>> {
+/// is measured on CLOCK_MONOTONIC; data that arrives after it does not count. With
+/// `storage`, the slot is read too (see [`Trip::Poisoned`], [`Trip::StorageUnreadable`]).
+pub fn watch(input: &mut File, timeout: Duration, storage: Option<StorageWatch>) -> std::io::Result<Option<Trip>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut last = Instant::now();
     let mut buf = [0u8; 256];
+    let storage_timeout = storage.as_ref().map(|it| it.timeout);
+    let reader = storage.map(spawn_reader);
+    let mut last_read = Instant::now();
+    let mut read_error = String::from("no read finished yet");
     loop {
+        if let (Some(rx), Some(bound)) = (&reader, storage_timeout) {
+            while let Ok(read) = rx.try_recv() {
+                match read {
+                    Ok(slot) if slot.poison => {
+                        return Ok(Some(Trip::Poisoned { by: slot.sender, sequence: slot.sequence }));
+                    }
+                    Ok(_) => last_read = Instant::now(),
+                    Err(e) => read_error = e,
+                }
+            }
+            if last_read.elapsed() >= bound {
+                return Ok(Some(Trip::StorageUnreadable { for_: last_read.elapsed(), error: read_error }));
+            }
+        }
         let left = timeout.saturating_sub(last.elapsed());
         if left.is_zero() {
             return Ok(Some(Trip::Expired { silent: last.elapsed() }));
         }
+        let left = if reader.is_some() { left.min(Duration::from_millis(20)) } else { left };
         let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(input.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
@@ -259,7 +320,7 @@ pub fn main(args: GuardArgs) -> anyhow::Result<bool> {
     let vips: Vec<VipSpec> = args.vips.iter().map(|it| parse_vip(it)).collect::<anyhow::Result<_>>()?;
     let fd = std::io::stdin().as_fd().try_clone_to_owned().context("no stdin pipe from the agent")?;
     let mut input = File::from(fd);
-    let Some(trip) = watch(&mut input, args.timeout)? else {
+    let Some(trip) = watch(&mut input, args.timeout, args.storage.clone())? else {
         return Ok(true);
     };
     let why = match &trip {
@@ -270,6 +331,13 @@ pub fn main(args: GuardArgs) -> anyhow::Result<bool> {
             crate::config::format_duration(args.timeout)
         ),
         Trip::AgentGone => format!("the agent (pid {}) exited without stopping its resources", args.agent_pid),
+        Trip::Poisoned { by, sequence } => {
+            format!("{by} fenced this node through the storage device (poison message {sequence})")
+        }
+        Trip::StorageUnreadable { for_, error } => format!(
+            "cannot read this node's storage fence slot for {} ms ({error}): a peer may be fencing it unseen",
+            for_.as_millis()
+        ),
     };
     eprintln!("takeover guard: {why}: killing the agent and this node's services, removing its virtual IPs");
     // The agent first, so it cannot start anything again; only while it is still our
@@ -317,7 +385,7 @@ mod tests {
             }
             w.write_all(b"q").unwrap();
         });
-        assert_eq!(watch(&mut r, Duration::from_millis(150)).unwrap(), None);
+        assert_eq!(watch(&mut r, Duration::from_millis(150), None).unwrap(), None);
         writer.join().unwrap();
     }
 
@@ -325,7 +393,7 @@ mod tests {
     fn silence_past_the_timeout_trips() {
         let (mut r, _w) = pipe();
         let started = Instant::now();
-        match watch(&mut r, Duration::from_millis(100)).unwrap() {
+        match watch(&mut r, Duration::from_millis(100), None).unwrap() {
             Some(Trip::Expired { silent }) => assert!(silent >= Duration::from_millis(100), "{silent:?}"),
             other => panic!("{other:?}"),
         }
@@ -336,7 +404,7 @@ mod tests {
     fn the_agent_closing_without_q_trips_at_once() {
         let (mut r, w) = pipe();
         drop(w);
-        assert_eq!(watch(&mut r, Duration::from_secs(10)).unwrap(), Some(Trip::AgentGone));
+        assert_eq!(watch(&mut r, Duration::from_secs(10), None).unwrap(), Some(Trip::AgentGone));
     }
 
     #[test]
@@ -347,8 +415,55 @@ mod tests {
             std::thread::sleep(Duration::from_millis(150));
             let _ = w.write_all(b"pppp");
         });
-        assert!(matches!(watch(&mut r, Duration::from_millis(100)).unwrap(), Some(Trip::Expired { .. })));
+        assert!(matches!(watch(&mut r, Duration::from_millis(100), None).unwrap(), Some(Trip::Expired { .. })));
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_poison_in_the_slot_trips_and_so_does_an_unreadable_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("sbd.img");
+        std::fs::File::create(&device).unwrap().set_len(1 << 20).unwrap();
+        crate::storage_fence::init(&device, "c", &["alpha".into(), "beta".into()]).unwrap();
+        let watch_of = |path: &std::path::Path| StorageWatch {
+            device: path.to_path_buf(),
+            slot: 1,
+            timeout: Duration::from_millis(200),
+        };
+        // Renewed and clear: quiet until the pill arrives.
+        let (mut r, mut w) = pipe();
+        let dev = device.clone();
+        let writer = std::thread::spawn(move || {
+            for i in 0..20 {
+                w.write_all(b"p").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                if i == 10 {
+                    crate::storage_fence::poison(&dev, 1, "beta", 0, "alpha").unwrap();
+                }
+            }
+            drop(w);
+        });
+        let trip = watch(&mut r, Duration::from_secs(10), Some(watch_of(&device))).unwrap();
+        assert_eq!(trip, Some(Trip::Poisoned { by: "alpha".into(), sequence: 1 }));
+        writer.join().unwrap();
+        // The device gone: trips after the storage timeout although renewals go on.
+        let (mut r, mut w) = pipe();
+        let renew = std::thread::spawn(move || {
+            while w.write_all(b"p").is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        let trip = watch(&mut r, Duration::from_secs(10), Some(watch_of(&dir.path().join("gone")))).unwrap();
+        drop(r);
+        renew.join().unwrap();
+        match trip {
+            Some(Trip::StorageUnreadable { for_, error }) => {
+                assert!(for_ >= Duration::from_millis(200) && started.elapsed() < Duration::from_secs(5), "{for_:?}");
+                assert!(error.contains("gone"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -379,7 +494,7 @@ mod tests {
             timeout: Duration::from_millis(400),
             device: Some(path.clone()),
         };
-        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[]).unwrap();
+        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], None).unwrap();
         assert_eq!(dog.every(), Some(Duration::from_millis(100)));
         dog.renew().unwrap();
         dog.renew().unwrap();
@@ -387,14 +502,14 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"\0\0V");
         // A missing device is a clear error naming the setting.
         let cfg = crate::config::GuardConfig { device: Some(dir.path().join("missing")), ..cfg };
-        let err = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[]).err().unwrap();
+        let err = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], None).err().unwrap();
         assert!(format!("{err:#}").contains("[guard] device"), "{err:#}");
     }
 
     #[test]
     fn off_does_nothing() {
         let cfg = crate::config::GuardConfig { enabled: false, timeout: Duration::from_millis(400), device: None };
-        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[]).unwrap();
+        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], None).unwrap();
         assert_eq!(dog.every(), None);
         dog.renew().unwrap();
         dog.disarm();

@@ -30,5 +30,6 @@ pub mod net;
 pub mod netbed;
 pub mod resources;
 pub mod service;
+pub mod storage_fence;
 pub mod store;
 pub mod wire;

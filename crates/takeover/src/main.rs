@@ -26,6 +26,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum StorageFenceCmd {
+    Init,
+    List,
+    Clear { target: String },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the agent of one node.
     Agent {
@@ -118,6 +125,24 @@ enum Cmd {
         /// ADDRESS/PREFIX@INTERFACE, repeated.
         #[arg(long = "vip")]
         vips: Vec<String>,
+        /// The storage fence device whose slot to watch.
+        #[arg(long, requires_all = ["storage_slot", "storage_timeout"])]
+        storage_device: Option<PathBuf>,
+        #[arg(long)]
+        storage_slot: Option<u16>,
+        #[arg(long, value_parser = parse_duration)]
+        storage_timeout: Option<Duration>,
+    },
+    /// The storage fence device ([storage_fence]): `init` writes its header and a clear
+    /// slot per node; `list` shows the slots (like `sbd list`); `clear NODE` clears one.
+    StorageFence {
+        #[command(subcommand)]
+        command: StorageFenceCmd,
+        #[arg(long, env = "TAKEOVER_CONFIG", default_value = "/etc/takeover/cluster.toml", global = true)]
+        config: PathBuf,
+        /// Whose path of the device to use (per-node device paths).
+        #[arg(long, env = "TAKEOVER_NODE", global = true)]
+        node: Option<String>,
     },
     /// The network-namespace test bed's fence agent (fence-agents stdin protocol).
     #[command(hide = true)]
@@ -296,10 +321,59 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::DemoApp(args) => demo_app::run(args).await?,
         Cmd::ProbeApp(args) => tokio::task::spawn_blocking(move || probe_app::run(args)).await??,
-        Cmd::Guard { timeout, agent_pid, scope, vips } => {
-            let args = takeover_agent::guard::GuardArgs { timeout, agent_pid, scope, vips };
+        Cmd::Guard { timeout, agent_pid, scope, vips, storage_device, storage_slot, storage_timeout } => {
+            let storage = match (storage_device, storage_slot, storage_timeout) {
+                (Some(device), Some(slot), Some(timeout)) => {
+                    Some(takeover_agent::guard::StorageWatch { device, slot, timeout })
+                }
+                _ => None,
+            };
+            let args = takeover_agent::guard::GuardArgs { timeout, agent_pid, scope, vips, storage };
             let clean = tokio::task::spawn_blocking(move || takeover_agent::guard::main(args)).await??;
             return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Cmd::StorageFence { command, config: file, node } => {
+            let cfg = config::load(&file)?;
+            let Some(sf) = &cfg.storage_fence else {
+                bail!("{} has no [storage_fence] table", file.display());
+            };
+            let node = match node {
+                Some(node) => node,
+                None => match &sf.device {
+                    config::PerNode::All(_) => cfg.nodes[0].name.clone(),
+                    config::PerNode::Each(_) => {
+                        bail!("the device path differs per node: say whose with --node (or TAKEOVER_NODE)")
+                    }
+                },
+            };
+            if cfg.node(&node).is_none() {
+                bail!("node `{node}` is not in {}", file.display());
+            }
+            let device = sf.device.on(&node).clone();
+            let names: Vec<String> = cfg.nodes.iter().map(|it| it.name.clone()).collect();
+            match command {
+                StorageFenceCmd::Init => {
+                    takeover_agent::storage_fence::init(&device, &cfg.name, &names).map_err(|e| anyhow!(e))?;
+                    println!("{}: initialised for cluster {} with {} slots", device.display(), cfg.name, names.len());
+                }
+                StorageFenceCmd::List => {
+                    takeover_agent::storage_fence::check_header(&device, &cfg.name, names.len())
+                        .map_err(|e| anyhow!(e))?;
+                    for (i, name) in names.iter().enumerate() {
+                        let slot =
+                            takeover_agent::storage_fence::read_slot(&device, i as u16).map_err(|e| anyhow!(e))?;
+                        let state = if slot.poison { format!("POISON from {}", slot.sender) } else { "clear".into() };
+                        println!("{i}\t{name}\t{state}\t(message {})", slot.sequence);
+                    }
+                }
+                StorageFenceCmd::Clear { target } => {
+                    let Some(index) = names.iter().position(|it| *it == target) else {
+                        bail!("node `{target}` is not in {}", file.display());
+                    };
+                    takeover_agent::storage_fence::clear(&device, index as u16, &target).map_err(|e| anyhow!(e))?;
+                    println!("{target}: slot cleared");
+                }
+            }
         }
         Cmd::FenceNetns { bed } => {
             let code = tokio::task::spawn_blocking(move || {

@@ -853,3 +853,113 @@ async fn a_paused_agent_is_stopped_by_its_guard_before_the_peer_takes_over() {
     assert_eq!((instances, overlaps), (2, 0), "{}", c.logs());
     println!("guard: alpha's service stopped by its guard; client outage {} ms", probe.longest_outage().as_millis());
 }
+
+/// A cluster fenced only through a storage device: one small image attached per node
+/// (alpha's path through a symlink the test can remove: its view of the disk dies), the
+/// `web` group of an address and the probe service.
+async fn storage_fenced(prefix: &str, slot: u8) -> (NetCluster, SharedDisk, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let nodes = ["alpha", "beta"];
+    let sbd = SharedDisk::create_raw(&dir, "sbd.img", 1, &nodes);
+    let alpha_link = dir.join("alpha-sbd");
+    std::os::unix::fs::symlink(&sbd.paths["alpha"], &alpha_link).unwrap();
+    let groups = light_group("web", &nodes, &dir, slot, 0, PORT, "")
+        + &format!(
+            "\n[storage_fence]\ndevice = {{ alpha = {:?}, beta = {:?} }}\ntimeout = \"400ms\"\nmsgwait = \"800ms\"\n",
+            alpha_link.display().to_string(),
+            sbd.path("beta")
+        );
+    let mut c = NetCluster::create_with(prefix, slot, Fencing::Storage, tmp, &nodes, "web", &groups, &BTreeMap::new());
+    let (code, out) = cli(&c, &["storage-fence", "init", "--node", "beta"]);
+    assert_eq!(code, Some(0), "{out}");
+    c.start("alpha");
+    c.start("beta");
+    wait_group_up(&c, "alpha", "web", "start").await;
+    c.wait_role("beta", "SL").await;
+    (c, sbd, alpha_link)
+}
+
+#[tokio::test]
+async fn storage_fence_a_node_that_loses_the_device_stops_and_the_peer_takes_over_after_msgwait() {
+    if !root_or_skip("storage_fence_a_node_that_loses_the_device_stops_and_the_peer_takes_over_after_msgwait") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 30;
+    let (mut c, _sbd, alpha_link) = storage_fenced("trsbd", slot).await;
+    let probe = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 0), PORT), Duration::from_millis(5));
+    probe.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    // alpha's path to the device disappears: its guard cannot read its slot, stops
+    // everything after the storage timeout; beta, hearing nothing, writes the poison and
+    // takes over only after msgwait.
+    std::fs::remove_file(&alpha_link).unwrap();
+    let status = wait_group_up(&c, "beta", "web", "takeover").await;
+    assert!(!c.running("alpha"), "alpha's guard killed its agent\n{}", c.logs());
+    assert!(c.bed.pids("alpha").unwrap().is_empty(), "nothing of alpha runs\n{}", c.logs());
+    let log = std::fs::read_to_string(c.dir.join("alpha.agent.log")).unwrap();
+    assert!(log.contains("cannot read this node's storage fence slot for"), "{log}");
+    assert!(events(&status).contains("poison pill written, msgwait passed"), "{}", events(&status));
+    let fence = group(&status, "web").last_move.as_ref().unwrap().steps.iter().find(|s| s.step == "fence").cloned();
+    assert!(fence.as_ref().is_some_and(|f| f.ms >= 800), "the fence waited msgwait: {fence:?}");
+    let (code, out) = cli(&c, &["storage-fence", "list", "--node", "beta"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("0\talpha\tPOISON from beta")), "{out}");
+    probe.wait_answers_from("beta", 50, WAIT, || c.logs()).await;
+    assert_eq!(probe.answer_sequence(), ["alpha", "beta"]);
+    let (_, overlaps) = serving_overlaps(&c.dir.join("web-records.log")).unwrap();
+    assert_eq!(overlaps, 0, "{}", c.logs());
+
+    // alpha's device is back and its agent restarts: it reports the fence, clears its
+    // slot and rejoins as SL.
+    std::os::unix::fs::symlink(&_sbd.paths["alpha"], &alpha_link).unwrap();
+    c.start("alpha");
+    c.wait_role("alpha", "SL").await;
+    let alpha = c.status("alpha").await.unwrap();
+    assert!(events(&alpha).contains("fenced through the storage device by beta"), "{}", events(&alpha));
+    let (_, out) = cli(&c, &["storage-fence", "list", "--node", "beta"]);
+    assert!(out.lines().any(|l| l.starts_with("0\talpha\tclear")), "{out}");
+    println!(
+        "storage fence: alpha lost the device; client outage {} ms, takeover {} ms ({})",
+        probe.longest_outage().as_millis(),
+        group(&status, "web").last_move.as_ref().unwrap().total_ms,
+        group(&status, "web")
+            .last_move
+            .as_ref()
+            .unwrap()
+            .steps
+            .iter()
+            .map(|s| format!("{} {} ms", s.step, s.ms))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+#[tokio::test]
+async fn storage_fence_in_a_full_partition_the_active_poisons_the_standby_and_keeps_serving() {
+    if !root_or_skip("storage_fence_in_a_full_partition_the_active_poisons_the_standby_and_keeps_serving") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let slot = 31;
+    let (mut c, _sbd, _link) = storage_fenced("trsbp", slot).await;
+    let probe = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 0), PORT), Duration::from_millis(5));
+    probe.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    c.bed.partition_full("alpha", "beta").unwrap();
+    // alpha fences at once (beta waits fence_delay): beta reads the poison and stops.
+    c.wait_role("alpha", "SM").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.running("beta") {
+        assert!(std::time::Instant::now() < deadline, "beta still runs\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = std::fs::read_to_string(c.dir.join("beta.agent.log")).unwrap();
+    assert!(log.contains("alpha fenced this node through the storage device"), "{log}");
+    let (_, out) = cli(&c, &["storage-fence", "list", "--node", "beta"]);
+    assert!(out.lines().any(|l| l.starts_with("0\talpha\tclear")), "alpha was not poisoned: {out}");
+    assert!(out.lines().any(|l| l.starts_with("1\tbeta\tPOISON from alpha")), "{out}");
+    probe.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
+    assert_eq!(probe.answer_sequence(), ["alpha"], "only alpha ever served");
+    c.bed.heal().unwrap();
+    println!("storage fence partition: alpha kept serving, longest gap {} ms", probe.longest_outage().as_millis());
+}

@@ -544,7 +544,7 @@ impl Checker<'_> {
         }
     }
 
-    fn per_node_path(
+    pub(super) fn per_node_path(
         &mut self,
         what: &str,
         key: &str,

@@ -341,14 +341,15 @@ pub fn decode(area: &[u8]) -> Result<Option<Reservation>, DecodeError> {
     }))
 }
 
-/// A 4 KiB buffer aligned to 4 KiB, as `O_DIRECT` needs, without unsafe code.
-struct AlignedBlock {
+/// A 4 KiB buffer aligned to 4 KiB, as `O_DIRECT` needs, without unsafe code. Also the
+/// storage fence's block (crate::storage_fence).
+pub(crate) struct AlignedBlock {
     storage: Vec<u8>,
     start: usize,
 }
 
 impl AlignedBlock {
-    fn new() -> AlignedBlock {
+    pub(crate) fn new() -> AlignedBlock {
         let size = RESERVATION_SIZE as usize;
         let storage = vec![0u8; 2 * size];
         let start = storage.as_ptr().align_offset(size);
@@ -356,17 +357,17 @@ impl AlignedBlock {
         AlignedBlock { storage, start }
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.storage[self.start..self.start + RESERVATION_SIZE as usize]
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + RESERVATION_SIZE as usize]
     }
 }
 
 /// An open device (or image file) and where its reservation area is.
-struct Device {
+pub(crate) struct Device {
     path: PathBuf,
     file: File,
     /// Whether `file` was opened with `O_DIRECT`.
@@ -378,7 +379,7 @@ struct Device {
 }
 
 impl Device {
-    fn open(path: &Path, write: bool) -> Result<Device, DiskError> {
+    pub(crate) fn open(path: &Path, write: bool) -> Result<Device, DiskError> {
         let meta = std::fs::metadata(path).map_err(io_err(path, "stat it"))?;
         let ft = meta.file_type();
         let is_block = ft.is_block_device();
@@ -422,7 +423,7 @@ impl Device {
         Ok(())
     }
 
-    fn read_block(&mut self, offset: u64) -> Result<AlignedBlock, DiskError> {
+    pub(crate) fn read_block(&mut self, offset: u64) -> Result<AlignedBlock, DiskError> {
         let mut block = AlignedBlock::new();
         match self.file.read_exact_at(block.bytes_mut(), offset) {
             Ok(()) => Ok(block),
@@ -453,16 +454,26 @@ impl Device {
     }
 
     fn write_area(&mut self, block: &AlignedBlock) -> Result<(), DiskError> {
-        let what = format!("write the reservation at offset {}", self.offset);
-        match self.file.write_all_at(block.bytes(), self.offset) {
+        self.write_block(self.offset, block)
+    }
+
+    /// Writes one 4 KiB block at `offset` (a multiple of 4096) and makes it durable.
+    pub(crate) fn write_block(&mut self, offset: u64, block: &AlignedBlock) -> Result<(), DiskError> {
+        let what = format!("write 4 KiB at offset {offset}");
+        match self.file.write_all_at(block.bytes(), offset) {
             Ok(()) => {}
             Err(e) if self.direct && !self.is_block && e.raw_os_error() == Some(libc::EINVAL) => {
                 self.reopen_buffered()?;
-                self.file.write_all_at(block.bytes(), self.offset).map_err(io_err(&self.path, &what))?;
+                self.file.write_all_at(block.bytes(), offset).map_err(io_err(&self.path, &what))?;
             }
             Err(e) => return Err(io_err(&self.path, what)(e)),
         }
-        self.file.sync_data().map_err(io_err(&self.path, "flush the reservation (fdatasync)"))
+        self.file.sync_data().map_err(io_err(&self.path, "flush it (fdatasync)"))
+    }
+
+    /// The device's size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
     }
 
     /// Writes `r` and reads it back: a different result means someone else wrote at the

@@ -29,6 +29,8 @@ pub enum Fencing {
     /// A fence that says "off" without doing anything (misconfigured): only the fencing
     /// tokens stand between a woken old active and the data.
     Lying,
+    /// The poison pill on the `[storage_fence]` device (which the test's config adds).
+    Storage,
 }
 
 /// Whether this test may run: root, or a loud skip (a failure under CI=true).
@@ -111,6 +113,7 @@ impl NetCluster {
                 r#"{ agent = "/usr/sbin/fence_dummy", options = { type = "fail", power_timeout = "1" } }"#.to_string(),
             ],
             Fencing::Lying => vec![r#"{ command = ["/bin/true"] }"#.to_string()],
+            Fencing::Storage => vec!["{ storage = true }".to_string()],
         };
         let mut text = format!(
             "[cluster]\nname = {prefix:?}\nheartbeat_interval = \"100ms\"\ndead_after = \"500ms\"\nstartup_wait = \"2s\"\nfence_delay = \"200ms\"\nfence_retry = \"500ms\"\n\n[fence]\ntimeout = \"10s\"\nretries = 0\n"

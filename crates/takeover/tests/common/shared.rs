@@ -34,17 +34,21 @@ fn run(argv: &[&str]) -> String {
 }
 
 impl SharedDisk {
-    pub fn create(dir: &Path, nodes: &[&str]) -> SharedDisk {
-        let image = dir.join("shared.img");
+    /// A blank image `name` of `mib` MiB, attached once per node.
+    pub fn create_raw(dir: &Path, name: &str, mib: u64, nodes: &[&str]) -> SharedDisk {
+        let image = dir.join(name);
         let file = std::fs::File::create(&image).unwrap();
-        file.set_len(DISK_MIB << 20).unwrap();
-        let mut paths = BTreeMap::new();
+        file.set_len(mib << 20).unwrap();
         let mut disk = SharedDisk { image: image.clone(), paths: BTreeMap::new() };
         for node in nodes {
             let dev = run(&["losetup", "--find", "--show", &image.display().to_string()]);
-            paths.insert(node.to_string(), PathBuf::from(dev));
-            disk.paths = paths.clone();
+            disk.paths.insert(node.to_string(), PathBuf::from(dev));
         }
+        disk
+    }
+
+    pub fn create(dir: &Path, nodes: &[&str]) -> SharedDisk {
+        let disk = SharedDisk::create_raw(dir, "shared.img", DISK_MIB, nodes);
         // 4 KiB blocks: every block but the last, which holds the reservation.
         let first = disk.paths.values().next().unwrap().display().to_string();
         let blocks = ((DISK_MIB << 20) / 4096 - 1).to_string();
