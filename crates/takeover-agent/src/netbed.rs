@@ -723,32 +723,18 @@ impl Netbed {
     /// from an earlier run: call [`Netbed::cleanup_stale`] first. On failure, whatever was
     /// created is removed again.
     pub fn create(prefix: &str, nodes: &[&str], slot: u8) -> anyhow::Result<Netbed> {
-        Netbed::create_with(prefix, nodes, slot, false)
+        Netbed::create_with_mounts(prefix, nodes, slot, false, &BTreeMap::new())
     }
 
     /// [`Netbed::create`], with IPv6 on in the node and client namespaces (see the module
     /// docs).
     pub fn create_ipv6(prefix: &str, nodes: &[&str], slot: u8) -> anyhow::Result<Netbed> {
-        Netbed::create_with(prefix, nodes, slot, true)
+        Netbed::create_with_mounts(prefix, nodes, slot, true, &BTreeMap::new())
     }
 
     /// [`Netbed::create`] (or `create_ipv6`) where a power-off of a node also cuts the
     /// filesystems mounted at its `mounts` (see [`MemberState::mounts`]).
     pub fn create_with_mounts(
-        prefix: &str,
-        nodes: &[&str],
-        slot: u8,
-        ipv6: bool,
-        mounts: &BTreeMap<String, Vec<PathBuf>>,
-    ) -> anyhow::Result<Netbed> {
-        Netbed::create_full(prefix, nodes, slot, ipv6, mounts)
-    }
-
-    fn create_with(prefix: &str, nodes: &[&str], slot: u8, ipv6: bool) -> anyhow::Result<Netbed> {
-        Netbed::create_full(prefix, nodes, slot, ipv6, &BTreeMap::new())
-    }
-
-    fn create_full(
         prefix: &str,
         nodes: &[&str],
         slot: u8,
