@@ -135,3 +135,19 @@ fn mutant_taking_over_without_the_fence_wait_is_caught() {
         Mutant::NoFenceWait,
     );
 }
+
+#[test]
+fn switchovers_and_service_failures_with_a_crash_and_a_power_loss_never_make_two_actives_or_lose_a_record() {
+    assert_holds(
+        "moves: a switchover (F1.10) and a service failure (F1.5) with a crash and a power loss",
+        Bounds { crashes: 1, crash_both: 1, appends: 1, switchovers: 1, service_failures: 1, ..Bounds::NONE },
+    );
+}
+
+#[test]
+fn switchover_and_service_failure_with_automatic_failback_and_a_crash_never_make_two_actives_or_lose_a_record() {
+    assert_holds(
+        "failback auto: a crash, a switchover (F1.10) and a service failure (F1.5)",
+        Bounds { crashes: 1, appends: 1, switchovers: 1, service_failures: 1, failback: true, ..Bounds::NONE },
+    );
+}
