@@ -948,8 +948,10 @@ impl Group {
         match &mut self.role {
             RoleState::X { phase, .. } => {
                 // The SL this node handed the group to is gone before it took over: the
-                // ordinary rules decide again (this node still holds priority 2).
-                if matches!(*phase, XPhase::HandedOver { to, .. } if to == inc) {
+                // ordinary rules decide again (this node still holds priority 2). Only once
+                // it is known stopped: a merely suspected SL may still act on the Handover,
+                // and deciding by priority then made two actives (found by the model check).
+                if stopped && matches!(*phase, XPhase::HandedOver { to, .. } if to == inc) {
                     *phase = XPhase::Ready;
                 }
                 self.try_decide(now)
@@ -1068,6 +1070,14 @@ impl Group {
         match &self.role {
             RoleState::Sl(s) if s.master == inc && s.taking_over => self.become_sm(now, Cause::Takeover),
             RoleState::Active(a) if a.lost_sl == Some(inc) => self.become_sm(now, Cause::SlaveLost),
+            // The run this node handed the group to is now known stopped (fenced, or a
+            // newer incarnation seen) before it took over: decide again.
+            RoleState::X { phase: XPhase::HandedOver { to, .. }, .. } if *to == inc => {
+                if let RoleState::X { phase, .. } = &mut self.role {
+                    *phase = XPhase::Ready;
+                }
+                self.try_decide(now);
+            }
             _ => {}
         }
     }
@@ -1758,7 +1768,12 @@ impl Group {
     /// without a fence (the M stopped the service before it asked).
     fn on_handover(&mut self, now: Instant, from: Incarnation, upto: u64, reason: HandoverReason) {
         let RoleState::Sl(s) = &self.role else { return };
-        if s.master != from || !s.confirmed || self.log.last_index() < upto {
+        // Not `confirmed`: a Handover resent after a channel reset reaches an SL that
+        // rejoined its (stopped) master and is unconfirmed again; what matters is that it is
+        // the same run's SL and holds every record up to `upto`, which the old M only names
+        // after its SL acknowledged them durably. (Requiring `confirmed` left the group
+        // down for good: found by the model check.)
+        if s.master != from || self.log.last_index() < upto {
             self.report(Report::MalformedMessage {
                 what: "handover to an SL that is not synchronised with the active",
             });

@@ -151,3 +151,23 @@ fn switchover_and_service_failure_with_automatic_failback_and_a_crash_never_make
         Bounds { crashes: 1, appends: 1, switchovers: 1, service_failures: 1, failback: true, ..Bounds::NONE },
     );
 }
+
+/// Found by the checker: an active that handed the group over and then wrongly suspected
+/// its live SL went back to deciding by priority and started next to it (two actives).
+#[test]
+fn a_switchover_or_service_failure_then_a_false_suspicion_never_makes_two_actives() {
+    assert_holds(
+        "moves with a partition: a suspicion, a switchover, a service failure",
+        Bounds { appends: 1, suspicions: 1, switchovers: 1, service_failures: 1, ..Bounds::NONE },
+    );
+}
+
+/// Found by the checker: a Handover lost with a channel could never be resent (the SL
+/// had rejoined unconfirmed and refused it), so the group stayed down.
+#[test]
+fn a_handover_lost_with_a_channel_reset_is_resent_and_the_group_starts() {
+    assert_holds(
+        "moves with a channel reset: a reset, a switchover, a service failure",
+        Bounds { appends: 1, resets: 1, switchovers: 1, service_failures: 1, ..Bounds::NONE },
+    );
+}
