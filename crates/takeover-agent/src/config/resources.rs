@@ -44,7 +44,7 @@
 //! ```
 //!
 //! Every resource also takes `start_timeout`, `stop_timeout`, `monitor_timeout` (default
-//! 20s each), `monitor_interval` (default 10s; "0s" never monitors), `max_restarts`
+//! 20s each), `monitor_interval` (default 10s, 1s for a vip; "0s" never monitors), `max_restarts`
 //! (default 3 restarts in place within `restart_window`, default 10m, before the group
 //! moves; 0 moves at the first failure).
 //!
@@ -67,6 +67,9 @@ use super::{Checker, RawGroup, RawStrings, name_problem};
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default of a resource's `monitor_interval`.
 pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
+/// Default of a vip's `monitor_interval`: a netlink lookup is cheap, and a dead
+/// interface (no carrier) under the address should move the group within a second or so.
+pub const DEFAULT_VIP_MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 /// Default of a resource's `max_restarts`.
 pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// Default of a resource's `restart_window`.
@@ -403,7 +406,12 @@ impl Checker<'_> {
         let monitor_timeout =
             self.duration(&format!("{what}: monitor_timeout"), &r.monitor_timeout, DEFAULT_OP_TIMEOUT).value;
         let monitor_interval = self
-            .duration_from(&format!("{what}: monitor_interval"), &r.monitor_interval, DEFAULT_MONITOR_INTERVAL, true)
+            .duration_from(
+                &format!("{what}: monitor_interval"),
+                &r.monitor_interval,
+                if kind == "vip" { DEFAULT_VIP_MONITOR_INTERVAL } else { DEFAULT_MONITOR_INTERVAL },
+                true,
+            )
             .value;
         let restart_window =
             self.duration(&format!("{what}: restart_window"), &r.restart_window, DEFAULT_RESTART_WINDOW).value;

@@ -147,6 +147,7 @@ fn defaults(name: &str, kind: ResourceKindConfig) -> ResourceConfig {
 fn defaults_are_the_documented_ones() {
     assert_eq!(DEFAULT_OP_TIMEOUT, Duration::from_secs(20));
     assert_eq!(DEFAULT_MONITOR_INTERVAL, Duration::from_secs(10));
+    assert_eq!(DEFAULT_VIP_MONITOR_INTERVAL, Duration::from_secs(1));
     assert_eq!(DEFAULT_MAX_RESTARTS, 3);
     assert_eq!(DEFAULT_RESTART_WINDOW, Duration::from_secs(600));
     assert_eq!(DEFAULT_FAILBACK_DELAY, Duration::from_secs(10));
@@ -242,16 +243,19 @@ fstype = "ext4""#,
     assert_eq!(
         g.resources,
         [
-            defaults(
-                "ip",
-                ResourceKindConfig::Vip {
-                    address: "fd00::100".parse().unwrap(),
-                    prefix_len: 64,
-                    interface: PerNode::All("eth0".into()),
-                    announce: DEFAULT_ANNOUNCE,
-                    announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
-                },
-            ),
+            ResourceConfig {
+                monitor_interval: DEFAULT_VIP_MONITOR_INTERVAL,
+                ..defaults(
+                    "ip",
+                    ResourceKindConfig::Vip {
+                        address: "fd00::100".parse().unwrap(),
+                        prefix_len: 64,
+                        interface: PerNode::All("eth0".into()),
+                        announce: DEFAULT_ANNOUNCE,
+                        announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
+                    },
+                )
+            },
             defaults(
                 "fs",
                 ResourceKindConfig::Mount {
