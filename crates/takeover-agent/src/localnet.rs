@@ -6,6 +6,10 @@
 //! binds on 127.0.0.2 but is advertised on 127.0.0.3, where a relay run by this process
 //! forwards UDP and TCP — so a test can cut link 0 (which carries the peer channel
 //! first) without root; link 1 is direct on 127.0.0.1.
+//!
+//! The cluster's traffic is authenticated with a key generated for it (`cluster.key` in
+//! its directory, as `takeover keygen` writes it), unless the spec asks for
+//! `auth = "none"`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
@@ -40,6 +44,17 @@ pub struct Spec {
     pub startup_wait: Duration,
     /// `fence` or `unsafe-assume-crash-stop`.
     pub arbiter: String,
+    /// How the cluster's traffic is authenticated.
+    pub auth: LocalAuth,
+}
+
+/// The authentication of a local cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalAuth {
+    /// A key generated for the cluster, in `cluster.key` beside the configuration.
+    GeneratedKey,
+    /// `auth = "none"`.
+    None,
 }
 
 impl Spec {
@@ -74,6 +89,7 @@ impl Spec {
             dead_after: Duration::from_millis(500),
             startup_wait: Duration::from_secs(2),
             arbiter: "fence".into(),
+            auth: LocalAuth::GeneratedKey,
         };
         Ok((spec, apps))
     }
@@ -135,8 +151,16 @@ impl LocalCluster {
                 ],
             });
         }
+        let key_file = match spec.auth {
+            LocalAuth::GeneratedKey => {
+                let path = dir.join("cluster.key");
+                crate::auth::keyfile::write_new(&path, false)?;
+                Some(path)
+            }
+            LocalAuth::None => None,
+        };
         let config = dir.join("cluster.toml");
-        std::fs::write(&config, render_config(spec, &nodes, binary, dir))?;
+        std::fs::write(&config, render_config(spec, &nodes, binary, dir, key_file.as_deref()))?;
         let relay_cut = Arc::new(AtomicBool::new(false));
         let (relay_stop, stopped) = watch::channel(false);
         for node in &nodes {
@@ -305,9 +329,13 @@ impl Drop for LocalCluster {
     }
 }
 
-fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path) -> String {
+fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path, key_file: Option<&Path>) -> String {
+    let auth = match key_file {
+        Some(path) => format!("key_file = {:?}", path.display().to_string()),
+        None => "auth = \"none\"".to_string(),
+    };
     let mut out = format!(
-        "# Written by takeover's local cluster (demo/tests).\n[cluster]\nname = {:?}\nheartbeat_interval = {:?}\ndead_after = {:?}\nstartup_wait = {:?}\narbiter = {:?}\nfence_retry = \"500ms\"\n\n[fence]\ncommand = [{:?}, \"fence-local\", \"--pidfile\", {:?}]\ntimeout = \"10s\"\n",
+        "# Written by takeover's local cluster (demo/tests).\n[cluster]\nname = {:?}\nheartbeat_interval = {:?}\ndead_after = {:?}\nstartup_wait = {:?}\narbiter = {:?}\nfence_retry = \"500ms\"\n{auth}\n\n[fence]\ncommand = [{:?}, \"fence-local\", \"--pidfile\", {:?}]\ntimeout = \"10s\"\n",
         spec.cluster,
         format_duration(spec.heartbeat_interval),
         format_duration(spec.dead_after),

@@ -9,9 +9,11 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{Bed, group};
+use takeover_agent::localnet::LocalAuth;
 use tokio::time::Instant;
 
 #[tokio::test]
@@ -193,8 +195,60 @@ async fn malformed_heartbeats_and_frames_are_dropped_and_counted_never_acted_on(
         .await
         .unwrap();
     assert!(status.dropped.frames >= 1, "bad handshakes are counted: {:?}", status.dropped);
+    assert!(status.dropped.malformed >= 101, "counted as malformed: {:?}", status.dropped);
     assert_eq!(group(&status).unwrap().role, "SL");
     assert_eq!(bed.role("alpha").await.as_deref(), Some("M"));
+}
+
+#[tokio::test]
+async fn keygen_writes_a_private_key_and_an_agent_refuses_a_readable_one() {
+    let bed = Bed::new().await;
+    let binary = &bed.cluster.binary;
+    let key = bed.dir.join("new/cluster.key");
+    let run = |args: &[&str]| std::process::Command::new(binary).args(args).output().unwrap();
+    let out = run(&["keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Copy it to every node"));
+    let first = std::fs::read(&key).unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = run(&["keygen", "--out", key.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --force to replace it"));
+    assert_eq!(std::fs::read(&key).unwrap(), first, "not overwritten without --force");
+    let out = run(&["keygen", "--out", key.to_str().unwrap(), "--force"]);
+    assert!(out.status.success());
+    assert_ne!(std::fs::read(&key).unwrap(), first);
+
+    // The cluster's own key, made readable by its group: refused by `config check` and by
+    // the agent, which then writes nothing.
+    let cluster_key = bed.dir.join("cluster.key");
+    std::fs::set_permissions(&cluster_key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let config = bed.cluster.config.to_str().unwrap();
+    let fix = format!("run `chmod 600 {}`", cluster_key.display());
+    let out = run(&["config", "check", config]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&fix), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["agent", "--config", config, "--node", "alpha"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&fix), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!bed.dir.join("alpha/node.state").exists(), "nothing was written");
+    std::fs::set_permissions(&cluster_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&["config", "check", config]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("auth chacha20-poly1305 with the key in"));
+}
+
+#[tokio::test]
+async fn an_unauthenticated_test_cluster_runs_only_when_written_and_says_so() {
+    let mut bed = Bed::with_auth(LocalAuth::None).await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let status = bed.cluster.status("alpha").await.unwrap();
+    assert_eq!(status.auth, "none");
+    assert!(status.events.iter().any(|e| e.text.contains("WARNING: auth = \"none\"")), "{:?}", status.events);
+    bed.cluster.shutdown().await;
 }
 
 #[tokio::test]
