@@ -46,6 +46,11 @@ impl Bed {
     }
 
     pub async fn with_auth(auth: LocalAuth) -> Bed {
+        Bed::with(auth, false).await
+    }
+
+    /// With `relay_link1`, link 1 runs through a relay too, so the tap sees all traffic.
+    pub async fn with(auth: LocalAuth, relay_link1: bool) -> Bed {
         let turn = turn().await;
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let dir = tmp.path().to_path_buf();
@@ -53,6 +58,7 @@ impl Bed {
         let (mut spec, apps) =
             Spec::demo_service("e2e", GROUP, &binary, &dir.join("app-records.log")).expect("free ports");
         spec.auth = auth;
+        spec.relay_link1 = relay_link1;
         let cluster = LocalCluster::create(&dir, &binary, &spec).await.expect("a local cluster");
         Bed { cluster, apps, dir, _tmp: tmp, _turn: turn }
     }
