@@ -37,13 +37,14 @@ use crate::api::{
     self, ApiCall, ApiError, AppendDoc, EventDoc, ForceStartDoc, MoveDoc, RecordDoc, RecordsDoc, StatusDoc,
     SwitchoverDoc,
 };
+use crate::auth::{self, Auth, DropReason, HeartbeatOpener, HeartbeatSealer};
 use crate::config::{self, ApiAddr, ClusterConfig, NodeConfig};
 use crate::journal::{self, Journal};
 use crate::net::{self, Channel, Dropped, Identity, Input};
 use crate::resources::{self as res, SpecEnv};
 use crate::service;
 use crate::store;
-use crate::wire::{self, Frame};
+use crate::wire::{self, GroupFrame};
 use takeover_core::group::SwitchoverRefused;
 use takeover_core::runner::ResourcePolicy;
 
@@ -106,7 +107,10 @@ struct Agent {
     /// The last confirmed fence of each peer: when it started, how long it took, when
     /// it was confirmed (a takeover's "fence delay", "fence" and "become active" steps).
     fence_took: HashMap<NodeId, (tokio::time::Instant, Duration, tokio::time::Instant)>,
-    heartbeat_seq: u64,
+    /// Seals this run's heartbeats.
+    heartbeat_sealer: HeartbeatSealer,
+    /// Opens the peers' heartbeats (shared with the receive tasks); what to echo.
+    heartbeat_opener: Arc<std::sync::Mutex<HeartbeatOpener>>,
     /// Group reports captured while answering an API call.
     captured: Vec<(GroupIndex, Report)>,
     /// The state directory's lock, held while this agent lives.
@@ -227,6 +231,12 @@ impl Agent {
             anyhow!("node `{}` is not in {}; declared nodes: {}", opts.node, opts.config.display(), known.join(", "))
         })?;
         let my_id = cfg.node_id(&me.name).expect("declared");
+        // The key is checked before anything is written: a node that cannot authenticate
+        // its traffic does not start.
+        let auth = Arc::new(match &cfg.auth {
+            config::AuthConfig::Key { key_file } => Auth::with_key(&cfg.name, &auth::keyfile::load(key_file)?),
+            config::AuthConfig::None => Auth::unauthenticated(&cfg.name),
+        });
         std::fs::create_dir_all(&me.state_dir)
             .with_context(|| format!("cannot create the state directory {}", me.state_dir.display()))?;
         let lock = lock_state_dir(&me.state_dir, &me.name)?;
@@ -329,13 +339,18 @@ impl Agent {
             pause_threshold: Some(cfg.dead_after / 2),
         };
         let node = Node::new(core_cfg, setups, Instant(0));
-        let identity = Identity {
-            cluster: wire::cluster_id(&cfg.name),
-            me: my_id,
-            incarnation,
-            peers: peer_ids,
-            handshake_timeout: cfg.dead_after,
-        };
+        // 64 random bits of this run: with the durable incarnation, the heartbeat key of
+        // this run is one no earlier run used (see `auth`).
+        let run = auth::random_run();
+        let heartbeat_sealer = HeartbeatSealer::new(auth.clone(), my_id, incarnation, run);
+        let heartbeat_opener = Arc::new(std::sync::Mutex::new(HeartbeatOpener::new(
+            auth.clone(),
+            my_id,
+            run,
+            peer_ids.clone(),
+            me.links.len(),
+        )));
+        let identity = Identity { auth, me: my_id, incarnation, peers: peer_ids, handshake_timeout: cfg.dead_after };
 
         let (inputs_tx, inputs) = mpsc::unbounded_channel();
         let (api_tx, api_calls) = mpsc::unbounded_channel();
@@ -351,7 +366,7 @@ impl Agent {
             tokio::spawn(net::receive_heartbeats(
                 socket.clone(),
                 link,
-                identity.clone(),
+                heartbeat_opener.clone(),
                 inputs_tx.clone(),
                 dropped.clone(),
             ));
@@ -411,7 +426,8 @@ impl Agent {
             peer_dead_at: HashMap::new(),
             fence_started_at: HashMap::new(),
             fence_took: HashMap::new(),
-            heartbeat_seq: 0,
+            heartbeat_sealer,
+            heartbeat_opener,
             captured: Vec::new(),
         };
         agent.record(format!(
@@ -425,6 +441,12 @@ impl Agent {
             agent.record(
                 "WARNING: arbiter unsafe-assume-crash-stop is on: a silent peer is taken for crashed without fencing; \
                  a partition or a paused node can lead to two actives"
+                    .into(),
+            );
+        }
+        if !agent.identity.auth.is_authenticated() {
+            agent.record(
+                "WARNING: auth = \"none\": cluster traffic is not authenticated; anyone who can send to the links can forge heartbeats and peer messages, and with them make a node take over; use it only for test clusters on a trusted network (see `takeover keygen` and key_file)"
                     .into(),
             );
         }
@@ -520,6 +542,7 @@ impl Agent {
                     self.node.handle(now, NodeEvent::Message { peer, conn: ConnId(conn), group, epoch, msg });
                 }
             }
+            Input::Warning(text) => self.record(text),
         }
     }
 
@@ -786,20 +809,14 @@ impl Agent {
     }
 
     fn send_heartbeats(&mut self) {
-        self.heartbeat_seq += 1;
         for (&peer, rt) in &self.peers {
+            // The peer's run as last heard: its proof that this heartbeat is fresh.
+            let echo = self.heartbeat_opener.lock().unwrap_or_else(|it| it.into_inner()).echo_for(peer);
             for (link, addr) in rt.advertise.iter().enumerate() {
-                let hb = wire::Heartbeat {
-                    link: link as u8,
-                    from: self.identity.me,
-                    to: peer,
-                    cluster: self.identity.cluster,
-                    incarnation: self.incarnation,
-                    seq: self.heartbeat_seq,
-                };
+                let bytes = self.heartbeat_sealer.seal(link as u8, peer, echo);
                 // A full socket buffer or an unreachable network is what heartbeats detect;
                 // the error itself changes nothing.
-                let _ = self.udp[link].try_send_to(&wire::encode_heartbeat(&hb), *addr);
+                let _ = self.udp[link].try_send_to(&bytes, *addr);
             }
         }
     }
@@ -883,13 +900,13 @@ impl Agent {
                     self.record(text);
                 }
             }
-            Command::Send { to, epoch, msg } => self.send_frame(peer, to, Frame::Group { group: index, epoch, msg }),
+            Command::Send { to, epoch, msg } => self.send_frame(peer, to, GroupFrame { group: index, epoch, msg }),
             Command::SendRecords { to, epoch, from, upto } => {
                 let records: Vec<Record> = self.groups[g]
                     .journal
                     .read(from, upto)
                     .with_context(|| format!("cannot read the journal of group {}", self.groups[g].name))?;
-                self.send_frame(peer, to, Frame::Group { group: index, epoch, msg: group::Message::Records(records) });
+                self.send_frame(peer, to, GroupFrame { group: index, epoch, msg: group::Message::Records(records) });
             }
             Command::AckAppend { req, index } => {
                 if let Some(reply) = self.pending.remove(&req.0) {
@@ -943,14 +960,15 @@ impl Agent {
         Ok(())
     }
 
-    fn send_frame(&mut self, peer: NodeId, to: Incarnation, frame: Frame) {
+    fn send_frame(&mut self, peer: NodeId, to: Incarnation, frame: GroupFrame) {
         // The newest connection to that run of the peer (an older one is being closed).
         let Some((&conn, channel)) =
             self.conns.iter().filter(|(_, it)| it.peer == peer && it.incarnation == to).max_by_key(|(conn, _)| **conn)
         else {
             return;
         };
-        if channel.writer.try_send(wire::encode_frame(&frame)).is_err() {
+        // The connection's writer task seals it (in order, off the event loop).
+        if channel.writer.try_send(wire::encode_group(&frame)).is_err() {
             // The peer does not keep up: drop the connection; replication restarts from the
             // durable positions when it reconnects.
             let name = self.peer_name(peer);
@@ -1221,6 +1239,7 @@ impl Agent {
             node: self.me.name.clone(),
             incarnation: self.incarnation.0,
             arbiter: arbiter_name(self.cfg.arbiter).into(),
+            auth: self.identity.auth.mode().into(),
             peers,
             groups,
             events: self.events.iter().cloned().collect(),
@@ -1228,6 +1247,11 @@ impl Agent {
                 heartbeats: self.dropped.heartbeats.load(Ordering::Relaxed),
                 frames: self.dropped.frames.load(Ordering::Relaxed),
                 messages: self.dropped_messages,
+                bad_tag: self.dropped.by_reason(DropReason::BadTag),
+                replay: self.dropped.by_reason(DropReason::Replay),
+                unknown_sender: self.dropped.by_reason(DropReason::UnknownSender),
+                malformed: self.dropped.by_reason(DropReason::Malformed),
+                foreign: self.dropped.by_reason(DropReason::Foreign),
             },
         }
     }

@@ -35,11 +35,14 @@ pub struct StatusDoc {
     pub incarnation: u64,
     /// `fence` or `unsafe-assume-crash-stop` (the latter is unsafe under partitions).
     pub arbiter: String,
+    /// How cluster traffic is authenticated: `chacha20-poly1305` (the cluster key) or
+    /// `none` (`auth = "none"`: anyone on the links can forge traffic).
+    pub auth: String,
     pub peers: Vec<PeerDoc>,
     pub groups: Vec<GroupDoc>,
     /// The most recent events, oldest first.
     pub events: Vec<EventDoc>,
-    /// Packets and messages dropped because they were malformed or not for us.
+    /// Traffic dropped before it reached the core, in total and by reason.
     pub dropped: DroppedDoc,
 }
 
@@ -173,11 +176,27 @@ pub struct EventDoc {
     pub text: String,
 }
 
+/// Dropped traffic. `heartbeats` and `frames` count what the network tasks refused; each
+/// of those has one reason among the last five (they add up to `heartbeats + frames`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DroppedDoc {
+    /// UDP heartbeats refused.
     pub heartbeats: u64,
+    /// Channel frames refused (in the handshake or on an established connection).
     pub frames: u64,
+    /// Authentic group messages the core refused (malformed for its state, or for a
+    /// group this node does not run).
     pub messages: u64,
+    /// Failed authentication: another cluster key, or forged or corrupted bytes.
+    pub bad_tag: u64,
+    /// Authentic but replayed, duplicated, reordered, or from an older run of the sender.
+    pub replay: u64,
+    /// From a node that is not a peer of this one in the configuration.
+    pub unknown_sender: u64,
+    /// Not a well-formed packet of this protocol version.
+    pub malformed: u64,
+    /// Another cluster's traffic, or addressed to another node or link.
+    pub foreign: u64,
 }
 
 /// `POST /v1/groups/{group}/force-start`.

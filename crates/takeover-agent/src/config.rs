@@ -29,6 +29,7 @@
 //! fence_retry = "1s"            # default 1s
 //! fence_delay = "200ms"         # default 200ms; 0 to under 60s (see ClusterConfig::fence_delay)
 //! catch_up_window = 4096        # default 4096 records per catch-up batch
+//! key_file = "/etc/takeover/cluster.key"  # required, see below; or auth = "none"
 //!
 //! [guard]                       # optional; see crate::guard
 //! enabled = true                # default true
@@ -85,6 +86,14 @@
 //!
 //! A group's resources (virtual IP, disk, mount, process, OCF agent), `failback` and
 //! `failback_delay` are described in [`resources`].
+//!
+//! Cluster traffic (heartbeats and the peer channel) is authenticated and encrypted with
+//! the key in `key_file` (ChaCha20-Poly1305, see [`crate::auth`]): 32 random bytes written
+//! by `takeover keygen`, the same file on every node, mode 0600. A file without
+//! `key_file` is refused, like Corosync clusters set up with an `authkey`, unless it says
+//! `auth = "none"` explicitly — for test and demo clusters on a trusted network, shown as
+//! unauthenticated in `status` and warned about in the log. The configuration names the
+//! file; the agent (and `config check`) read and check the file itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -161,6 +170,8 @@ pub struct ClusterConfig {
     pub fence_delay: Duration,
     /// How many records one catch-up batch may carry.
     pub catch_up_window: u64,
+    /// How cluster traffic is authenticated.
+    pub auth: AuthConfig,
     /// The `[fence]` table; always present when `arbiter` is [`Arbiter::Fence`].
     pub fence: Option<FenceConfig>,
     /// The `[guard]` table (defaults when absent).
@@ -202,6 +213,15 @@ pub struct StorageFenceConfig {
 
 /// Default of `storage_fence.timeout`.
 pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How cluster traffic is authenticated: `[cluster] key_file` or `auth = "none"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// ChaCha20-Poly1305 under the key in this file (an absolute path).
+    Key { key_file: PathBuf },
+    /// `auth = "none"`: unauthenticated, for test and demo clusters on a trusted network.
+    None,
+}
 
 /// The `[fence]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -688,6 +708,8 @@ struct RawCluster {
     fence_retry: Option<Spanned<Value>>,
     fence_delay: Option<Spanned<Value>>,
     catch_up_window: Option<Spanned<Value>>,
+    key_file: Option<Spanned<String>>,
+    auth: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1137,6 +1159,7 @@ impl Checker<'_> {
 
         // ---- [guard] ----
         let guard = self.check_guard(raw.guard.as_ref(), heartbeat.value, dead_after.value);
+        let auth = self.check_auth(&cluster, &cluster_span);
 
         // ---- nodes ----
         let nodes = self.check_nodes(&raw.node, &cluster_span);
@@ -1180,6 +1203,7 @@ impl Checker<'_> {
             catch_up_window: catch_up_window?,
             guard: guard?,
             storage_fence: storage_fence?,
+            auth: auth?,
             fence: match (arbiter?, fence) {
                 (Arbiter::Fence, None) => return None,
                 (_, fence) => fence,
@@ -1187,6 +1211,62 @@ impl Checker<'_> {
             nodes: nodes?,
             groups: groups?,
         })
+    }
+
+    /// `key_file` and `auth`: a key file is required unless `auth = "none"` says otherwise.
+    fn check_auth(&mut self, cluster: &RawCluster, cluster_span: &Range<usize>) -> Option<AuthConfig> {
+        let default_path = crate::auth::keyfile::DEFAULT_PATH;
+        let mode = match &cluster.auth {
+            None => None,
+            Some(raw) => match raw.get_ref().as_str() {
+                "none" => Some(false),
+                crate::auth::ALGORITHM => Some(true),
+                other => {
+                    self.error(
+                        raw.span(),
+                        format!(
+                            "cluster.auth {other:?} is not known: give key_file = \"{default_path}\" to authenticate and encrypt cluster traffic (auth = \"{}\", the default), or write auth = \"none\" for an unauthenticated test cluster",
+                            crate::auth::ALGORITHM
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        match (mode, &cluster.key_file) {
+            (Some(false), Some(file)) => {
+                self.error(
+                    file.span(),
+                    "cluster.key_file is given but auth = \"none\" says traffic is not authenticated; remove one of the two",
+                );
+                None
+            }
+            (Some(false), None) => Some(AuthConfig::None),
+            (_, Some(file)) => {
+                let path = PathBuf::from(file.get_ref());
+                if !path.is_absolute() {
+                    self.error(
+                        file.span(),
+                        format!(
+                            "cluster.key_file {:?} must be an absolute path, the same on every node, e.g. \"{default_path}\"",
+                            file.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+                Some(AuthConfig::Key { key_file: path })
+            }
+            (_, None) => {
+                let span = cluster.auth.as_ref().map_or(cluster_span.clone(), |it| it.span());
+                self.error(
+                    span,
+                    format!(
+                        "cluster traffic is authenticated and encrypted with a cluster key, and [cluster] names none: run `takeover keygen` (it writes {default_path}, mode 0600), copy the file to every node, and add key_file = \"{default_path}\" here; only for a test cluster on a trusted network, write auth = \"none\" instead"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn check_fence(&mut self, raw: &Spanned<RawFence>) -> Option<FenceConfig> {
@@ -1827,7 +1907,7 @@ startup_wait = "3s"
 arbiter = "fence"
 fence_retry = "1s"
 catch_up_window = 4096
-
+key_file = "/etc/takeover/cluster.key"
 [fence]
 command = ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
 timeout = "10s"
@@ -1897,6 +1977,7 @@ stop_timeout = "5s"
         assert_eq!(c.arbiter, Arbiter::Fence);
         assert_eq!(c.fence_retry, Duration::from_secs(1));
         assert_eq!(c.catch_up_window, 4096);
+        assert_eq!(c.auth, AuthConfig::Key { key_file: "/etc/takeover/cluster.key".into() });
         let fence = c.fence.as_ref().unwrap();
         assert_eq!(fence.timeout, Duration::from_secs(10));
         assert_eq!(fence.retries, 1);
@@ -1961,6 +2042,7 @@ stop_timeout = "5s"
         let text = r#"
 [cluster]
 name = "minimal"
+key_file = "/etc/takeover/cluster.key"
 
 [fence]
 command = ["fence-it", "{node}"]
@@ -1995,6 +2077,39 @@ nodes = ["b", "a"]
         assert_eq!(c.groups[0].resources, vec![]);
         assert_eq!(c.groups[0].failback, Failback::Manual);
         assert_eq!(c.groups[0].preferred(), "b");
+    }
+
+    // ---- key_file and auth ----
+
+    #[test]
+    fn without_key_file_the_file_is_refused_saying_how_to_make_a_key() {
+        let text = with(9, "");
+        let (line, column, _, message) = single(&text);
+        assert_eq!((line, column), (1, 1), "at [cluster]: {message}");
+        assert!(message.contains("run `takeover keygen`"), "{message}");
+        assert!(message.contains(r#"key_file = "/etc/takeover/cluster.key""#), "{message}");
+        assert!(message.contains(r#"write auth = "none" instead"#), "{message}");
+    }
+
+    #[test]
+    fn auth_none_is_accepted_only_when_written() {
+        let c = parse(&with(9, r#"auth = "none""#), "cluster.toml").unwrap();
+        assert_eq!(c.auth, AuthConfig::None);
+        let c = parse(&with(9, "key_file = \"/k\"\nauth = \"chacha20-poly1305\""), "cluster.toml").unwrap();
+        assert_eq!(c.auth, AuthConfig::Key { key_file: "/k".into() });
+    }
+
+    #[test]
+    fn auth_mistakes_are_reported_at_the_value() {
+        assert_single(
+            &with(9, "key_file = \"/k\"\nauth = \"none\""),
+            9,
+            12,
+            r#"cluster.key_file is given but auth = "none""#,
+        );
+        assert_single(&with(9, r#"key_file = "cluster.key""#), 9, 12, "must be an absolute path");
+        assert_single(&with(9, r#"auth = "aes""#), 9, 8, r#"cluster.auth "aes" is not known"#);
+        assert_single(&with(9, r#"auth = "chacha20-poly1305""#), 9, 8, "run `takeover keygen`");
     }
 
     #[test]
@@ -2725,7 +2840,7 @@ devices = [ { command = ["/usr/local/bin/my-fence", "{node}"] } ]
         assert_eq!((errors[0].line, errors[0].column), (14, 1));
         assert!(errors[0].message.contains("declares only 1 node"), "{}", errors[0].message);
 
-        let text = "[cluster]\nname = \"x\"\narbiter = \"unsafe-assume-crash-stop\"\n";
+        let text = "[cluster]\nname = \"x\"\narbiter = \"unsafe-assume-crash-stop\"\nauth = \"none\"\n";
         assert_single(text, 1, 1, "the cluster declares no node");
     }
 

@@ -2,6 +2,8 @@
 //! The decisions live in `takeover-core`; this crate performs them.
 //!
 //! - [`agent`]: `takeover agent`: start-up and the event loop around the core.
+//! - [`auth`]: the cluster key and its file, and the sealing and opening of heartbeats
+//!   and channel frames (ChaCha20-Poly1305): nothing unauthenticated reaches the core.
 //! - [`api`]: the local HTTP/JSON API, its documents and the CLI's client.
 //! - [`localnet`]: real agents on loopback with a cuttable link, for the demo and tests.
 //! - [`netbed`]: nodes in network namespaces on two bridged links, with nftables partitions,
@@ -21,6 +23,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod fence;
 pub mod guard;

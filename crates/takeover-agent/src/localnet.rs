@@ -6,18 +6,24 @@
 //! binds on 127.0.0.2 but is advertised on 127.0.0.3, where a relay run by this process
 //! forwards UDP and TCP — so a test can cut link 0 (which carries the peer channel
 //! first) without root; link 1 is direct on 127.0.0.1.
+//!
+//! The cluster's traffic is authenticated with a key generated for it (`cluster.key` in
+//! its directory, as `takeover keygen` writes it), unless the spec asks for
+//! `auth = "none"`. The relay doubles as an on-path attacker for tests ([`Tap`]): it can
+//! record what it forwards and corrupt, duplicate or replay the peer channel's frames.
 
+use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
@@ -25,6 +31,7 @@ use crate::api::{Client, StatusDoc};
 use crate::config::format_duration;
 use crate::fence::fence_local;
 use crate::journal;
+use crate::wire::{self, FrameKind};
 use takeover_core::log::DiscardReason;
 
 /// What to build.
@@ -40,6 +47,20 @@ pub struct Spec {
     pub startup_wait: Duration,
     /// `fence` or `unsafe-assume-crash-stop`.
     pub arbiter: String,
+    /// How the cluster's traffic is authenticated.
+    pub auth: LocalAuth,
+    /// Link 1 through a relay as well (one that is never cut), so the [`Tap`] sees all
+    /// traffic whichever link carries the peer channel.
+    pub relay_link1: bool,
+}
+
+/// The authentication of a local cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalAuth {
+    /// A key generated for the cluster, in `cluster.key` beside the configuration.
+    GeneratedKey,
+    /// `auth = "none"`.
+    None,
 }
 
 impl Spec {
@@ -74,6 +95,8 @@ impl Spec {
             dead_after: Duration::from_millis(500),
             startup_wait: Duration::from_secs(2),
             arbiter: "fence".into(),
+            auth: LocalAuth::GeneratedKey,
+            relay_link1: false,
         };
         Ok((spec, apps))
     }
@@ -100,6 +123,7 @@ pub struct LocalCluster {
     agents: std::sync::Mutex<HashMap<String, Child>>,
     relay_cut: Arc<AtomicBool>,
     relay_stop: watch::Sender<bool>,
+    tap: Arc<Tap>,
 }
 
 /// A port free on both TCP and UDP at `ip` right now.
@@ -135,13 +159,28 @@ impl LocalCluster {
                 ],
             });
         }
-        let config = dir.join("cluster.toml");
-        std::fs::write(&config, render_config(spec, &nodes, binary, dir))?;
         let relay_cut = Arc::new(AtomicBool::new(false));
         let (relay_stop, stopped) = watch::channel(false);
-        for node in &nodes {
-            spawn_relay(node.advertise[0], node.links[0], relay_cut.clone(), stopped.clone()).await?;
+        let tap = Arc::new(Tap::default());
+        let never_cut = Arc::new(AtomicBool::new(false));
+        for node in &mut nodes {
+            spawn_relay(node.advertise[0], node.links[0], relay_cut.clone(), stopped.clone(), tap.clone()).await?;
+            if spec.relay_link1 {
+                node.advertise[1] = SocketAddr::from(([127, 0, 0, 3], free_port("127.0.0.3")?));
+                spawn_relay(node.advertise[1], node.links[1], never_cut.clone(), stopped.clone(), tap.clone()).await?;
+            }
         }
+        // Written after the relays: `relay_link1` changes where link 1 is advertised.
+        let key_file = match spec.auth {
+            LocalAuth::GeneratedKey => {
+                let path = dir.join("cluster.key");
+                crate::auth::keyfile::write_new(&path, false)?;
+                Some(path)
+            }
+            LocalAuth::None => None,
+        };
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, render_config(spec, &nodes, binary, dir, key_file.as_deref()))?;
         Ok(LocalCluster {
             dir: dir.to_path_buf(),
             binary: binary.to_path_buf(),
@@ -150,7 +189,14 @@ impl LocalCluster {
             agents: std::sync::Mutex::new(HashMap::new()),
             relay_cut,
             relay_stop,
+            tap,
         })
+    }
+
+    /// The on-path attacker on every node's link 0, and link 1 with `relay_link1` (see
+    /// [`Tap`]).
+    pub fn tap(&self) -> &Tap {
+        &self.tap
     }
 
     pub fn node(&self, name: &str) -> &LocalNode {
@@ -305,9 +351,13 @@ impl Drop for LocalCluster {
     }
 }
 
-fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path) -> String {
+fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path, key_file: Option<&Path>) -> String {
+    let auth = match key_file {
+        Some(path) => format!("key_file = {:?}", path.display().to_string()),
+        None => "auth = \"none\"".to_string(),
+    };
     let mut out = format!(
-        "# Written by takeover's local cluster (demo/tests).\n[cluster]\nname = {:?}\nheartbeat_interval = {:?}\ndead_after = {:?}\nstartup_wait = {:?}\narbiter = {:?}\nfence_retry = \"500ms\"\n\n[fence]\ncommand = [{:?}, \"fence-local\", \"--pidfile\", {:?}]\ntimeout = \"10s\"\n",
+        "# Written by takeover's local cluster (demo/tests).\n[cluster]\nname = {:?}\nheartbeat_interval = {:?}\ndead_after = {:?}\nstartup_wait = {:?}\narbiter = {:?}\nfence_retry = \"500ms\"\n{auth}\n\n[fence]\ncommand = [{:?}, \"fence-local\", \"--pidfile\", {:?}]\ntimeout = \"10s\"\n",
         spec.cluster,
         format_duration(spec.heartbeat_interval),
         format_duration(spec.dead_after),
@@ -343,16 +393,116 @@ fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path) ->
     out
 }
 
+/// An on-path attacker in the relays, for tests: they record what they forward (once
+/// asked to) and carry out one [`FrameAttack`] at a time on the peer channel's frames
+/// from the dialing node to the accepting one.
+#[derive(Debug, Default)]
+pub struct Tap {
+    recording: AtomicBool,
+    datagrams: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    frames: Mutex<VecDeque<TappedFrame>>,
+    attack: Mutex<Option<FrameAttack>>,
+    attacks_done: AtomicU64,
+    next_conn: AtomicU64,
+}
+
+/// A channel frame a relay forwarded.
+#[derive(Clone, Debug)]
+pub struct TappedFrame {
+    /// The relayed connection, numbered by the tap.
+    pub conn: u64,
+    /// From the dialing node to the accepting one (or back).
+    pub to_acceptor: bool,
+    pub kind: FrameKind,
+    /// The whole frame, header included.
+    pub bytes: Vec<u8>,
+}
+
+/// What the tap does to the next Group frame from the dialer to the acceptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameAttack {
+    /// Flip one bit in the middle of its payload.
+    Corrupt,
+    /// Forward it, then send it again.
+    Duplicate,
+    /// Send the first Group frame of the same connection and direction again before it.
+    ReplayEarlier,
+}
+
+/// How many datagrams and frames the tap keeps (the newest).
+const TAP_KEEP: usize = 256;
+
+impl Tap {
+    /// Starts (or stops) recording what the relays forward.
+    pub fn record(&self, on: bool) {
+        self.recording.store(on, Ordering::SeqCst);
+    }
+
+    /// The datagrams forwarded to `target`, oldest first.
+    pub fn datagrams_to(&self, target: SocketAddr) -> Vec<Vec<u8>> {
+        let datagrams = self.datagrams.lock().unwrap_or_else(|it| it.into_inner());
+        datagrams.iter().filter(|(to, _)| *to == target).map(|(_, bytes)| bytes.clone()).collect()
+    }
+
+    /// The frames forwarded, oldest first.
+    pub fn frames(&self) -> Vec<TappedFrame> {
+        self.frames.lock().unwrap_or_else(|it| it.into_inner()).iter().cloned().collect()
+    }
+
+    /// Arms `attack` for the next Group frame from a dialer to an acceptor.
+    pub fn arm(&self, attack: FrameAttack) {
+        *self.attack.lock().unwrap_or_else(|it| it.into_inner()) = Some(attack);
+    }
+
+    /// How many attacks were carried out.
+    pub fn attacks_done(&self) -> u64 {
+        self.attacks_done.load(Ordering::SeqCst)
+    }
+
+    fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    fn keep_datagram(&self, target: SocketAddr, bytes: &[u8]) {
+        let mut datagrams = self.datagrams.lock().unwrap_or_else(|it| it.into_inner());
+        datagrams.push_back((target, bytes.to_vec()));
+        while datagrams.len() > TAP_KEEP {
+            datagrams.pop_front();
+        }
+    }
+
+    /// Keeps the newest [`TAP_KEEP`] Group frames, and every handshake frame (a few per
+    /// connection), so a whole connection can be replayed.
+    fn keep_frame(&self, frame: TappedFrame) {
+        let mut frames = self.frames.lock().unwrap_or_else(|it| it.into_inner());
+        frames.push_back(frame);
+        if frames.iter().filter(|it| it.kind == FrameKind::Group).count() > TAP_KEEP
+            && let Some(oldest) = frames.iter().position(|it| it.kind == FrameKind::Group)
+        {
+            frames.remove(oldest);
+        }
+    }
+
+    fn first_group_frame(&self, conn: u64, to_acceptor: bool) -> Option<Vec<u8>> {
+        let frames = self.frames.lock().unwrap_or_else(|it| it.into_inner());
+        frames
+            .iter()
+            .find(|it| it.conn == conn && it.to_acceptor == to_acceptor && it.kind == FrameKind::Group)
+            .map(|it| it.bytes.clone())
+    }
+}
+
 /// Forwards UDP datagrams and TCP connections from `listen` to `target` unless `cut`.
 async fn spawn_relay(
     listen: SocketAddr,
     target: SocketAddr,
     cut: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
+    tap: Arc<Tap>,
 ) -> anyhow::Result<()> {
     let udp = UdpSocket::bind(listen).await.with_context(|| format!("relay cannot bind UDP {listen}"))?;
     let tcp = TcpListener::bind(listen).await.with_context(|| format!("relay cannot bind TCP {listen}"))?;
-    let (udp_cut, mut udp_stop) = (cut.clone(), stop.clone());
+    let (udp_cut, mut udp_stop, udp_tap) = (cut.clone(), stop.clone(), tap.clone());
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         loop {
@@ -361,6 +511,9 @@ async fn spawn_relay(
                 received = udp.recv_from(&mut buf) => {
                     let Ok((n, _)) = received else { return };
                     if !udp_cut.load(Ordering::SeqCst) {
+                        if udp_tap.recording() {
+                            udp_tap.keep_datagram(target, &buf[..n]);
+                        }
                         let _ = udp.send_to(&buf[..n], target).await;
                     }
                 }
@@ -377,8 +530,7 @@ async fn spawn_relay(
                     if cut.load(Ordering::SeqCst) {
                         continue; // Dropping it refuses the connection.
                     }
-                    let cut = cut.clone();
-                    tokio::spawn(pipe(inbound, target, cut));
+                    tokio::spawn(pipe(inbound, target, cut.clone(), tap.clone()));
                 }
             }
         }
@@ -386,11 +538,12 @@ async fn spawn_relay(
     Ok(())
 }
 
-/// Copies both ways until either side closes or the link is cut.
-async fn pipe(mut inbound: TcpStream, target: SocketAddr, cut: Arc<AtomicBool>) {
+/// Copies both ways, frame by frame, until either side closes or the link is cut.
+async fn pipe(mut inbound: TcpStream, target: SocketAddr, cut: Arc<AtomicBool>, tap: Arc<Tap>) {
     let Ok(mut outbound) = TcpStream::connect(target).await else { return };
     let _ = inbound.set_nodelay(true);
     let _ = outbound.set_nodelay(true);
+    let conn = tap.next_conn.fetch_add(1, Ordering::SeqCst);
     let (mut a_read, mut a_write) = inbound.split();
     let (mut b_read, mut b_write) = outbound.split();
     let watch_cut = async {
@@ -399,12 +552,70 @@ async fn pipe(mut inbound: TcpStream, target: SocketAddr, cut: Arc<AtomicBool>) 
         }
     };
     tokio::select! {
-        _ = tokio::io::copy(&mut a_read, &mut b_write) => {}
-        _ = tokio::io::copy(&mut b_read, &mut a_write) => {}
+        _ = forward_frames(&mut a_read, &mut b_write, &tap, conn, true) => {}
+        _ = forward_frames(&mut b_read, &mut a_write, &tap, conn, false) => {}
         _ = watch_cut => {}
     }
     let _ = a_write.shutdown().await;
     let _ = b_write.shutdown().await;
+}
+
+/// Forwards whole channel frames (see [`crate::wire`]), recording them and carrying out
+/// an armed attack; bytes that are not frames are passed on as they come.
+async fn forward_frames(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    tap: &Tap,
+    conn: u64,
+    to_acceptor: bool,
+) {
+    loop {
+        let mut header = [0u8; wire::FRAME_HEADER_LEN];
+        if from.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let Ok(parsed) = wire::decode_frame_header(header) else {
+            if to.write_all(&header).await.is_ok() {
+                let _ = tokio::io::copy(from, to).await;
+            }
+            return;
+        };
+        let mut frame = header.to_vec();
+        frame.resize(wire::FRAME_HEADER_LEN + parsed.len, 0);
+        if from.read_exact(&mut frame[wire::FRAME_HEADER_LEN..]).await.is_err() {
+            return;
+        }
+        let attack = if to_acceptor && parsed.kind == FrameKind::Group {
+            tap.attack.lock().unwrap_or_else(|it| it.into_inner()).take()
+        } else {
+            None
+        };
+        if tap.recording() || attack.is_some() {
+            tap.keep_frame(TappedFrame { conn, to_acceptor, kind: parsed.kind, bytes: frame.clone() });
+        }
+        let mut out = Vec::with_capacity(frame.len() * 2);
+        match attack {
+            None => out.extend_from_slice(&frame),
+            Some(FrameAttack::Corrupt) => {
+                frame[wire::FRAME_HEADER_LEN + parsed.len / 2] ^= 0x01;
+                out.extend_from_slice(&frame);
+            }
+            Some(FrameAttack::Duplicate) => {
+                out.extend_from_slice(&frame);
+                out.extend_from_slice(&frame);
+            }
+            Some(FrameAttack::ReplayEarlier) => {
+                out.extend_from_slice(&tap.first_group_frame(conn, to_acceptor).unwrap_or_else(|| frame.clone()));
+                out.extend_from_slice(&frame);
+            }
+        }
+        if to.write_all(&out).await.is_err() {
+            return;
+        }
+        if attack.is_some() {
+            tap.attacks_done.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// What an [`AppClient`] saw: every acknowledged append, by payload.

@@ -3,27 +3,50 @@
 //! Every decoder is total: any input either decodes into a well-formed value or yields a
 //! [`WireError`] naming what was wrong, so a malformed or unknown packet is dropped and
 //! counted, never acted on. Lengths are checked against the bytes actually present
-//! before anything is allocated.
+//! before anything is allocated. This module only lays bytes out; sealing and opening
+//! (ChaCha20-Poly1305, what is authenticated and how) is [`crate::auth`]'s.
 //!
-//! Heartbeat (one UDP datagram, 40 bytes, little-endian):
-//! `"TKHB" | version u8 | link u8 | from u16 | to u16 | 0u16 | cluster u64 | incarnation u64 | seq u64 | crc32 u32`
+//! Heartbeat (one UDP datagram, [`HEARTBEAT_LEN`] = 68 bytes, little-endian): a clear
+//! header that is the AEAD's associated data, then the sealed body:
+//! `"TKHB" | version u8 | link u8 | from u16 | to u16 | 0u16 | cluster u64 | incarnation u64 | run u64 | counter u64`
+//! then `seal(echo u64)` (8 bytes and the 16-byte tag). `echo` is the run of the
+//! receiver as the sender last heard it (its freshness proof, see [`crate::auth`]).
 //!
-//! Channel frame: `len u32 | crc32(body) u32 | body`, body = `kind u8 | …`:
-//! - kind 1, Hello: `version u8 | cluster u64 | from u16 | to u16 | incarnation u64`
-//! - kind 2, Group: `group u16 | epoch (counter u64, node u16, forced u8) | message`, message = `tag u8 | …` (State, Join, Records,
-//!   Ack, Promoted; see the encoders).
+//! Channel frame: `len u32 | kind u8 | counter u64 | payload[len]` ([`FRAME_HEADER_LEN`]
+//! = 13 bytes of header):
+//! - kind 1, Hello (clear, the first frame each side sends, counter 0):
+//!   `version u8 | cluster u64 | from u16 | to u16 | incarnation u64 | nonce [16]`
+//! - kind 2, Confirm (the second, counter 0): `seal()` — the 16-byte tag of nothing, under
+//!   keys bound to both Hellos: it proves the sender holds the cluster key now.
+//! - kind 3, Group (counter 1, 2, …): `seal(group u16 | epoch (counter u64, node u16,
+//!   forced u8) | message)`, message = `tag u8 | …` (State, Join, Records, Ack, Promoted,
+//!   AskState, Handover; see the encoders).
 
 use takeover_core::group::{HandoverReason, Message, PeerState};
 use takeover_core::log::{EpochStart, LogMeta, Record};
 use takeover_core::node::GroupIndex;
 use takeover_core::{Epoch, Incarnation, NodeId, Priority, Role};
 
-/// The protocol version spoken by this build.
-pub const VERSION: u8 = 1;
-/// The largest channel frame accepted (a catch-up batch of records).
+/// The protocol version spoken by this build (2: authenticated and encrypted).
+pub const VERSION: u8 = 2;
+/// The largest channel frame payload accepted (a catch-up batch of records).
 pub const MAX_FRAME: usize = 64 << 20;
+/// Bytes of the AEAD tag that ends every sealed body.
+pub const TAG_LEN: usize = 16;
+/// Bytes of a heartbeat's clear header.
+pub const HEARTBEAT_HEADER_LEN: usize = 44;
+/// Bytes of a heartbeat's body before sealing (the echo).
+pub const HEARTBEAT_BODY_LEN: usize = 8;
 /// Bytes of a heartbeat datagram.
-pub const HEARTBEAT_LEN: usize = 40;
+pub const HEARTBEAT_LEN: usize = HEARTBEAT_HEADER_LEN + HEARTBEAT_BODY_LEN + TAG_LEN;
+/// Bytes of a channel frame's header.
+pub const FRAME_HEADER_LEN: usize = 13;
+/// Bytes of a Hello payload.
+pub const HELLO_LEN: usize = 37;
+/// Bytes of the random nonce each side puts in its Hello.
+pub const HELLO_NONCE_LEN: usize = 16;
+/// The `to` of a Hello sent by the accepting side, which does not know yet who dialed.
+pub const ANY_NODE: NodeId = NodeId(u16::MAX);
 const HEARTBEAT_MAGIC: &[u8; 4] = b"TKHB";
 
 /// Why bytes were refused.
@@ -35,8 +58,6 @@ pub enum WireError {
     BadMagic,
     #[error("protocol version {0} not supported (this build speaks {VERSION})")]
     Version(u8),
-    #[error("checksum mismatch")]
-    Checksum,
     #[error("unknown {what} {value}")]
     Unknown { what: &'static str, value: u8 },
     #[error("{0}")]
@@ -47,34 +68,62 @@ pub enum WireError {
     Trailing(usize),
 }
 
-/// A decoded heartbeat.
+/// The clear header of a heartbeat: what the receiver needs to find the key, and the
+/// associated data the tag covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Heartbeat {
+pub struct HeartbeatHeader {
     pub link: u8,
     pub from: NodeId,
     pub to: NodeId,
     /// A hash of the cluster name: traffic of another cluster on the same network is
-    /// dropped.
+    /// told apart from forgeries.
     pub cluster: u64,
     pub incarnation: Incarnation,
-    pub seq: u64,
+    /// A random number the sender drew at start (see [`crate::auth`]).
+    pub run: u64,
+    /// Rises by one with every heartbeat the sender seals in this run; from 1.
+    pub counter: u64,
 }
 
-/// A decoded channel frame body.
+/// The kinds of channel frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Hello = 1,
+    Confirm = 2,
+    Group = 3,
+}
+
+/// A channel frame's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Bytes of payload that follow.
+    pub len: usize,
+    pub kind: FrameKind,
+    /// 0 for Hello and Confirm, then 1, 2, … per connection and direction.
+    pub counter: u64,
+}
+
+/// The first frame of each side of a channel connection (sent in the clear; the
+/// Confirm that follows authenticates both Hellos).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub cluster: u64,
+    pub from: NodeId,
+    /// The node the dialer meant to reach; [`ANY_NODE`] from the accepting side.
+    pub to: NodeId,
+    pub incarnation: Incarnation,
+    /// Fresh random bytes: the keys of the connection depend on both sides' nonces, so a
+    /// recorded connection cannot be replayed.
+    pub nonce: [u8; HELLO_NONCE_LEN],
+}
+
+/// A group message as carried by a Group frame, stamped with the sender's durable epoch
+/// (the fencing token).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Frame {
-    Hello {
-        cluster: u64,
-        from: NodeId,
-        to: NodeId,
-        incarnation: Incarnation,
-    },
-    /// A group message, stamped with the sender's durable epoch (the fencing token).
-    Group {
-        group: GroupIndex,
-        epoch: Epoch,
-        msg: Message,
-    },
+pub struct GroupFrame {
+    pub group: GroupIndex,
+    pub epoch: Epoch,
+    pub msg: Message,
 }
 
 /// The cluster id carried by every packet: FNV-1a of the cluster name.
@@ -82,23 +131,24 @@ pub fn cluster_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3))
 }
 
-pub fn encode_heartbeat(hb: &Heartbeat) -> [u8; HEARTBEAT_LEN] {
-    let mut out = Vec::with_capacity(HEARTBEAT_LEN);
+pub fn encode_heartbeat_header(h: &HeartbeatHeader) -> [u8; HEARTBEAT_HEADER_LEN] {
+    let mut out = Vec::with_capacity(HEARTBEAT_HEADER_LEN);
     out.extend_from_slice(HEARTBEAT_MAGIC);
     out.push(VERSION);
-    out.push(hb.link);
-    out.extend_from_slice(&hb.from.0.to_le_bytes());
-    out.extend_from_slice(&hb.to.0.to_le_bytes());
+    out.push(h.link);
+    out.extend_from_slice(&h.from.0.to_le_bytes());
+    out.extend_from_slice(&h.to.0.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&hb.cluster.to_le_bytes());
-    out.extend_from_slice(&hb.incarnation.0.to_le_bytes());
-    out.extend_from_slice(&hb.seq.to_le_bytes());
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.try_into().expect("heartbeat length")
+    out.extend_from_slice(&h.cluster.to_le_bytes());
+    out.extend_from_slice(&h.incarnation.0.to_le_bytes());
+    out.extend_from_slice(&h.run.to_le_bytes());
+    out.extend_from_slice(&h.counter.to_le_bytes());
+    out.try_into().expect("heartbeat header length")
 }
 
-pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, WireError> {
+/// Splits a heartbeat datagram into its decoded header, the header's bytes (the
+/// associated data) and the sealed body.
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<(HeartbeatHeader, &[u8], &[u8]), WireError> {
     if bytes.len() != HEARTBEAT_LEN {
         return Err(if bytes.len() < HEARTBEAT_LEN {
             WireError::Truncated { what: "heartbeat", needed: HEARTBEAT_LEN - bytes.len() }
@@ -109,11 +159,8 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, WireError> {
     if &bytes[..4] != HEARTBEAT_MAGIC {
         return Err(WireError::BadMagic);
     }
-    let (body, crc) = bytes.split_at(HEARTBEAT_LEN - 4);
-    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-        return Err(WireError::Checksum);
-    }
-    let mut r = Reader::new(&body[4..]);
+    let (header_bytes, sealed) = bytes.split_at(HEARTBEAT_HEADER_LEN);
+    let mut r = Reader::new(&header_bytes[4..]);
     let version = r.u8("version")?;
     if version != VERSION {
         return Err(WireError::Version(version));
@@ -121,74 +168,90 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, WireError> {
     let link = r.u8("link")?;
     let from = NodeId(r.u16("from")?);
     let to = NodeId(r.u16("to")?);
-    r.u16("reserved")?;
-    Ok(Heartbeat {
+    if r.u16("reserved")? != 0 {
+        return Err(WireError::Invalid("reserved heartbeat bits set"));
+    }
+    let header = HeartbeatHeader {
         link,
         from,
         to,
         cluster: r.u64("cluster")?,
         incarnation: Incarnation(r.u64("incarnation")?),
-        seq: r.u64("seq")?,
-    })
+        run: r.u64("run")?,
+        counter: r.u64("counter")?,
+    };
+    r.finish()?;
+    Ok((header, header_bytes, sealed))
 }
 
-/// Encodes a frame with its length and checksum header.
-pub fn encode_frame(frame: &Frame) -> Vec<u8> {
-    let mut body = Vec::new();
-    match frame {
-        Frame::Hello { cluster, from, to, incarnation } => {
-            body.push(1);
-            body.push(VERSION);
-            body.extend_from_slice(&cluster.to_le_bytes());
-            body.extend_from_slice(&from.0.to_le_bytes());
-            body.extend_from_slice(&to.0.to_le_bytes());
-            body.extend_from_slice(&incarnation.0.to_le_bytes());
-        }
-        Frame::Group { group, epoch, msg } => {
-            body.push(2);
-            body.extend_from_slice(&group.0.to_le_bytes());
-            put_epoch(&mut body, *epoch);
-            encode_message(msg, &mut body);
-        }
-    }
-    let mut out = Vec::with_capacity(body.len() + 8);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+pub fn encode_frame_header(h: &FrameHeader) -> [u8; FRAME_HEADER_LEN] {
+    let mut out = [0u8; FRAME_HEADER_LEN];
+    out[..4].copy_from_slice(&(h.len as u32).to_le_bytes());
+    out[4] = h.kind as u8;
+    out[5..].copy_from_slice(&h.counter.to_le_bytes());
     out
 }
 
-/// Reads the 8-byte frame header: the body length and its checksum.
-pub fn decode_frame_header(header: [u8; 8]) -> Result<(usize, u32), WireError> {
+/// Reads a frame header; the payload length is checked against [`MAX_FRAME`] before
+/// anything is read or allocated.
+pub fn decode_frame_header(header: [u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, WireError> {
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
     }
-    Ok((len, u32::from_le_bytes(header[4..].try_into().expect("4 bytes"))))
-}
-
-/// Decodes a frame body whose header announced checksum `crc`.
-pub fn decode_frame_body(body: &[u8], crc: u32) -> Result<Frame, WireError> {
-    if crc32fast::hash(body) != crc {
-        return Err(WireError::Checksum);
-    }
-    let mut r = Reader::new(body);
-    let frame = match r.u8("frame kind")? {
-        1 => {
-            let version = r.u8("version")?;
-            if version != VERSION {
-                return Err(WireError::Version(version));
-            }
-            Frame::Hello {
-                cluster: r.u64("cluster")?,
-                from: NodeId(r.u16("from")?),
-                to: NodeId(r.u16("to")?),
-                incarnation: Incarnation(r.u64("incarnation")?),
-            }
-        }
-        2 => Frame::Group { group: GroupIndex(r.u16("group")?), epoch: r.epoch()?, msg: decode_message(&mut r)? },
+    let kind = match header[4] {
+        1 => FrameKind::Hello,
+        2 => FrameKind::Confirm,
+        3 => FrameKind::Group,
         other => return Err(WireError::Unknown { what: "frame kind", value: other }),
     };
+    Ok(FrameHeader { len, kind, counter: u64::from_le_bytes(header[5..].try_into().expect("8 bytes")) })
+}
+
+/// A whole Hello frame (header and payload).
+pub fn encode_hello_frame(hello: &Hello) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + HELLO_LEN);
+    out.extend_from_slice(&encode_frame_header(&FrameHeader { len: HELLO_LEN, kind: FrameKind::Hello, counter: 0 }));
+    out.push(VERSION);
+    out.extend_from_slice(&hello.cluster.to_le_bytes());
+    out.extend_from_slice(&hello.from.0.to_le_bytes());
+    out.extend_from_slice(&hello.to.0.to_le_bytes());
+    out.extend_from_slice(&hello.incarnation.0.to_le_bytes());
+    out.extend_from_slice(&hello.nonce);
+    out
+}
+
+/// Decodes a Hello payload.
+pub fn decode_hello(payload: &[u8]) -> Result<Hello, WireError> {
+    let mut r = Reader::new(payload);
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(WireError::Version(version));
+    }
+    let hello = Hello {
+        cluster: r.u64("cluster")?,
+        from: NodeId(r.u16("from")?),
+        to: NodeId(r.u16("to")?),
+        incarnation: Incarnation(r.u64("incarnation")?),
+        nonce: r.bytes("nonce", HELLO_NONCE_LEN)?.try_into().expect("nonce length"),
+    };
+    r.finish()?;
+    Ok(hello)
+}
+
+/// The plaintext of a Group frame.
+pub fn encode_group(frame: &GroupFrame) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&frame.group.0.to_le_bytes());
+    put_epoch(&mut body, frame.epoch);
+    encode_message(&frame.msg, &mut body);
+    body
+}
+
+/// Decodes the plaintext of a Group frame.
+pub fn decode_group(body: &[u8]) -> Result<GroupFrame, WireError> {
+    let mut r = Reader::new(body);
+    let frame = GroupFrame { group: GroupIndex(r.u16("group")?), epoch: r.epoch()?, msg: decode_message(&mut r)? };
     r.finish()?;
     Ok(frame)
 }
@@ -415,11 +478,9 @@ mod tests {
         Epoch { counter, node, forced }
     }
 
-    fn roundtrip(frame: Frame) {
-        let bytes = encode_frame(&frame);
-        let (len, crc) = decode_frame_header(bytes[..8].try_into().unwrap()).unwrap();
-        assert_eq!(len, bytes.len() - 8);
-        assert_eq!(decode_frame_body(&bytes[8..], crc).unwrap(), frame);
+    fn roundtrip(frame: GroupFrame) {
+        let body = encode_group(&frame);
+        assert_eq!(decode_group(&body).unwrap(), frame);
     }
 
     fn sample_messages() -> Vec<Message> {
@@ -459,74 +520,97 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn every_message_survives_the_wire() {
-        roundtrip(Frame::Hello {
-            cluster: cluster_id("demo"),
-            from: NodeId(0),
-            to: NodeId(1),
-            incarnation: Incarnation(9),
-        });
-        for msg in sample_messages() {
-            roundtrip(Frame::Group { group: GroupIndex(3), epoch: ep(4, 1, false), msg });
-        }
-    }
-
-    #[test]
-    fn heartbeat_survives_the_wire_and_any_bit_flip_is_refused() {
-        let hb = Heartbeat {
+    fn sample_header() -> HeartbeatHeader {
+        HeartbeatHeader {
             link: 1,
             from: NodeId(2),
             to: NodeId(0),
             cluster: cluster_id("demo"),
             incarnation: Incarnation(5),
-            seq: 77,
-        };
-        let bytes = encode_heartbeat(&hb);
-        assert_eq!(decode_heartbeat(&bytes), Ok(hb));
-        for i in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut bad = bytes;
-                bad[i] ^= 1 << bit;
-                assert!(decode_heartbeat(&bad).is_err(), "flip of byte {i} bit {bit} accepted");
-            }
+            run: 0x1234_5678_9abc_def0,
+            counter: 77,
         }
-        assert!(matches!(decode_heartbeat(&bytes[..39]), Err(WireError::Truncated { .. })));
     }
 
     #[test]
-    fn corrupted_frame_refused_by_checksum() {
-        let bytes = encode_frame(&Frame::Group {
-            group: GroupIndex(0),
-            epoch: Epoch::ZERO,
-            msg: Message::Ack { upto: 9, session: 1 },
-        });
-        let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
-        let mut body = bytes[8..].to_vec();
-        body[3] ^= 0x40;
-        assert_eq!(decode_frame_body(&body, crc), Err(WireError::Checksum));
+    fn every_message_survives_the_wire() {
+        for msg in sample_messages() {
+            roundtrip(GroupFrame { group: GroupIndex(3), epoch: ep(4, 1, false), msg });
+        }
+    }
+
+    #[test]
+    fn hello_survives_the_wire() {
+        let hello = Hello {
+            cluster: cluster_id("demo"),
+            from: NodeId(0),
+            to: ANY_NODE,
+            incarnation: Incarnation(9),
+            nonce: [7; HELLO_NONCE_LEN],
+        };
+        let bytes = encode_hello_frame(&hello);
+        let header = decode_frame_header(bytes[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(header, FrameHeader { len: HELLO_LEN, kind: FrameKind::Hello, counter: 0 });
+        assert_eq!(bytes.len(), FRAME_HEADER_LEN + HELLO_LEN);
+        assert_eq!(decode_hello(&bytes[FRAME_HEADER_LEN..]), Ok(hello));
+        let mut old = bytes[FRAME_HEADER_LEN..].to_vec();
+        old[0] = 1;
+        assert_eq!(decode_hello(&old), Err(WireError::Version(1)));
+        assert!(matches!(decode_hello(&bytes[FRAME_HEADER_LEN..bytes.len() - 1]), Err(WireError::Truncated { .. })));
+    }
+
+    #[test]
+    fn heartbeat_header_survives_the_wire_and_malformed_datagrams_are_refused() {
+        let header = sample_header();
+        let mut bytes = encode_heartbeat_header(&header).to_vec();
+        bytes.extend_from_slice(&[0xaa; HEARTBEAT_BODY_LEN + TAG_LEN]);
+        let (decoded, ad, sealed) = decode_heartbeat(&bytes).unwrap();
+        assert_eq!(decoded, header);
+        assert_eq!(ad, &bytes[..HEARTBEAT_HEADER_LEN]);
+        assert_eq!(sealed.len(), HEARTBEAT_BODY_LEN + TAG_LEN);
+        assert!(matches!(decode_heartbeat(&bytes[..HEARTBEAT_LEN - 1]), Err(WireError::Truncated { .. })));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(decode_heartbeat(&long), Err(WireError::Trailing(1)));
+        let mut magic = bytes.clone();
+        magic[0] = b'X';
+        assert_eq!(decode_heartbeat(&magic), Err(WireError::BadMagic));
+        let mut version = bytes.clone();
+        version[4] = 1;
+        assert_eq!(decode_heartbeat(&version), Err(WireError::Version(1)));
+        let mut reserved = bytes;
+        reserved[10] = 1;
+        assert_eq!(decode_heartbeat(&reserved), Err(WireError::Invalid("reserved heartbeat bits set")));
+    }
+
+    #[test]
+    fn frame_header_survives_the_wire_and_unknown_kinds_are_refused() {
+        let header = FrameHeader { len: 1234, kind: FrameKind::Group, counter: u64::MAX - 1 };
+        assert_eq!(decode_frame_header(encode_frame_header(&header)), Ok(header));
+        let mut bad = encode_frame_header(&header);
+        bad[4] = 9;
+        assert_eq!(decode_frame_header(bad), Err(WireError::Unknown { what: "frame kind", value: 9 }));
     }
 
     #[test]
     fn oversized_frame_refused_before_reading_it() {
-        let header = [0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0];
+        let header = [0xff, 0xff, 0xff, 0x7f, 3, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(matches!(decode_frame_header(header), Err(WireError::TooLarge(_))));
     }
 
     #[test]
     fn huge_record_count_refused_without_allocating() {
-        let mut body = vec![2, 0, 0];
+        let mut body = vec![0, 0];
         put_epoch(&mut body, Epoch::ZERO);
         body.push(3);
         body.extend_from_slice(&u32::MAX.to_le_bytes());
-        let crc = crc32fast::hash(&body);
-        assert!(matches!(decode_frame_body(&body, crc), Err(WireError::Truncated { .. })));
+        assert!(matches!(decode_group(&body), Err(WireError::Truncated { .. })));
     }
 
     #[test]
     fn malformed_state_refused() {
         // A State whose epoch table claims an epoch holding no record.
-        let mut body = vec![2, 0, 0];
+        let mut body = vec![0, 0];
         put_epoch(&mut body, ep(1, 0, false));
         body.extend_from_slice(&[1, 3, 2]);
         body.extend_from_slice(&1u64.to_le_bytes());
@@ -538,26 +622,26 @@ mod tests {
         body.push(0);
         body.extend_from_slice(&5u64.to_le_bytes());
         body.extend_from_slice(&2u64.to_le_bytes());
-        let crc = crc32fast::hash(&body);
-        assert_eq!(decode_frame_body(&body, crc), Err(WireError::Invalid("malformed epoch table")));
+        assert_eq!(decode_group(&body), Err(WireError::Invalid("malformed epoch table")));
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let crc = crc32fast::hash(&body);
-            let _ = decode_frame_body(&body, crc);
+            let _ = decode_group(&body);
             let _ = decode_heartbeat(&body);
+            let _ = decode_hello(&body);
+            if body.len() >= FRAME_HEADER_LEN {
+                let _ = decode_frame_header(body[..FRAME_HEADER_LEN].try_into().unwrap());
+            }
         }
 
         #[test]
         fn truncating_a_valid_frame_is_refused(cut in 0usize..60, which in 0usize..8) {
             let msg = sample_messages().swap_remove(which);
-            let bytes = encode_frame(&Frame::Group { group: GroupIndex(1), epoch: ep(2, 0, true), msg });
-            let body = &bytes[8..];
+            let body = encode_group(&GroupFrame { group: GroupIndex(1), epoch: ep(2, 0, true), msg });
             let cut = cut.min(body.len().saturating_sub(1));
-            let short = &body[..cut];
-            prop_assert!(decode_frame_body(short, crc32fast::hash(short)).is_err());
+            prop_assert!(decode_group(&body[..cut]).is_err());
         }
     }
 }

@@ -78,7 +78,17 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Check a configuration file; errors come as file:line:column.
+    /// Write a new cluster key: 32 random bytes, mode 0600, written atomically. Copy the
+    /// same file to every node and name it in `[cluster] key_file`.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, default_value = takeover_agent::auth::keyfile::DEFAULT_PATH)]
+        out: PathBuf,
+        /// Replace an existing key file (every node then needs the new key).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a configuration file (errors come as file:line:column) and its key file.
     Config {
         #[command(subcommand)]
         command: ConfigCmd,
@@ -278,21 +288,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let answer = target.client()?.cleanup(&group).await.map_err(|e| anyhow!(e.message))?;
             println!("{}: {}", answer.outcome, answer.message);
         }
+        Cmd::Keygen { out, force } => {
+            takeover_agent::auth::keyfile::write_new(&out, force)?;
+            println!(
+                "wrote a new cluster key to {path} (32 random bytes, mode 0600). Copy it to every node with its mode kept (e.g. `scp -p {path} NODE:{path}`), set key_file = \"{path}\" in [cluster], and restart the agents: nodes with different keys cannot hear each other.",
+                path = out.display()
+            );
+        }
         Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
-            Ok(cfg) => println!(
-                "{}: ok: cluster {}, {} node(s), {} group(s), heartbeat every {}, a peer is failed after {} of silence on every link, arbiter {}",
-                file.display(),
-                cfg.name,
-                cfg.nodes.len(),
-                cfg.groups.len(),
-                config::format_duration(cfg.heartbeat_interval),
-                config::format_duration(cfg.dead_after),
-                match cfg.arbiter {
-                    takeover_core::group::Arbiter::Fence => "fence",
-                    takeover_core::group::Arbiter::UnsafeAssumeCrashStop =>
-                        "unsafe-assume-crash-stop (UNSAFE under partitions)",
-                }
-            ),
+            Ok(cfg) => {
+                let auth = match &cfg.auth {
+                    config::AuthConfig::Key { key_file } => {
+                        if let Err(error) = takeover_agent::auth::keyfile::load(key_file) {
+                            eprintln!("{}: error: {error}", file.display());
+                            return Ok(ExitCode::from(2));
+                        }
+                        format!("{} with the key in {}", takeover_agent::auth::ALGORITHM, key_file.display())
+                    }
+                    config::AuthConfig::None => "none (UNAUTHENTICATED: anyone on the links can forge traffic)".into(),
+                };
+                println!(
+                    "{}: ok: cluster {}, {} node(s), {} group(s), heartbeat every {}, a peer is failed after {} of silence on every link, arbiter {}, auth {auth}",
+                    file.display(),
+                    cfg.name,
+                    cfg.nodes.len(),
+                    cfg.groups.len(),
+                    config::format_duration(cfg.heartbeat_interval),
+                    config::format_duration(cfg.dead_after),
+                    match cfg.arbiter {
+                        takeover_core::group::Arbiter::Fence => "fence",
+                        takeover_core::group::Arbiter::UnsafeAssumeCrashStop =>
+                            "unsafe-assume-crash-stop (UNSAFE under partitions)",
+                    }
+                )
+            }
             Err(errors) => {
                 eprintln!("{errors}");
                 return Ok(ExitCode::from(2));

@@ -9,12 +9,14 @@ pub fn status(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "cluster {} · node {} (incarnation {}) · arbiter {}{}",
+        "cluster {} · node {} (incarnation {}) · arbiter {}{} · auth {}{}",
         doc.cluster,
         doc.node,
         doc.incarnation,
         doc.arbiter,
-        if doc.arbiter == "fence" { "" } else { "  ** UNSAFE under partitions **" }
+        if doc.arbiter == "fence" { "" } else { "  ** UNSAFE under partitions **" },
+        doc.auth,
+        if doc.auth == "none" { "  ** UNAUTHENTICATED: anyone on the links can forge traffic **" } else { "" }
     );
     let _ = writeln!(out, "peers:");
     for peer in &doc.peers {
@@ -118,12 +120,67 @@ pub fn status(doc: &StatusDoc) -> String {
     for event in doc.events.iter().rev().take(12).collect::<Vec<_>>().into_iter().rev() {
         let _ = writeln!(out, "  +{:>8.3}s  {}", event.t_ms as f64 / 1000.0, event.text);
     }
-    if doc.dropped.heartbeats + doc.dropped.frames + doc.dropped.messages > 0 {
+    let d = &doc.dropped;
+    if d.heartbeats + d.frames + d.messages > 0 {
+        let reasons: Vec<String> = [
+            ("bad tag (wrong key, forged or corrupted)", d.bad_tag),
+            ("replay", d.replay),
+            ("unknown sender", d.unknown_sender),
+            ("malformed", d.malformed),
+            ("foreign (another cluster, node or link)", d.foreign),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
         let _ = writeln!(
             out,
-            "dropped: {} heartbeats, {} frames, {} messages (malformed or not for this node)",
-            doc.dropped.heartbeats, doc.dropped.frames, doc.dropped.messages
+            "dropped: {} heartbeats, {} frames, {} messages{}",
+            d.heartbeats,
+            d.frames,
+            d.messages,
+            if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join(", ")) }
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use takeover_agent::api::{DroppedDoc, StatusDoc};
+
+    fn doc(auth: &str, dropped: DroppedDoc) -> StatusDoc {
+        StatusDoc {
+            cluster: "prod".into(),
+            node: "alpha".into(),
+            incarnation: 3,
+            arbiter: "fence".into(),
+            auth: auth.into(),
+            peers: vec![],
+            groups: vec![],
+            events: vec![],
+            dropped,
+        }
+    }
+
+    #[test]
+    fn status_shows_auth_and_drops_by_reason() {
+        let text = super::status(&doc(
+            "chacha20-poly1305",
+            DroppedDoc { heartbeats: 5, frames: 2, bad_tag: 4, replay: 3, ..DroppedDoc::default() },
+        ));
+        assert!(
+            text.starts_with("cluster prod · node alpha (incarnation 3) · arbiter fence · auth chacha20-poly1305\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "dropped: 5 heartbeats, 2 frames, 0 messages: 4 bad tag (wrong key, forged or corrupted), 3 replay\n"
+            ),
+            "{text}"
+        );
+        let text = super::status(&doc("none", DroppedDoc::default()));
+        assert!(text.contains("auth none  ** UNAUTHENTICATED"), "{text}");
+        assert!(!text.contains("dropped"), "{text}");
+    }
 }

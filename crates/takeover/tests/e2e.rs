@@ -9,9 +9,15 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Bed, group};
+use takeover_agent::api::StatusDoc;
+use takeover_agent::auth::{Auth, ClusterKey, HeartbeatSealer};
+use takeover_agent::localnet::{FrameAttack, LocalAuth};
+use takeover_core::{Incarnation, NodeId};
 use tokio::time::Instant;
 
 #[tokio::test]
@@ -193,8 +199,229 @@ async fn malformed_heartbeats_and_frames_are_dropped_and_counted_never_acted_on(
         .await
         .unwrap();
     assert!(status.dropped.frames >= 1, "bad handshakes are counted: {:?}", status.dropped);
+    assert!(status.dropped.malformed >= 101, "counted as malformed: {:?}", status.dropped);
     assert_eq!(group(&status).unwrap().role, "SL");
     assert_eq!(bed.role("alpha").await.as_deref(), Some("M"));
+}
+
+/// Polls both nodes until stopped and keeps every moment a role was not the expected one.
+fn watch_roles(
+    bed: &Bed,
+    expect: [(&'static str, &'static str); 2],
+) -> (tokio::task::JoinHandle<Vec<String>>, Arc<std::sync::atomic::AtomicBool>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = expect.iter().map(|(node, role)| (*node, *role, bed.cluster.client(node))).collect();
+    let done = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut wrong = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            for (node, role, client) in &clients {
+                if let Ok(status) = client.status().await {
+                    let now = group(&status).map(|g| g.role.clone());
+                    if now.as_deref() != Some(*role) {
+                        wrong.push(format!("{node} was {now:?}"));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wrong
+    });
+    (task, stop)
+}
+
+async fn wait_dropped(bed: &Bed, node: &str, what: &str, pred: impl Fn(&StatusDoc) -> bool) -> StatusDoc {
+    bed.cluster.wait_for(node, common::WAIT, what, pred).await.unwrap_or_else(|e| panic!("{e:#}\n{}", bed.logs()))
+}
+
+#[tokio::test]
+async fn forged_replayed_and_corrupted_traffic_is_dropped_counted_by_reason_and_never_acted_on() {
+    // Both links through relays: the tap is on path whichever link carries the channel.
+    let mut bed = Bed::with(LocalAuth::GeneratedKey, true).await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let client = bed.client("attack");
+    client.wait_acks(20, common::WAIT).await.unwrap();
+    // The relay of link 0 (an on-path attacker) records heartbeats and channel frames
+    // (alpha, the M, dials beta: records one way, acknowledgements the other).
+    bed.cluster.tap().record(true);
+    let beta = bed.cluster.node("beta").clone();
+    let deadline = Instant::now() + common::WAIT;
+    while bed.cluster.tap().datagrams_to(beta.links[0]).len() < 20 {
+        assert!(Instant::now() < deadline, "the tap recorded no heartbeats");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (alpha0, beta0) = (bed.cluster.status("alpha").await.unwrap(), bed.cluster.status("beta").await.unwrap());
+    assert_eq!((alpha0.auth.as_str(), beta0.auth.as_str()), ("chacha20-poly1305", "chacha20-poly1305"));
+    let alpha_inc = alpha0.incarnation;
+    let (watcher, stop) = watch_roles(&bed, [("alpha", "M"), ("beta", "SL")]);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // 1. Forged heartbeats: "alpha restarted" (a newer incarnation), which would let beta
+    //    take over without a fence if it were believed, sealed under another key.
+    let forger = Arc::new(Auth::with_key("e2e", &ClusterKey::generate()));
+    let mut forged = HeartbeatSealer::new(forger.clone(), NodeId(0), Incarnation(alpha_inc + 1), 42);
+    for _ in 0..30 {
+        for link in 0..2u8 {
+            udp.send_to(&forged.seal(link, NodeId(1), 0), beta.links[usize::from(link)]).await.unwrap();
+        }
+    }
+    // From a node that is not in the configuration.
+    let mut stranger = HeartbeatSealer::new(forger, NodeId(7), Incarnation(1), 43);
+    for _ in 0..10 {
+        udp.send_to(&stranger.seal(1, NodeId(1), 0), beta.links[1]).await.unwrap();
+    }
+    let status = wait_dropped(&bed, "beta", "the forged heartbeats to be counted", |s| {
+        s.dropped.bad_tag >= 60 && s.dropped.unknown_sender >= 10
+    })
+    .await;
+    assert!(
+        status
+            .events
+            .iter()
+            .any(|e| e.text.contains("WARNING: dropped a heartbeat from") && e.text.contains("bad_tag")),
+        "the first bad tag is reported in the events"
+    );
+
+    // 2. Replayed heartbeats: alpha's real ones, recorded on link 0, sent again to link 0
+    //    (replays) and to link 1 (not for that link).
+    let recorded = bed.cluster.tap().datagrams_to(beta.links[0]);
+    assert!(recorded.len() >= 20, "the tap recorded alpha's heartbeats: {}", recorded.len());
+    for datagram in &recorded {
+        udp.send_to(datagram, beta.links[0]).await.unwrap();
+        udp.send_to(datagram, beta.links[1]).await.unwrap();
+    }
+    let n = recorded.len() as u64;
+    wait_dropped(&bed, "beta", "the replayed heartbeats to be counted", |s| {
+        s.dropped.replay >= n && s.dropped.foreign >= n
+    })
+    .await;
+
+    // 3. A corrupted frame on the live channel: refused, and the connection closes (a
+    //    message is missing); the channel comes back and replication goes on.
+    let before = bed.cluster.status("beta").await.unwrap().dropped;
+    bed.cluster.tap().arm(FrameAttack::Corrupt);
+    wait_dropped(&bed, "beta", "the corrupted frame to be counted", |s| {
+        s.dropped.frames > before.frames && s.dropped.bad_tag > before.bad_tag
+    })
+    .await;
+    client.wait_acks(client.acks() + 30, common::WAIT).await.unwrap();
+
+    // 4. Frames replayed into the live channel: skipped, and the connection goes on.
+    for attack in [FrameAttack::Duplicate, FrameAttack::ReplayEarlier] {
+        let before = bed.cluster.status("beta").await.unwrap().dropped;
+        let done = bed.cluster.tap().attacks_done();
+        bed.cluster.tap().arm(attack);
+        wait_dropped(&bed, "beta", "the replayed frame to be counted", |s| s.dropped.replay > before.replay).await;
+        assert_eq!(bed.cluster.tap().attacks_done(), done + 1);
+        client.wait_acks(client.acks() + 10, common::WAIT).await.unwrap();
+    }
+
+    // 5. A recorded connection (alpha's Hello, Confirm and frames) replayed to beta on a
+    //    new connection: it fails at its Confirm, bound to beta's fresh nonce.
+    let frames = bed.cluster.tap().frames();
+    let conn = frames
+        .iter()
+        .find(|it| it.to_acceptor && it.kind == takeover_agent::wire::FrameKind::Hello)
+        .map(|it| it.conn)
+        .expect("a recorded connection (the one after the corrupted frame)");
+    let stream: Vec<u8> =
+        frames.iter().filter(|it| it.conn == conn && it.to_acceptor).flat_map(|it| it.bytes.clone()).collect();
+    let before = bed.cluster.status("beta").await.unwrap().dropped;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut replay = tokio::net::TcpStream::connect(beta.links[0]).await.unwrap();
+        let _ = replay.write_all(&stream).await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(common::WAIT, replay.read_to_end(&mut sink)).await;
+    }
+    wait_dropped(&bed, "beta", "the replayed connection to be counted", |s| s.dropped.bad_tag > before.bad_tag).await;
+
+    // Nothing moved: the roles held at every poll, no fence, no restart believed.
+    client.wait_acks(client.acks() + 20, common::WAIT).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let wrong = watcher.await.unwrap();
+    assert!(wrong.is_empty(), "a role changed during the attacks: {wrong:?}\n{}", bed.logs());
+    let (alpha1, beta1) = (bed.cluster.status("alpha").await.unwrap(), bed.cluster.status("beta").await.unwrap());
+    assert_eq!(beta1.peers[0].incarnation, Some(alpha_inc), "beta still sees alpha's real run");
+    assert_eq!(alpha1.incarnation, alpha_inc);
+    for (before, after) in [(&alpha0, &alpha1), (&beta0, &beta1)] {
+        let since = before.events.last().map_or(0, |it| it.t_ms);
+        for event in after.events.iter().filter(|it| it.t_ms > since) {
+            let text = &event.text;
+            assert!(
+                !text.contains("fencing")
+                    && !text.contains("fence of")
+                    && !text.contains("restarted")
+                    && !text.contains(" → "),
+                "{}: unexpected event {text:?}",
+                after.node
+            );
+        }
+    }
+    println!("beta dropped: {:?}", beta1.dropped);
+    let render = std::process::Command::new(&bed.cluster.binary)
+        .args(["status", "--api"])
+        .arg(&bed.cluster.node("beta").api)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&render.stdout);
+    println!("{text}");
+    assert!(text.contains("bad tag (wrong key, forged or corrupted)") && text.contains(" replay"), "{text}");
+    bed.check_nothing_lost(&client).await;
+    bed.cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn keygen_writes_a_private_key_and_an_agent_refuses_a_readable_one() {
+    let bed = Bed::new().await;
+    let binary = &bed.cluster.binary;
+    let key = bed.dir.join("new/cluster.key");
+    let run = |args: &[&str]| std::process::Command::new(binary).args(args).output().unwrap();
+    let out = run(&["keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Copy it to every node"));
+    let first = std::fs::read(&key).unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = run(&["keygen", "--out", key.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --force to replace it"));
+    assert_eq!(std::fs::read(&key).unwrap(), first, "not overwritten without --force");
+    let out = run(&["keygen", "--out", key.to_str().unwrap(), "--force"]);
+    assert!(out.status.success());
+    assert_ne!(std::fs::read(&key).unwrap(), first);
+
+    // The cluster's own key, made readable by its group: refused by `config check` and by
+    // the agent, which then writes nothing.
+    let cluster_key = bed.dir.join("cluster.key");
+    std::fs::set_permissions(&cluster_key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let config = bed.cluster.config.to_str().unwrap();
+    let fix = format!("run `chmod 600 {}`", cluster_key.display());
+    let out = run(&["config", "check", config]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&fix), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["agent", "--config", config, "--node", "alpha"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&fix), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!bed.dir.join("alpha/node.state").exists(), "nothing was written");
+    std::fs::set_permissions(&cluster_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&["config", "check", config]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("auth chacha20-poly1305 with the key in"));
+}
+
+#[tokio::test]
+async fn an_unauthenticated_test_cluster_runs_only_when_written_and_says_so() {
+    let mut bed = Bed::with_auth(LocalAuth::None).await;
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let status = bed.cluster.status("alpha").await.unwrap();
+    assert_eq!(status.auth, "none");
+    assert!(status.events.iter().any(|e| e.text.contains("WARNING: auth = \"none\"")), "{:?}", status.events);
+    bed.cluster.shutdown().await;
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use takeover_agent::api::{GroupDoc, StatusDoc};
-use takeover_agent::localnet::{AppClient, LocalCluster, Spec, serving_overlaps};
+use takeover_agent::localnet::{AppClient, LocalAuth, LocalCluster, Spec, serving_overlaps};
 
 pub const GROUP: &str = "journal";
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -40,12 +40,25 @@ pub fn group(status: &StatusDoc) -> Option<&GroupDoc> {
 }
 
 impl Bed {
+    /// Two nodes whose traffic is authenticated with a key generated for them.
     pub async fn new() -> Bed {
+        Bed::with_auth(LocalAuth::GeneratedKey).await
+    }
+
+    pub async fn with_auth(auth: LocalAuth) -> Bed {
+        Bed::with(auth, false).await
+    }
+
+    /// With `relay_link1`, link 1 runs through a relay too, so the tap sees all traffic.
+    pub async fn with(auth: LocalAuth, relay_link1: bool) -> Bed {
         let turn = turn().await;
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let dir = tmp.path().to_path_buf();
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_takeover"));
-        let (spec, apps) = Spec::demo_service("e2e", GROUP, &binary, &dir.join("app-records.log")).expect("free ports");
+        let (mut spec, apps) =
+            Spec::demo_service("e2e", GROUP, &binary, &dir.join("app-records.log")).expect("free ports");
+        spec.auth = auth;
+        spec.relay_link1 = relay_link1;
         let cluster = LocalCluster::create(&dir, &binary, &spec).await.expect("a local cluster");
         Bed { cluster, apps, dir, _tmp: tmp, _turn: turn }
     }

@@ -115,8 +115,13 @@ impl NetCluster {
             Fencing::Lying => vec![r#"{ command = ["/bin/true"] }"#.to_string()],
             Fencing::Storage => vec!["{ storage = true }".to_string()],
         };
+        // Cluster traffic is authenticated with a key made for this cluster, as
+        // `takeover keygen` makes one.
+        let key_file = dir.join("cluster.key");
+        takeover_agent::auth::keyfile::write_new(&key_file, false).expect("a cluster key");
         let mut text = format!(
-            "[cluster]\nname = {prefix:?}\nheartbeat_interval = \"100ms\"\ndead_after = \"500ms\"\nstartup_wait = \"2s\"\nfence_delay = \"200ms\"\nfence_retry = \"500ms\"\n\n[fence]\ntimeout = \"10s\"\nretries = 0\n"
+            "[cluster]\nname = {prefix:?}\nheartbeat_interval = \"100ms\"\ndead_after = \"500ms\"\nstartup_wait = \"2s\"\nfence_delay = \"200ms\"\nfence_retry = \"500ms\"\nkey_file = {:?}\n\n[fence]\ntimeout = \"10s\"\nretries = 0\n",
+            key_file.display().to_string()
         );
         for level in &levels {
             text.push_str(&format!("[[fence.level]]\ndevices = [{level}]\n"));

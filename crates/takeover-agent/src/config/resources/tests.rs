@@ -14,7 +14,7 @@ use crate::resources::{ResourceKind, SpecEnv, disk, mount, ocf, process, spec_fo
 const HEAD: &str = r#"[cluster]
 name = "demo"
 arbiter = "unsafe-assume-crash-stop"
-
+auth = "none"
 [[node]]
 name = "alpha"
 state_dir = "/var/lib/takeover/alpha"
