@@ -233,6 +233,44 @@ impl Witness {
     }
 }
 
+/// Sends `req` to the witness at `addr` and waits up to `wait` for its answer to this
+/// request (same `seq` and group; anything else is ignored). Blocking; for tools and
+/// tests. `Ok(None)`: no answer in time.
+pub fn ask(addr: SocketAddr, req: &Request, wait: Duration) -> io::Result<Option<Reply>> {
+    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = UdpSocket::bind(bind)?;
+    socket.send_to(&req.encode(), addr)?;
+    let (want_seq, want_group) = match req {
+        Request::Acquire { seq, group, .. } | Request::Release { seq, group, .. } => (*seq, group.as_str()),
+    };
+    let deadline = std::time::Instant::now() + wait;
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        socket.set_read_timeout(Some(left))?;
+        let n = match socket.recv_from(&mut buf) {
+            Ok((n, from)) if from == addr => n,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let reply = Reply::decode(&buf[..n]);
+        let matches = match &reply {
+            Some(
+                Reply::Grant { seq, group, .. } | Reply::Refuse { seq, group, .. } | Reply::Released { seq, group },
+            ) => *seq == want_seq && group == want_group,
+            None => false,
+        };
+        if matches {
+            return Ok(reply);
+        }
+    }
+}
+
 /// `takeover witness`'s arguments.
 #[derive(Clone, Debug)]
 pub struct WitnessArgs {

@@ -213,6 +213,13 @@ impl HeldLease {
         self.valid_until.is_some_and(|v| now < v)
     }
 
+    /// Whether the lease is held for at least `d` more from `now`: the rule for renewing
+    /// a guard whose timeout is `d`, so that a holder that stops renewing its guard (paused,
+    /// or unable to renew the lease) is stopped by it before the lease ends.
+    pub fn covers(&self, now: Instant, d: Duration) -> bool {
+        self.valid_until.is_some_and(|v| now.after(d) <= v)
+    }
+
     /// The end of the lease in the holder's view, if ever granted.
     pub fn valid_until(&self) -> Option<Instant> {
         self.valid_until
@@ -329,6 +336,9 @@ mod tests {
         assert_eq!(h.valid_until(), Some(at(6500)));
         assert!(h.valid(at(6499)));
         assert!(!h.valid(at(6500)));
+        // A guard with a 500 ms timeout may be renewed until 500 ms before the end.
+        assert!(h.covers(at(6000), Duration::from_millis(500)));
+        assert!(!h.covers(at(6001), Duration::from_millis(500)));
     }
 
     #[test]
