@@ -9,15 +9,17 @@
 //!
 //! ```text
 //! request : TKW1 REQ <seq> <group> <node> <incarnation>
-//! release : TKW1 REL <seq> <group> <node>
-//! answers : TKW1 GRANT <seq> <group> <lease_ms>
+//! release : TKW1 REL <seq> <group> <node> <incarnation>
+//! answers : TKW1 GRANT <seq> <group> <incarnation> <lease_ms>
 //!           TKW1 REFUSE <seq> <group> <holder or -> <remaining_ms>
 //!           TKW1 RELEASED <seq> <group>
 //! ```
 //!
-//! `seq` is the requester's; the answer echoes it so the requester can find the instant
-//! it sent that request (it counts its lease from there, see
-//! [`takeover_core::witness::HeldLease`]). `remaining_ms` is informational.
+//! `seq` is the requester's; the answer echoes it, and a grant the incarnation too, so the
+//! requester can find the instant its current run sent that request (it counts its lease
+//! from there, see [`takeover_core::witness::HeldLease`]; a new run numbers from 1 again).
+//! A release carries a `seq` above every request of that run, so a release overtaken by
+//! a later renewal frees nothing. `remaining_ms` is informational.
 //!
 //! **Durability**: a grant that changes a group's holder, and a release, are written to
 //! `<state-dir>/witness-holders` (atomic, fsynced, checksummed) before the answer goes
@@ -50,13 +52,13 @@ const STATE_MAGIC: &str = "takeover-witness-holders v1";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Acquire { seq: u64, group: String, node: String, incarnation: u64 },
-    Release { seq: u64, group: String, node: String },
+    Release { seq: u64, group: String, node: String, incarnation: u64 },
 }
 
 /// A message from the witness.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    Grant { seq: u64, group: String, lease: Duration },
+    Grant { seq: u64, group: String, incarnation: u64, lease: Duration },
     Refuse { seq: u64, group: String, holder: Option<String>, remaining: Duration },
     Released { seq: u64, group: String },
 }
@@ -75,7 +77,9 @@ impl Request {
             Request::Acquire { seq, group, node, incarnation } => {
                 format!("TKW1 REQ {seq} {group} {node} {incarnation}")
             }
-            Request::Release { seq, group, node } => format!("TKW1 REL {seq} {group} {node}"),
+            Request::Release { seq, group, node, incarnation } => {
+                format!("TKW1 REL {seq} {group} {node} {incarnation}")
+            }
         }
         .into_bytes()
     }
@@ -91,9 +95,12 @@ impl Request {
                 node: node.to_string(),
                 incarnation: inc.parse().ok()?,
             }),
-            ["TKW1", "REL", seq, group, node] if name_ok(group) && name_ok(node) => {
-                Some(Request::Release { seq: seq.parse().ok()?, group: group.to_string(), node: node.to_string() })
-            }
+            ["TKW1", "REL", seq, group, node, inc] if name_ok(group) && name_ok(node) => Some(Request::Release {
+                seq: seq.parse().ok()?,
+                group: group.to_string(),
+                node: node.to_string(),
+                incarnation: inc.parse().ok()?,
+            }),
             _ => None,
         }
     }
@@ -102,7 +109,9 @@ impl Request {
 impl Reply {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Reply::Grant { seq, group, lease } => format!("TKW1 GRANT {seq} {group} {}", millis(*lease)),
+            Reply::Grant { seq, group, incarnation, lease } => {
+                format!("TKW1 GRANT {seq} {group} {incarnation} {}", millis(*lease))
+            }
             Reply::Refuse { seq, group, holder, remaining } => {
                 format!("TKW1 REFUSE {seq} {group} {} {}", holder.as_deref().unwrap_or("-"), millis(*remaining))
             }
@@ -116,9 +125,10 @@ impl Reply {
         let text = std::str::from_utf8(bytes).ok()?;
         let f: Vec<&str> = text.split(' ').collect();
         match f.as_slice() {
-            ["TKW1", "GRANT", seq, group, ms] if name_ok(group) => Some(Reply::Grant {
+            ["TKW1", "GRANT", seq, group, inc, ms] if name_ok(group) => Some(Reply::Grant {
                 seq: seq.parse().ok()?,
                 group: group.to_string(),
+                incarnation: inc.parse().ok()?,
                 lease: Duration::from_millis(ms.parse().ok()?),
             }),
             ["TKW1", "REFUSE", seq, group, holder, ms] if name_ok(group) && name_ok(holder) => Some(Reply::Refuse {
@@ -211,19 +221,19 @@ impl Witness {
     pub fn handle(&mut self, req: Request, now: Instant) -> io::Result<Reply> {
         match req {
             Request::Acquire { seq, group, node, incarnation } => {
-                match self.table.request(&group, &node, incarnation, now) {
+                match self.table.request(&group, &node, incarnation, seq, now) {
                     Answer::Granted { lease, persist } => {
                         if persist {
                             write_atomic(&self.state, &encode_holders(&self.table.holders()))?;
                             eprintln!("witness: group {group} granted to {node} (incarnation {incarnation})");
                         }
-                        Ok(Reply::Grant { seq, group, lease })
+                        Ok(Reply::Grant { seq, group, incarnation, lease })
                     }
                     Answer::Refused { holder, remaining } => Ok(Reply::Refuse { seq, group, holder, remaining }),
                 }
             }
-            Request::Release { seq, group, node } => {
-                if self.table.release(&group, &node) {
+            Request::Release { seq, group, node, incarnation } => {
+                if self.table.release(&group, &node, incarnation, seq) {
                     write_atomic(&self.state, &encode_holders(&self.table.holders()))?;
                     eprintln!("witness: group {group} released by {node}");
                 }
@@ -337,11 +347,13 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_garbage_is_rejected() {
-        for r in [acquire("web", "a"), Request::Release { seq: 1, group: "web".into(), node: "b".into() }] {
+        for r in
+            [acquire("web", "a"), Request::Release { seq: 1, group: "web".into(), node: "b".into(), incarnation: 2 }]
+        {
             assert_eq!(Request::decode(&r.encode()), Some(r));
         }
         for r in [
-            Reply::Grant { seq: 1, group: "g".into(), lease: LEASE },
+            Reply::Grant { seq: 1, group: "g".into(), incarnation: 4, lease: LEASE },
             Reply::Refuse { seq: 2, group: "g".into(), holder: Some("a".into()), remaining: MARGIN },
             Reply::Refuse { seq: 2, group: "g".into(), holder: None, remaining: MARGIN },
             Reply::Released { seq: 3, group: "g".into() },
@@ -385,13 +397,21 @@ mod tests {
         assert!(matches!(w.handle(acquire("web", "b"), at(6499)).unwrap(), Reply::Refuse { .. }));
         assert!(matches!(w.handle(acquire("web", "a"), at(10)).unwrap(), Reply::Grant { .. }));
 
-        // a releases; the release is durable too.
-        let rel = Request::Release { seq: 9, group: "web".into(), node: "a".into() };
-        assert!(matches!(w.handle(rel, at(20)).unwrap(), Reply::Released { .. }));
+        // A restored lease is never released (its earlier grants are unknown): it expires.
+        let rel = |node: &str, seq| Request::Release { seq, group: "web".into(), node: node.into(), incarnation: 3 };
+        assert!(matches!(w.handle(rel("a", 9), at(15)).unwrap(), Reply::Released { .. }));
+        assert!(matches!(w.handle(acquire("web", "b"), at(6509)).unwrap(), Reply::Refuse { .. }));
+        assert!(matches!(w.handle(acquire("web", "b"), at(6510)).unwrap(), Reply::Grant { .. }));
+
+        // b's release overtaken by its renewal (seq 7) frees nothing; a later one does,
+        // durably.
+        assert!(matches!(w.handle(rel("b", 5), at(6600)).unwrap(), Reply::Released { .. }));
+        assert!(matches!(w.handle(acquire("web", "a"), at(6601)).unwrap(), Reply::Refuse { .. }));
+        assert!(matches!(w.handle(rel("b", 9), at(6602)).unwrap(), Reply::Released { .. }));
         let (table, start) = load(dir.path(), LEASE, MARGIN, at(0));
         assert_eq!(start, Start::Restored(vec![]));
         let mut w = Witness::new(table, dir.path());
-        assert!(matches!(w.handle(acquire("web", "b"), at(0)).unwrap(), Reply::Grant { .. }));
+        assert!(matches!(w.handle(acquire("web", "a"), at(0)).unwrap(), Reply::Grant { .. }));
     }
 
     #[test]

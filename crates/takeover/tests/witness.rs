@@ -34,7 +34,7 @@ fn start(addr: SocketAddr, dir: &Path) -> Witness {
     // Wait until it answers (a release of nothing is always answered).
     let t0 = Instant::now();
     loop {
-        let probe = Request::Release { seq: 0, group: "probe".into(), node: "probe".into() };
+        let probe = Request::Release { seq: 0, group: "probe".into(), node: "probe".into(), incarnation: 0 };
         if let Ok(Some(_)) = ask(addr, &probe, Duration::from_millis(100)) {
             return w;
         }
