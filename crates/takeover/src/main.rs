@@ -294,6 +294,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: {}", answer.outcome, answer.message);
         }
         Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
+            Ok(cfg) if cfg.witness.is_some() => {
+                eprintln!(
+                    "{}: the [witness] table is valid, but the agent does not use a witness yet and refuses to start with one; remove it",
+                    file.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
             Ok(cfg) => println!(
                 "{}: ok: cluster {}, {} node(s), {} group(s), heartbeat every {}, a peer is failed after {} of silence on every link, arbiter {}",
                 file.display(),
