@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use takeover_core::group::{
     self, Arbiter, Cause, Command, FenceTarget, RefuseReason, RejectReason, Report, WaitReason,
 };
@@ -226,6 +226,14 @@ struct PeerRt {
 impl Agent {
     async fn start(opts: AgentOptions) -> anyhow::Result<Agent> {
         let cfg = config::load(&opts.config)?;
+        if cfg.witness.is_some() {
+            // Refuse rather than run without what the operator asked for: a [witness]
+            // the agent ignored would let a ping-only partition look protected.
+            bail!(
+                "{}: the agent does not use a [witness] yet (renewing leases and taking over only with a grant are not implemented); remove the table",
+                opts.config.display()
+            );
+        }
         let me = cfg.node(&opts.node).cloned().ok_or_else(|| {
             let known: Vec<&str> = cfg.nodes.iter().map(|it| it.name.as_str()).collect();
             anyhow!("node `{}` is not in {}; declared nodes: {}", opts.node, opts.config.display(), known.join(", "))

@@ -36,6 +36,11 @@
 //! timeout = "500ms"             # default cluster.dead_after; at least 3 × heartbeat_interval
 //! device = "/dev/watchdog"      # optional: renew this watchdog device instead of a guard process
 //!
+//! [witness]                     # optional; see crate::witness (agent integration: not yet)
+//! address = "192.0.2.10:7400"   # where `takeover witness --listen` answers (UDP)
+//! lease = "6s"                  # default 6s; renewed every lease / 3
+//! margin = "500ms"              # default 500ms; < lease / 3; guard.timeout + margin < 2 × lease / 3
+//!
 //! [fence]                       # required when arbiter = "fence"
 //! command = ["takeover", "fence-local", "--pidfile", "/tmp/x/{node}/agent.pid"]
 //! timeout = "10s"               # default 10s, per attempt
@@ -178,6 +183,8 @@ pub struct ClusterConfig {
     pub guard: GuardConfig,
     /// The `[storage_fence]` table, if any.
     pub storage_fence: Option<StorageFenceConfig>,
+    /// The `[witness]` table, if any.
+    pub witness: Option<WitnessConfig>,
     /// The `[[node]]` tables in file order; a node's [`NodeId`] is its index here.
     pub nodes: Vec<NodeConfig>,
     /// The `[[group]]` tables in file order.
@@ -210,6 +217,26 @@ pub struct StorageFenceConfig {
     /// How long a fencing node waits after writing the poison; at least 2 × `timeout`.
     pub msgwait: Duration,
 }
+
+/// The `[witness]` table: the lease server on a third machine (see [`crate::witness`]
+/// and [`takeover_core::witness`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessConfig {
+    /// `witness.address`: where `takeover witness --listen` answers (UDP).
+    pub address: std::net::SocketAddr,
+    /// `witness.lease`: how long a grant lasts (the witness must be started with the same
+    /// `--lease`). Renewed every `lease / 3`.
+    pub lease: Duration,
+    /// `witness.margin`: clock-rate margin; the holder believes its lease for
+    /// `lease − margin` from sending its request, the witness keeps it `lease + margin`
+    /// from receiving it. Less than `lease / 3`.
+    pub margin: Duration,
+}
+
+/// Default of `witness.lease`.
+pub const DEFAULT_WITNESS_LEASE: Duration = Duration::from_secs(6);
+/// Default of `witness.margin`.
+pub const DEFAULT_WITNESS_MARGIN: Duration = Duration::from_millis(500);
 
 /// Default of `storage_fence.timeout`.
 pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -689,6 +716,7 @@ struct RawFile {
     fence: Option<Spanned<RawFence>>,
     guard: Option<Spanned<RawGuard>>,
     storage_fence: Option<Spanned<RawStorageFence>>,
+    witness: Option<Spanned<RawWitness>>,
     #[serde(default)]
     node: Vec<Spanned<RawNode>>,
     #[serde(default)]
@@ -727,6 +755,14 @@ struct RawGuard {
     enabled: Option<Spanned<bool>>,
     timeout: Option<Spanned<Value>>,
     device: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitness {
+    address: Option<Spanned<String>>,
+    lease: Option<Spanned<Value>>,
+    margin: Option<Spanned<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -997,6 +1033,98 @@ impl Checker<'_> {
         Some(StorageFenceConfig { device: device?, timeout: timeout.value?, msgwait: msgwait.value? })
     }
 
+    /// The `[witness]` table and the timings it must fit: the holder's view of a lease
+    /// (`lease − margin`) must leave room for two renewals (`margin < lease / 3`); a
+    /// renewal (every `lease / 3`) comes from the event loop, so not more often than
+    /// heartbeats; and the guard, which stops this node's services when the agent stops
+    /// renewing it, must be able to act before the lease ends although one renewal was
+    /// lost (`guard.timeout < 2 × lease / 3 − margin`).
+    fn check_witness(
+        &mut self,
+        raw: &Spanned<RawWitness>,
+        heartbeat: Option<Duration>,
+        guard: Option<&GuardConfig>,
+    ) -> Option<WitnessConfig> {
+        let w = raw.get_ref();
+        let address = match &w.address {
+            None => {
+                self.error(
+                    raw.span(),
+                    "[witness] needs `address`, the witness's UDP address and port, e.g. address = \"192.0.2.10:7400\" (where `takeover witness --listen` runs)",
+                );
+                None
+            }
+            Some(a) => match a.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.error(
+                        a.span(),
+                        format!(
+                            "witness.address {:?} is not an IP address and port, e.g. \"192.0.2.10:7400\"",
+                            a.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let lease = self.duration("witness.lease", &w.lease, DEFAULT_WITNESS_LEASE);
+        let margin = self.duration_from("witness.margin", &w.margin, DEFAULT_WITNESS_MARGIN, true);
+        let (l, m) = (lease.value?, margin.value?);
+        let lease_span = lease.span.clone().unwrap_or(raw.span());
+        let mut ok = true;
+        if m * 3 >= l {
+            self.error(
+                margin.span.clone().unwrap_or(lease_span.clone()),
+                format!(
+                    "witness.margin ({}) must be less than a third of witness.lease ({}): the holder believes its lease for lease − margin and renews every lease / 3, so two renewals must fit",
+                    format_duration(m),
+                    format_duration(l)
+                ),
+            );
+            ok = false;
+        }
+        if let Some(hb) = heartbeat
+            && l / 3 < hb
+        {
+            self.error(
+                lease_span.clone(),
+                format!(
+                    "witness.lease ({}) is too short: it is renewed every lease / 3 from the loop that sends heartbeats, so lease / 3 must be at least cluster.heartbeat_interval ({})",
+                    format_duration(l),
+                    format_duration(hb)
+                ),
+            );
+            ok = false;
+        }
+        match guard {
+            Some(g) if !g.enabled => {
+                self.error(
+                    raw.span(),
+                    "[witness] needs the guard ([guard] enabled = true): it is what stops this node's services when the lease cannot be renewed, even if the agent is paused",
+                );
+                ok = false;
+            }
+            Some(g) if m * 3 < l && g.timeout + m >= l * 2 / 3 => {
+                self.error(
+                    lease_span,
+                    format!(
+                        "witness.lease ({}) is too short for guard.timeout ({}) and witness.margin ({}): an active that cannot renew must be stopped by its guard before its lease ends although one renewal was lost, so guard.timeout + margin must be less than 2 × lease / 3",
+                        format_duration(l),
+                        format_duration(g.timeout),
+                        format_duration(m)
+                    ),
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        if !ok {
+            return None;
+        }
+        Some(WitnessConfig { address: address?, lease: l, margin: m })
+    }
+
     fn check_guard(
         &mut self,
         raw: Option<&Spanned<RawGuard>>,
@@ -1189,6 +1317,12 @@ impl Checker<'_> {
                 .map(Some),
         };
 
+        // ---- [witness] ----
+        let witness = match &raw.witness {
+            None => Some(None),
+            Some(w) => self.check_witness(w, heartbeat.value, guard.as_ref()).map(Some),
+        };
+
         // ---- groups ----
         let groups = self.check_groups(&raw.group, &raw.node);
 
@@ -1204,6 +1338,7 @@ impl Checker<'_> {
             guard: guard?,
             storage_fence: storage_fence?,
             auth: auth?,
+            witness: witness?,
             fence: match (arbiter?, fence) {
                 (Arbiter::Fence, None) => return None,
                 (_, fence) => fence,
@@ -2158,6 +2293,58 @@ nodes = ["b", "a"]
         let (line, _, _, message) = single(&with_guard("mode = \"x\""));
         assert_eq!(line, lines + 3, "{message}");
         assert!(message.contains("mode"), "{message}");
+    }
+
+    // ---- [witness] ----
+
+    #[test]
+    fn witness_parses_with_defaults() {
+        let c = parse(&format!("{FULL}\n[witness]\naddress = \"192.0.2.10:7400\"\n"), "cluster.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.witness,
+            Some(WitnessConfig {
+                address: "192.0.2.10:7400".parse().unwrap(),
+                lease: DEFAULT_WITNESS_LEASE,
+                margin: DEFAULT_WITNESS_MARGIN
+            })
+        );
+        assert_eq!(parse(FULL, "cluster.toml").unwrap().witness, None);
+        let c = parse(
+            &format!("{FULL}\n[witness]\naddress = \"[::1]:7400\"\nlease = \"3s\"\nmargin = \"0s\"\n"),
+            "cluster.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.witness.map(|w| (w.lease, w.margin)), Some((Duration::from_secs(3), Duration::ZERO)));
+    }
+
+    #[test]
+    fn witness_timing_mistakes_are_rejected_at_their_line() {
+        let line = FULL.lines().count() + 3; // FULL, a blank line, [witness], then `address`
+        let with_witness = |table: &str| format!("{FULL}\n[witness]\n{table}\n");
+        let (l, _, _, m) = single(&with_witness("address = \"192.0.2.10:7400\"\nlease = \"3s\"\nmargin = \"1s\""));
+        assert_eq!(l, line + 2, "{m}");
+        assert!(m.contains("witness.margin (1s) must be less than a third of witness.lease (3s)"), "{m}");
+        // Too short for heartbeats (and so also for the guard): both are said.
+        let e = errors_of(&with_witness("address = \"192.0.2.10:7400\"\nlease = \"200ms\"\nmargin = \"0s\""));
+        assert!(e.iter().all(|e| e.line == line + 1), "{e:?}");
+        assert!(
+            e.iter().any(|e| e.message.contains("lease / 3 must be at least cluster.heartbeat_interval (100ms)")),
+            "{e:?}"
+        );
+        // The guard (default timeout = dead_after = 500ms) must act before the lease ends.
+        let (l, _, _, m) =
+            single(&with_witness("address = \"192.0.2.10:7400\"\nlease = \"1200ms\"\nmargin = \"300ms\""));
+        assert_eq!(l, line + 1, "{m}");
+        assert!(m.contains("guard.timeout + margin must be less than 2 × lease / 3"), "{m}");
+        let text = with_witness("address = \"192.0.2.10:7400\"") + "\n[guard]\nenabled = false\n";
+        let (_, _, _, m) = single(&text);
+        assert!(m.contains("[witness] needs the guard"), "{m}");
+        let (l, _, _, m) = single(&with_witness("address = \"witness:7400\""));
+        assert_eq!(l, line, "{m}");
+        assert!(m.contains("is not an IP address and port"), "{m}");
+        let (_, _, _, m) = single(&with_witness("lease = \"6s\""));
+        assert!(m.contains("[witness] needs `address`"), "{m}");
     }
 
     // ---- [storage_fence] ----

@@ -36,3 +36,4 @@ pub mod service;
 pub mod storage_fence;
 pub mod store;
 pub mod wire;
+pub mod witness;

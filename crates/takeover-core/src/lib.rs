@@ -11,11 +11,13 @@
 //!   per peer, and the groups' role machines.
 //! - [`runner`]: the resources of one group: ordered start/stop, monitors, restarts.
 //! - [`types`]: node ids, incarnations, epochs, priorities, roles, time.
+//! - [`witness`]: witness leases: the grant rules and the holder's bookkeeping.
 
 pub mod group;
 pub mod log;
 pub mod node;
 pub mod runner;
 pub mod types;
+pub mod witness;
 
 pub use types::{Epoch, Incarnation, Instant, NodeId, Priority, ReqId, Role};

@@ -143,6 +143,21 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration)]
         storage_timeout: Option<Duration>,
     },
+    /// The witness for a third machine: grants each group's lease to at most one node at
+    /// a time (UDP). Give it the same lease and margin as the cluster's [witness] table.
+    Witness {
+        /// Address and port to listen on, e.g. 0.0.0.0:7400.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Where the current holders are kept (survives restarts; without it the witness
+        /// grants nothing for lease + margin after it starts).
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "6s", value_parser = parse_duration)]
+        lease: Duration,
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        margin: Duration,
+    },
     /// The storage fence device ([storage_fence]): `init` writes its header and a clear
     /// slot per node; `list` shows the slots (like `sbd list`); `clear NODE` clears one.
     StorageFence {
@@ -296,6 +311,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
+            Ok(cfg) if cfg.witness.is_some() => {
+                eprintln!(
+                    "{}: the [witness] table is valid, but the agent does not use a witness yet and refuses to start with one; remove it",
+                    file.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
             Ok(cfg) => {
                 let auth = match &cfg.auth {
                     config::AuthConfig::Key { key_file } => {
@@ -360,6 +382,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let args = takeover_agent::guard::GuardArgs { timeout, agent_pid, scope, vips, storage };
             let clean = tokio::task::spawn_blocking(move || takeover_agent::guard::main(args)).await??;
             return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Cmd::Witness { listen, state_dir, lease, margin } => {
+            let args = takeover_agent::witness::WitnessArgs { listen, state_dir, lease, margin };
+            tokio::task::spawn_blocking(move || takeover_agent::witness::main(args)).await??;
         }
         Cmd::StorageFence { command, config: file, node } => {
             let cfg = config::load(&file)?;
