@@ -15,6 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::groups::{PORT, light_group, vip, web_group};
 use common::netcluster::{Fencing, NetCluster, root_or_skip};
 use common::shared::{Probe, SharedDisk, client_neighbour, has_address, mac, mounted};
 use takeover_agent::api::{GroupDoc, StatusDoc};
@@ -23,12 +24,6 @@ use takeover_agent::localnet::serving_overlaps;
 /// Clusters run one at a time: they share two cores and their timing must stay honest.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(30);
-const PORT: u16 = 7000;
-
-/// The virtual IP of group `n` in a bed of `slot`, on the nodes' link 0.
-fn vip(slot: u8, n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 200, 2 * slot, 100 + n)
-}
 
 fn group<'a>(status: &'a StatusDoc, name: &str) -> &'a GroupDoc {
     status.groups.iter().find(|it| it.name == name).unwrap_or_else(|| panic!("no group {name} in {status:?}"))
@@ -36,63 +31,6 @@ fn group<'a>(status: &'a StatusDoc, name: &str) -> &'a GroupDoc {
 
 fn events(status: &StatusDoc) -> String {
     status.events.iter().map(|e| format!("+{} ms {}", e.t_ms, e.text)).collect::<Vec<_>>().join("\n")
-}
-
-/// The `[[group]]` of a full service: disk, filesystem, address, process (in this order).
-fn web_group(
-    name: &str,
-    nodes: [&str; 2],
-    disk: &SharedDisk,
-    dir: &Path,
-    slot: u8,
-    extra: &str,
-    app_extra: &str,
-) -> String {
-    let binary = env!("CARGO_BIN_EXE_takeover");
-    let mnt = |node: &str| dir.join(node).join("mnt").display().to_string();
-    format!(
-        r#"
-[[group]]
-name = "{name}"
-nodes = ["{a}", "{b}"]
-{extra}
-[[group.resource]]
-name = "data"
-type = "disk"
-device = {devices}
-monitor_interval = "2s"
-
-[[group.resource]]
-name = "fs"
-type = "mount"
-device = {devices}
-directory = {{ {a} = "{ma}", {b} = "{mb}" }}
-fstype = "ext4"
-monitor_interval = "2s"
-
-[[group.resource]]
-name = "ip"
-type = "vip"
-address = "{vip}/24"
-interface = "eth0"
-monitor_interval = "1s"
-
-[[group.resource]]
-name = "app"
-type = "process"
-command = ["{binary}", "probe-app", "--port", "{PORT}", "--data", "{dir}/{{node}}/mnt", "--record", "{dir}/app-records.log"]
-monitor_interval = "500ms"
-stop_timeout = "4s"
-{app_extra}
-"#,
-        a = nodes[0],
-        b = nodes[1],
-        ma = mnt(nodes[0]),
-        mb = mnt(nodes[1]),
-        devices = disk.per_node(),
-        vip = vip(slot, 0),
-        dir = dir.display(),
-    )
 }
 
 struct WebCluster {
@@ -340,37 +278,6 @@ async fn switchover_stops_in_reverse_then_starts_on_the_peer() {
         left.steps.iter().map(|s| format!("{} {} ms", s.step, s.ms)).collect::<Vec<_>>().join(", "),
         last.total_ms
     );
-}
-
-/// A group of an address (`vip(slot, n)`) and the probe service on `port`, keeping its
-/// answers in a node-local directory: for tests about which group moves, not about data.
-fn light_group(name: &str, nodes: &[&str], dir: &Path, slot: u8, n: u8, port: u16, extra: &str) -> String {
-    let binary = env!("CARGO_BIN_EXE_takeover");
-    let list: Vec<String> = nodes.iter().map(|it| format!("{it:?}")).collect();
-    format!(
-        r#"
-[[group]]
-name = "{name}"
-nodes = [{list}]
-{extra}
-[[group.resource]]
-name = "ip"
-type = "vip"
-address = "{vip}/24"
-interface = "eth0"
-monitor_interval = "1s"
-
-[[group.resource]]
-name = "app"
-type = "process"
-command = ["{binary}", "probe-app", "--port", "{port}", "--data", "{dir}/{{node}}/{name}", "--record", "{dir}/{name}-records.log"]
-monitor_interval = "500ms"
-stop_timeout = "4s"
-"#,
-        list = list.join(", "),
-        vip = vip(slot, n),
-        dir = dir.display(),
-    )
 }
 
 /// What a group's status says, in one line for assertion messages.
