@@ -880,6 +880,8 @@ pub fn fence_local(pidfile: &Path, deadline: Duration) -> Result<FenceLocalRepor
             if kill_verified(st.pid, |now| now.session == sid)? {
                 killed.insert(st.pid);
             }
+            // A service frozen by a killer that died mid-kill (its guard) holds the SIGKILL.
+            crate::resources::process::cgroup::thaw_cgroups_of(st.pid);
         }
         if started.elapsed() >= deadline {
             return Err(FenceError::Survivors {
@@ -1509,6 +1511,49 @@ exit 1
             "{report:?}"
         );
         assert!(!alive(daemon, dst));
+    }
+
+    #[test]
+    fn fence_local_thaws_a_service_left_frozen_by_a_killer_that_died() {
+        // The guard (or an agent) freezes a service's cgroup to kill it; killed itself at
+        // that moment (a power-off kills the whole session), it leaves the service frozen,
+        // holding its SIGKILL. fence-local must still get it off.
+        if !crate::resources::disk::testloop::root_or_skip(
+            "fence_local_thaws_a_service_left_frozen_by_a_killer_that_died",
+        ) {
+            return;
+        }
+        let freezer = Path::new("/sys/fs/cgroup/freezer");
+        if !freezer.join("freezer.state").exists() && !freezer.is_dir() {
+            println!("SKIPPED (no cgroup v1 freezer here; v2 freezes through cgroup.freeze, thawed the same way)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pf = dir.path().join("agent.pid");
+        let (mut agent, _session) = spawn_session("sleep 600 & echo $!; wait", &pf);
+        let mut line = String::new();
+        BufReader::new(agent.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let service: i32 = line.trim().parse().unwrap();
+        let sst = starttime(service);
+        let cg = freezer.join(format!("takeover-test-thaw-{}", std::process::id()));
+        fs::create_dir(&cg).unwrap();
+        fs::write(cg.join("cgroup.procs"), service.to_string()).unwrap();
+        fs::write(cg.join("freezer.state"), "FROZEN").unwrap();
+        let frozen_by = Instant::now() + T;
+        while fs::read_to_string(cg.join("freezer.state")).unwrap().trim() != "FROZEN" {
+            assert!(Instant::now() < frozen_by, "the cgroup did not freeze");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let report = fence_local(&pf, Duration::from_secs(3));
+        let _ = fs::write(cg.join("freezer.state"), "THAWED");
+        let gone_by = Instant::now() + T;
+        while alive(service, sst) && Instant::now() < gone_by {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = fs::remove_dir(&cg);
+        let report = report.unwrap_or_else(|e| panic!("fence-local left the frozen service: {e}"));
+        assert!(matches!(report, FenceLocalReport::PoweredOff { .. }), "{report:?}");
+        assert!(!alive(service, sst));
     }
 
     #[test]

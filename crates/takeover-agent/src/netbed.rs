@@ -420,37 +420,12 @@ fn kill_netns(ns: &str, deadline: Duration) -> anyhow::Result<Vec<i32>> {
             // A process in a frozen cgroup holds its SIGKILL until thawed: an agent killed
             // while it froze a service's cgroup to kill it leaves it so. Power cuts do not
             // wait for thaws, so the bed thaws it.
-            thaw_cgroups_of(pid);
+            crate::resources::process::cgroup::thaw_cgroups_of(pid);
         }
         if started.elapsed() >= deadline {
             bail!("network namespace {ns} still has live processes after {:?}: {live:?}", started.elapsed());
         }
         thread::sleep(GROUP_POLL);
-    }
-}
-
-/// Thaws the freezer cgroups (v1 `freezer.state`, v2 `cgroup.freeze`) `pid` is in.
-fn thaw_cgroups_of(pid: i32) {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return };
-    for line in text.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else { continue };
-        let path = path.trim_start_matches('/');
-        let files: Vec<(PathBuf, &str)> = if controllers.split(',').any(|it| it == "freezer") {
-            vec![(Path::new("/sys/fs/cgroup/freezer").join(path).join("freezer.state"), "THAWED")]
-        } else if controllers.is_empty() {
-            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-                .iter()
-                .map(|root| (Path::new(root).join(path).join("cgroup.freeze"), "0"))
-                .collect()
-        } else {
-            continue;
-        };
-        for (file, thawed) in files {
-            if file.exists() {
-                let _ = fs::write(&file, thawed);
-            }
-        }
     }
 }
 

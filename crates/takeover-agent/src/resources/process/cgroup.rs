@@ -574,3 +574,32 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Thaws the freezer cgroups (v1 `freezer.state`, v2 `cgroup.freeze`) `pid` is in.
+///
+/// A process in a frozen cgroup holds a SIGKILL until the cgroup is thawed: whoever kills
+/// every process of a node (a power-off, `fence-local`) thaws them, or a killer that was
+/// itself killed while it had frozen a cgroup (the guard, an agent) leaves them stuck.
+pub fn thaw_cgroups_of(pid: i32) {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return };
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        let path = path.trim_start_matches('/');
+        let files: Vec<(PathBuf, &str)> = if controllers.split(',').any(|it| it == "freezer") {
+            vec![(Path::new("/sys/fs/cgroup/freezer").join(path).join("freezer.state"), "THAWED")]
+        } else if controllers.is_empty() {
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .iter()
+                .map(|root| (Path::new(root).join(path).join("cgroup.freeze"), "0"))
+                .collect()
+        } else {
+            continue;
+        };
+        for (file, thawed) in files {
+            if file.exists() {
+                let _ = fs::write(&file, thawed);
+            }
+        }
+    }
+}
