@@ -347,6 +347,12 @@ impl Drop for LocalCluster {
             }
             let _ = child.wait();
         }
+        // The (empty) cgroups of the nodes' services: a powered-off node leaves them, as a
+        // machine losing power does until its next boot.
+        for node in &self.nodes {
+            let scope = crate::resources::node_scope(&node.name, &node.state_dir);
+            let _ = crate::resources::process::kill_leftover_cgroups(&scope);
+        }
         let _ = self.relay_stop.send(true);
     }
 }

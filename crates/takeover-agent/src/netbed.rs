@@ -60,7 +60,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -350,7 +350,7 @@ fn spawn_in(
 }
 
 /// Runs `argv` in namespace `ns` with `stdin`, and checks it succeeded.
-fn run_in(ns: &str, argv: &[&str], stdin: &str) -> anyhow::Result<Output> {
+fn run_in_unchecked(ns: &str, argv: &[&str], stdin: &str) -> anyhow::Result<Output> {
     let mut child = spawn_in(ns, argv, false, |cmd| {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     })?;
@@ -358,13 +358,27 @@ fn run_in(ns: &str, argv: &[&str], stdin: &str) -> anyhow::Result<Output> {
     let written = input.write_all(stdin.as_bytes());
     drop(input);
     let output = child.wait_with_output().with_context(|| format!("waiting for `{}` in {ns}", show(argv)))?;
-    written.with_context(|| format!("cannot write to `{}` in {ns}", show(argv)))?;
-    check_output(&format!("{} (in network namespace {ns})", show(argv)), output)
+    // A process killed while it read its input cannot take it all: that is its exit
+    // status, not a write error.
+    if output.status.signal().is_none() {
+        written.with_context(|| format!("cannot write to `{}` in {ns}", show(argv)))?;
+    }
+    Ok(output)
 }
 
-/// `nft -f -` in namespace `ns`.
+/// `nft -f -` in namespace `ns`. The `nft` process runs inside the namespace, so a
+/// power-off of that node (which kills every process there) may kill it too: the script
+/// is one transaction and rewrites the bed's whole table, so it is run again.
 fn nft(ns: &str, script: &str) -> anyhow::Result<()> {
-    run_in(ns, &["nft", "-f", "-"], script).map(drop)
+    let what = format!("nft -f - (in network namespace {ns})");
+    for _ in 0..10 {
+        let output = run_in_unchecked(ns, &["nft", "-f", "-"], script)?;
+        if output.status.signal() == Some(libc::SIGKILL) {
+            continue;
+        }
+        return check_output(&what, output).map(drop);
+    }
+    bail!("`{what}` was killed 10 times in a row (a power-off loop in that namespace?)")
 }
 
 /// Identity of a network namespace file: (device, inode) of its nsfs inode.
