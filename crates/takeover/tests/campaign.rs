@@ -44,6 +44,7 @@ use std::time::Duration;
 use common::groups::{PORT, light_group, vip, web_group};
 use common::netcluster::{Fencing, NetCluster, root_or_skip};
 use common::shared::{Probe, SharedDisk};
+use common::{Rng, env_u64};
 use takeover_agent::localnet::{AppClient, serving_overlaps};
 use tokio::time::Instant;
 
@@ -52,37 +53,6 @@ const TWO: (&str, u8) = ("cpw", 40);
 const N1: (&str, u8) = ("cpn", 41);
 /// How long the cluster may take to serve again once every fault is healed.
 const RECOVER: Duration = Duration::from_secs(60);
-
-/// splitmix64, as in tests/random.rs: a schedule's faults follow from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a>(&mut self, items: &'a [String]) -> &'a str {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    fn two<'a>(&mut self, items: &'a [String]) -> (&'a str, &'a str) {
-        let a = self.below(items.len() as u64) as usize;
-        let b = (a + 1 + self.below(items.len() as u64 - 1) as usize) % items.len();
-        (&items[a], &items[b])
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|it| it.parse().ok()).unwrap_or(default)
-}
 
 /// One fault, held for `hold` before it is undone.
 #[derive(Clone, Debug)]

@@ -15,29 +15,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bed, group};
+use common::{Bed, Rng, env_u64, group};
 use tokio::time::Instant;
-
-/// splitmix64: a small, seedable generator, so a schedule's actions follow from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|it| it.parse().ok()).unwrap_or(default)
-}
 
 #[tokio::test]
 async fn random_kills_and_restarts_lose_no_acknowledged_record_and_never_overlap() {

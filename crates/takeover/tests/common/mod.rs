@@ -131,3 +131,36 @@ impl Bed {
         self.dir.join("app-records.log")
     }
 }
+
+/// splitmix64: a small, seedable generator, so a randomized schedule follows from its seed
+/// (tests/random.rs, tests/campaign.rs).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn pick<'a>(&mut self, items: &'a [String]) -> &'a str {
+        &items[self.below(items.len() as u64) as usize]
+    }
+
+    pub fn two<'a>(&mut self, items: &'a [String]) -> (&'a str, &'a str) {
+        let a = self.below(items.len() as u64) as usize;
+        let b = (a + 1 + self.below(items.len() as u64 - 1) as usize) % items.len();
+        (&items[a], &items[b])
+    }
+}
+
+/// An unsigned number from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|it| it.parse().ok()).unwrap_or(default)
+}
