@@ -1518,9 +1518,7 @@ exit 1
         // The guard (or an agent) freezes a service's cgroup to kill it; killed itself at
         // that moment (a power-off kills the whole session), it leaves the service frozen,
         // holding its SIGKILL. fence-local must still get it off.
-        if !crate::resources::disk::testloop::root_or_skip(
-            "fence_local_thaws_a_service_left_frozen_by_a_killer_that_died",
-        ) {
+        if !crate::service::testutil::root_or_skip("fence_local_thaws_a_service_left_frozen_by_a_killer_that_died") {
             return;
         }
         let freezer = Path::new("/sys/fs/cgroup/freezer");

@@ -1386,17 +1386,7 @@ mod tests {
     /// How long a probe must go unanswered to count as blocked.
     const BLOCKED: Duration = Duration::from_millis(300);
 
-    fn root_or_skip(name: &str) -> bool {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{name} needs root; with CI=true a skip is a failure");
-        }
-        println!("SKIPPED (needs root): {name}");
-        false
-    }
+    use crate::service::testutil::root_or_skip;
 
     /// A fresh bed with nodes `a` and `b`, or `None` (skipped) without root.
     fn bed(name: &str, prefix: &str, slot: u8) -> Option<Netbed> {

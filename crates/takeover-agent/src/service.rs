@@ -857,6 +857,20 @@ pub(crate) mod testutil {
 
     use super::*;
 
+    /// Whether a root-only test can run: root. Otherwise prints `SKIPPED (needs root):
+    /// NAME`, unless `CI=true`, where a skip fails.
+    pub fn root_or_skip(name: &str) -> bool {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{name} needs root; with CI=true a skip is a failure");
+        }
+        println!("SKIPPED (needs root): {name}");
+        false
+    }
+
     /// Poll `cond` until it is true, panicking after `timeout`.
     pub fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;

@@ -913,19 +913,7 @@ pub(crate) mod testloop {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    /// Whether the tests can run: root. Otherwise prints `SKIPPED (needs root): NAME`,
-    /// unless `CI=true`, where a skip fails.
-    pub fn root_or_skip(name: &str) -> bool {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{name} needs root; with CI=true a skip is a failure");
-        }
-        println!("SKIPPED (needs root): {name}");
-        false
-    }
+    pub(crate) use crate::service::testutil::root_or_skip;
 
     /// Runs a command, panicking with its output if it fails.
     pub fn run(argv: &[&str]) -> String {

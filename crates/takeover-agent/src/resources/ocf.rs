@@ -1212,17 +1212,7 @@ mod tests {
 
     const T: Duration = Duration::from_secs(10);
 
-    fn root_or_skip(name: &str) -> bool {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{name} needs root; with CI=true a skip is a failure");
-        }
-        println!("SKIPPED (needs root): {name}");
-        false
-    }
+    use crate::service::testutil::root_or_skip;
 
     fn ctx(state_dir: &Path, group: &str, resource: &str) -> Ctx {
         Ctx {

@@ -736,17 +736,7 @@ mod tests {
     // Root helpers
     // -----------------------------------------------------------------------------------
 
-    fn root_or_skip(name: &str) -> bool {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{name} needs root; with CI=true a skip is a failure");
-        }
-        println!("SKIPPED (needs root): {name}");
-        false
-    }
+    use crate::service::testutil::root_or_skip;
 
     /// A fresh bed with nodes `a` and `b` (and the client), or `None` (skipped) without root.
     fn bed(name: &str, prefix: &str, slot: u8, ipv6: bool) -> Option<Netbed> {
