@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use takeover_core::group::{
     self, Arbiter, Cause, Command, FenceTarget, RefuseReason, RejectReason, Report, WaitReason,
 };
@@ -48,6 +48,7 @@ use crate::wire::{self, GroupFrame};
 use takeover_core::group::SwitchoverRefused;
 use takeover_core::runner::ResourcePolicy;
 
+mod lease;
 mod runtime;
 use runtime::{OpDone, PlanDone, ResRt, Timeline};
 
@@ -117,6 +118,8 @@ struct Agent {
     _lock: nix::fcntl::Flock<std::fs::File>,
     /// Renewed from the event loop; stops the services if the loop stalls.
     watchdog: crate::guard::Watchdog,
+    /// The `[witness]` leases (inert without one).
+    witness: lease::Witnessing,
 }
 
 impl Agent {
@@ -226,14 +229,6 @@ struct PeerRt {
 impl Agent {
     async fn start(opts: AgentOptions) -> anyhow::Result<Agent> {
         let cfg = config::load(&opts.config)?;
-        if cfg.witness.is_some() {
-            // Refuse rather than run without what the operator asked for: a [witness]
-            // the agent ignored would let a ping-only partition look protected.
-            bail!(
-                "{}: the agent does not use a [witness] yet (renewing leases and taking over only with a grant are not implemented); remove the table",
-                opts.config.display()
-            );
-        }
         let me = cfg.node(&opts.node).cloned().ok_or_else(|| {
             let known: Vec<&str> = cfg.nodes.iter().map(|it| it.name.as_str()).collect();
             anyhow!("node `{}` is not in {}; declared nodes: {}", opts.node, opts.config.display(), known.join(", "))
@@ -406,6 +401,7 @@ impl Agent {
         let mut agent = Agent {
             _lock: lock,
             watchdog: crate::guard::Watchdog::Off,
+            witness: lease::Witnessing::new(),
             cfg,
             me,
             incarnation,
@@ -468,6 +464,7 @@ impl Agent {
         agent.stop_leftovers(&durables).await?;
         // From here on, a stalled agent's services are stopped by the guard.
         agent.start_watchdog()?;
+        agent.start_witness()?;
         agent.check_plans();
         Ok(agent)
     }
@@ -496,6 +493,8 @@ impl Agent {
         plan_check.reset();
         let mut renew = tokio::time::interval(self.watchdog.every().unwrap_or(Duration::from_secs(3600)));
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut leases = tokio::time::interval(self.witness.tick_every());
+        leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.execute().await?;
             let deadline = self.node.poll_timeout().map(|at| self.tokio_instant(at));
@@ -512,11 +511,14 @@ impl Agent {
                 Some(done) = self.ops_rx.recv() => self.on_op_done(done),
                 Some(done) = self.plans_rx.recv() => self.on_plan_checked(done),
                 _ = plan_check.tick() => self.check_plans(),
-                _ = renew.tick() => self.watchdog.renew()?,
+                _ = renew.tick() => self.renew_guard()?,
+                _ = leases.tick(), if self.witness.on() => self.lease_tick(),
+                Some(answer) = self.witness.answers.recv() => self.on_witness_answer(answer)?,
             }
         }
         self.record("stopping: SIGTERM/SIGINT received; stopping the resources that are up".into());
         self.stop_all().await;
+        self.release_leases();
         self.watchdog.disarm();
         Ok(())
     }
@@ -569,6 +571,7 @@ impl Agent {
                 self.peer_name(peer)
             ),
         });
+        self.witness_fence_done(peer);
         let now = self.now();
         self.node.handle(now, NodeEvent::FenceResult { peer, confirmed });
     }
@@ -781,7 +784,7 @@ impl Agent {
                 }
                 NodeCommand::Group { group, peer, command } => self.group_command(group, peer, command).await?,
                 NodeCommand::Fence { peer } => self.fence(peer),
-                NodeCommand::Resource { group, resource, op } => self.start_op(group, resource, op),
+                NodeCommand::Resource { group, resource, op } => self.start_or_defer(group, resource, op),
                 NodeCommand::Halt { group, resource } => {
                     let (name, label) = match self.groups.iter().find(|it| it.index == group) {
                         Some(rt) => (rt.name.clone(), rt.resources[resource].spec.label()),
@@ -847,7 +850,10 @@ impl Agent {
     fn fence(&mut self, peer: NodeId) {
         let name = self.peer_name(peer);
         let index = self.cfg.node_id(&name).map_or(0, |it| it.0 as usize);
-        let plan = self.cfg.fence_plan_for(&self.me.name);
+        let mut plan = self.cfg.fence_plan_for(&self.me.name);
+        if let Some(plan) = plan.as_mut() {
+            self.gate_witness_devices(peer, plan);
+        }
         self.record(match &plan {
             Some(plan) => format!("fencing {name}: {}", plan.describe()),
             None => format!("ALARM: {name} must be fenced but no [fence] is configured"),
@@ -1239,6 +1245,7 @@ impl Agent {
                     peer_failed: gs.peer_failed,
                     moving: gs.moving.map(|it| runtime::reason_name(it).to_string()),
                     last_move: rt.last_move.clone(),
+                    lease: self.lease_text(*index),
                 })
             })
             .collect();

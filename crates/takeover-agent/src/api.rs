@@ -98,6 +98,10 @@ pub struct GroupDoc {
     pub moving: Option<String>,
     /// The last move of the group on this node, step by step (F2.3 step timings).
     pub last_move: Option<MoveDoc>,
+    /// With a `[witness]`: this node's lease of the group in words (`held for 5.2s`,
+    /// `not held: ...`); absent without a witness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// One resource of a group.

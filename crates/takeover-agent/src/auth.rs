@@ -86,6 +86,7 @@ const HKDF_SALT: &[u8] = b"takeover cluster key v2";
 /// The salt of `auth = "none"`: its public key never matches a key file, even all zeros.
 const HKDF_SALT_NONE: &[u8] = b"takeover no key v2";
 const HEARTBEAT_DOMAIN: &[u8] = b"takeover/2 heartbeat";
+const WITNESS_DOMAIN: &[u8] = b"takeover/2 witness";
 const CHANNEL_DOMAIN: &[u8] = b"takeover/2 channel";
 const FRAME_DOMAIN: &[u8] = b"takeover/2 frame";
 
@@ -256,6 +257,39 @@ impl Auth {
         ad.extend_from_slice(self.name.as_bytes());
         ad.extend_from_slice(header);
         ad
+    }
+
+    /// A witness datagram (`takeover witness` and the agents' lease requests): a random
+    /// 96-bit nonce, then `plain` sealed under the cluster's witness key, the cluster's
+    /// name as associated data. Replays need no window here: the witness's rules ignore
+    /// an old request's release, a renewal only ever extends the lease of the node that
+    /// sent it, and a holder counts a grant only for a request it still remembers.
+    pub fn seal_witness(&self, plain: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; NONCE_LEN];
+        fill_random(&mut out);
+        let nonce = Nonce::try_assume_unique_for_key(&out).expect("NONCE_LEN bytes");
+        let mut body = plain.to_vec();
+        let ad = self.associated_data(WITNESS_DOMAIN, &[]);
+        let tag = self
+            .key(WITNESS_DOMAIN, &[])
+            .seal_in_place_separate_tag(nonce, Aad::from(&ad), &mut body)
+            .expect("a witness datagram is far below the AEAD's limit");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens a witness datagram sealed by [`Auth::seal_witness`]; `None` if it was not
+    /// sealed with this cluster's key and name, or was changed.
+    pub fn open_witness(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        if bytes.len() < NONCE_LEN + TAG_LEN {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&bytes[..NONCE_LEN]).ok()?;
+        let mut body = bytes[NONCE_LEN..].to_vec();
+        let ad = self.associated_data(WITNESS_DOMAIN, &[]);
+        let plain = self.key(WITNESS_DOMAIN, &[]).open_in_place(nonce, Aad::from(&ad), &mut body).ok()?;
+        Some(plain.to_vec())
     }
 
     fn heartbeat_key(&self, from: NodeId, incarnation: Incarnation, run: u64) -> LessSafeKey {

@@ -36,7 +36,7 @@
 //! timeout = "500ms"             # default cluster.dead_after; at least 3 × heartbeat_interval
 //! device = "/dev/watchdog"      # optional: renew this watchdog device instead of a guard process
 //!
-//! [witness]                     # optional; see crate::witness (agent integration: not yet)
+//! [witness]                     # optional; see crate::witness and the agent's lease module
 //! address = "192.0.2.10:7400"   # where `takeover witness --listen` answers (UDP)
 //! lease = "6s"                  # default 6s; renewed every lease / 3
 //! margin = "500ms"              # default 500ms; < lease / 3; guard.timeout + margin < 2 × lease / 3
@@ -68,6 +68,11 @@
 //! is written `1`, `false` leaves the option out). `{node}` is the name of the node to
 //! fence and `{node_index}` its position in the `[[node]]` list, from 0, in option values
 //! and command arguments.
+//!
+//! Two devices need no program: `{ storage = true }` writes the poison pill of
+//! `[storage_fence]`, and `{ witness = true }` confirms once this node holds the
+//! `[witness]` leases of every group it shares with the node being fenced (for clusters
+//! without a power switch; its timeout must exceed `lease + margin`).
 //!
 //! ```toml
 //! [[node]]                      # NodeId = position in this list, from 0
@@ -783,6 +788,7 @@ struct RawLevel {
 #[serde(deny_unknown_fields)]
 struct RawDevice {
     storage: Option<Spanned<bool>>,
+    witness: Option<Spanned<bool>>,
     agent: Option<Spanned<String>>,
     command: Option<RawStrings>,
     options: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
@@ -940,6 +946,14 @@ impl Checker<'_> {
         Some(raw.get_ref().iter().map(|a| a.get_ref().clone()).collect())
     }
 
+    fn uses_witness(fence: &RawFence) -> bool {
+        fence.level.as_ref().is_some_and(|levels| {
+            levels.get_ref().iter().any(|l| {
+                l.get_ref().devices.as_ref().is_some_and(|d| d.get_ref().iter().any(|d| d.get_ref().witness.is_some()))
+            })
+        })
+    }
+
     fn uses_storage(fence: &RawFence) -> bool {
         fence.level.as_ref().is_some_and(|levels| {
             levels.get_ref().iter().any(|l| {
@@ -1044,6 +1058,7 @@ impl Checker<'_> {
         raw: &Spanned<RawWitness>,
         heartbeat: Option<Duration>,
         guard: Option<&GuardConfig>,
+        fence: Option<&FenceConfig>,
     ) -> Option<WitnessConfig> {
         let w = raw.get_ref();
         let address = match &w.address {
@@ -1118,6 +1133,25 @@ impl Checker<'_> {
                 ok = false;
             }
             _ => {}
+        }
+        if let Some(fence) = fence {
+            for (i, level) in fence.plan.levels.iter().enumerate() {
+                for (k, d) in level.devices.iter().enumerate() {
+                    if matches!(d.kind, FenceDeviceKind::Witness { .. }) && d.timeout <= l + m {
+                        self.error(
+                            raw.span(),
+                            format!(
+                                "fence level {}, device {} (witness): its timeout ({}) must be longer than witness.lease + witness.margin ({}): a failed peer's lease runs that long at the witness, so a shorter wait fails every time the peer held a group; raise fence.timeout or the device's timeout",
+                                i + 1,
+                                k + 1,
+                                format_duration(d.timeout),
+                                format_duration(l + m)
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
         }
         if !ok {
             return None;
@@ -1319,8 +1353,18 @@ impl Checker<'_> {
 
         // ---- [witness] ----
         let witness = match &raw.witness {
-            None => Some(None),
-            Some(w) => self.check_witness(w, heartbeat.value, guard.as_ref()).map(Some),
+            None => {
+                if let Some(fence) = &raw.fence
+                    && Self::uses_witness(fence.get_ref())
+                {
+                    self.error(
+                        fence.span(),
+                        "a fence device is `{ witness = true }` but there is no [witness] table: add one with the witness's address, e.g. [witness] address = \"192.0.2.10:7400\"",
+                    );
+                }
+                Some(None)
+            }
+            Some(w) => self.check_witness(w, heartbeat.value, guard.as_ref(), fence.as_ref()).map(Some),
         };
 
         // ---- groups ----
@@ -1515,6 +1559,25 @@ impl Checker<'_> {
             }
         };
         let kind = match (&d.agent, &d.command) {
+            _ if d.witness.is_some() => {
+                let witness = d.witness.as_ref().expect("checked");
+                if d.agent.is_some()
+                    || d.command.is_some()
+                    || d.options.is_some()
+                    || d.storage.is_some()
+                    || !*witness.get_ref()
+                {
+                    self.error(
+                        witness.span(),
+                        format!(
+                            "{what}: a witness device is written `{{ witness = true }}` (with an optional timeout), alone: it uses the [witness] table"
+                        ),
+                    );
+                    None
+                } else {
+                    Some(FenceDeviceKind::Witness { gate: crate::fence::WitnessGate::default() })
+                }
+            }
             _ if d.storage.is_some() => {
                 let storage = d.storage.as_ref().expect("checked");
                 if d.agent.is_some() || d.command.is_some() || d.options.is_some() || !*storage.get_ref() {
@@ -2345,6 +2408,35 @@ nodes = ["b", "a"]
         assert!(m.contains("is not an IP address and port"), "{m}");
         let (_, _, _, m) = single(&with_witness("lease = \"6s\""));
         assert!(m.contains("[witness] needs `address`"), "{m}");
+    }
+
+    /// FULL with its fence replaced by one level of `devices`, and `witness` appended.
+    fn with_fence_devices(devices: &str, witness: &str) -> String {
+        let fence_start = FULL.find("[fence]").unwrap();
+        let fence_end = fence_start + FULL[fence_start..].find("\n[[node]]").unwrap();
+        format!(
+            "{}[fence]\n[[fence.level]]\ndevices = [{devices}]\n{}\n{witness}\n",
+            &FULL[..fence_start],
+            &FULL[fence_end..]
+        )
+    }
+
+    #[test]
+    fn a_witness_fence_device_needs_the_witness_table_and_a_timeout_past_the_lease() {
+        let witness = "[witness]\naddress = \"192.0.2.10:7400\"";
+        let c =
+            parse(&with_fence_devices("{ witness = true }", witness), "cluster.toml").unwrap_or_else(|e| panic!("{e}"));
+        let device = &c.fence.as_ref().unwrap().plan.levels[0].devices[0];
+        assert!(matches!(device.kind, FenceDeviceKind::Witness { .. }), "{device:?}");
+        assert_eq!(device.timeout, DEFAULT_FENCE_TIMEOUT);
+        let (_, _, _, m) = single(&with_fence_devices("{ witness = true }", ""));
+        assert!(m.contains("a fence device is `{ witness = true }` but there is no [witness] table"), "{m}");
+        let (_, _, _, m) = single(&with_fence_devices("{ witness = true, timeout = \"5s\" }", witness));
+        assert!(m.contains("its timeout (5s) must be longer than witness.lease + witness.margin (6.5s)"), "{m}");
+        let (_, _, _, m) = single(&with_fence_devices("{ witness = true, command = [\"/bin/true\"] }", witness));
+        assert!(m.contains("a witness device is written `{ witness = true }`"), "{m}");
+        let (_, _, _, m) = single(&with_fence_devices("{ witness = false }", witness));
+        assert!(m.contains("a witness device is written `{ witness = true }`"), "{m}");
     }
 
     // ---- [storage_fence] ----

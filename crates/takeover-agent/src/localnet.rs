@@ -52,6 +52,19 @@ pub struct Spec {
     /// Link 1 through a relay as well (one that is never cut), so the [`Tap`] sees all
     /// traffic whichever link carries the peer channel.
     pub relay_link1: bool,
+    /// A `[witness]` table (the test runs `takeover witness` itself).
+    pub witness: Option<LocalWitness>,
+}
+
+/// The `[witness]` of a local cluster.
+#[derive(Clone, Debug)]
+pub struct LocalWitness {
+    pub address: SocketAddr,
+    pub lease: Duration,
+    pub margin: Duration,
+    /// Fence through the witness (`{ witness = true }`) instead of powering the peer
+    /// off with `fence-local`: a cluster without a power switch.
+    pub fence_by_witness: bool,
 }
 
 /// The authentication of a local cluster.
@@ -97,6 +110,7 @@ impl Spec {
             arbiter: "fence".into(),
             auth: LocalAuth::GeneratedKey,
             relay_link1: false,
+            witness: None,
         };
         Ok((spec, apps))
     }
@@ -122,6 +136,7 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     agents: std::sync::Mutex<HashMap<String, Child>>,
     relay_cut: Arc<AtomicBool>,
+    link1_cut: Arc<AtomicBool>,
     relay_stop: watch::Sender<bool>,
     tap: Arc<Tap>,
 }
@@ -162,12 +177,12 @@ impl LocalCluster {
         let relay_cut = Arc::new(AtomicBool::new(false));
         let (relay_stop, stopped) = watch::channel(false);
         let tap = Arc::new(Tap::default());
-        let never_cut = Arc::new(AtomicBool::new(false));
+        let link1_cut = Arc::new(AtomicBool::new(false));
         for node in &mut nodes {
             spawn_relay(node.advertise[0], node.links[0], relay_cut.clone(), stopped.clone(), tap.clone()).await?;
             if spec.relay_link1 {
                 node.advertise[1] = SocketAddr::from(([127, 0, 0, 3], free_port("127.0.0.3")?));
-                spawn_relay(node.advertise[1], node.links[1], never_cut.clone(), stopped.clone(), tap.clone()).await?;
+                spawn_relay(node.advertise[1], node.links[1], link1_cut.clone(), stopped.clone(), tap.clone()).await?;
             }
         }
         // Written after the relays: `relay_link1` changes where link 1 is advertised.
@@ -188,6 +203,7 @@ impl LocalCluster {
             nodes,
             agents: std::sync::Mutex::new(HashMap::new()),
             relay_cut,
+            link1_cut,
             relay_stop,
             tap,
         })
@@ -277,6 +293,13 @@ impl LocalCluster {
         self.relay_cut.store(cut, Ordering::SeqCst);
     }
 
+    /// Cuts (or restores) link 1 for every node; only with `relay_link1` (otherwise link
+    /// 1 runs directly and this changes nothing). With [`LocalCluster::cut_link0`]: a
+    /// full partition.
+    pub fn cut_link1(&self, cut: bool) {
+        self.link1_cut.store(cut, Ordering::SeqCst);
+    }
+
     pub async fn status(&self, name: &str) -> anyhow::Result<StatusDoc> {
         self.client(name).status().await.map_err(|e| anyhow::anyhow!(e.message))
     }
@@ -363,15 +386,30 @@ fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path, ke
         None => "auth = \"none\"".to_string(),
     };
     let mut out = format!(
-        "# Written by takeover's local cluster (demo/tests).\n[cluster]\nname = {:?}\nheartbeat_interval = {:?}\ndead_after = {:?}\nstartup_wait = {:?}\narbiter = {:?}\nfence_retry = \"500ms\"\n{auth}\n\n[fence]\ncommand = [{:?}, \"fence-local\", \"--pidfile\", {:?}]\ntimeout = \"10s\"\n",
+        "# Written by takeover's local cluster (demo/tests).\n[cluster]\nname = {:?}\nheartbeat_interval = {:?}\ndead_after = {:?}\nstartup_wait = {:?}\narbiter = {:?}\nfence_retry = \"500ms\"\n{auth}\n\n[fence]\ntimeout = \"10s\"\n",
         spec.cluster,
         format_duration(spec.heartbeat_interval),
         format_duration(spec.dead_after),
         format_duration(spec.startup_wait),
         spec.arbiter,
+    );
+    let fence_local = format!(
+        "{{ command = [{:?}, \"fence-local\", \"--pidfile\", {:?}] }}",
         binary.display().to_string(),
         dir.join("{node}").join("agent.pid").display().to_string(),
     );
+    match &spec.witness {
+        None => out.push_str(&format!("[[fence.level]]\ndevices = [{fence_local}]\n")),
+        Some(w) => {
+            out.push_str(&format!(
+                "[[fence.level]]\ndevices = [{}]\n\n[witness]\naddress = {:?}\nlease = {:?}\nmargin = {:?}\n",
+                if w.fence_by_witness { "{ witness = true }".to_string() } else { fence_local },
+                w.address.to_string(),
+                format_duration(w.lease),
+                format_duration(w.margin),
+            ));
+        }
+    }
     for node in nodes {
         let list = |addrs: &[SocketAddr]| {
             addrs.iter().map(|it| format!("{:?}", it.to_string())).collect::<Vec<_>>().join(", ")

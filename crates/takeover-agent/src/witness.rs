@@ -28,9 +28,12 @@
 //! start; a missing or unreadable file makes the witness grant nothing for
 //! `lease + margin` (it may have granted leases it no longer knows about).
 //!
-//! Not yet: authentication. Witness traffic is not signed; anyone who can send UDP to the
-//! witness can take or release a group's lease. Reusing the cluster key (the `auth` work)
-//! is a follow-up.
+//! **Authentication**: every datagram is sealed with the cluster key
+//! ([`crate::auth::Auth::seal_witness`]: ChaCha20-Poly1305 under a key derived for the
+//! witness, the cluster's name bound in); the witness is started with the cluster's name
+//! and key file and drops anything else, and so do the agents. A forged grant could
+//! otherwise make a node believe it holds a group, and a forged release free a lease its
+//! holder still uses.
 
 use std::fs;
 use std::io;
@@ -42,6 +45,7 @@ use anyhow::{Context, bail};
 use takeover_core::Instant;
 use takeover_core::witness::{Answer, WitnessTable};
 
+use crate::auth::Auth;
 use crate::store::write_atomic;
 
 /// The state file's name in the witness's state directory.
@@ -246,10 +250,10 @@ impl Witness {
 /// Sends `req` to the witness at `addr` and waits up to `wait` for its answer to this
 /// request (same `seq` and group; anything else is ignored). Blocking; for tools and
 /// tests. `Ok(None)`: no answer in time.
-pub fn ask(addr: SocketAddr, req: &Request, wait: Duration) -> io::Result<Option<Reply>> {
+pub fn ask(addr: SocketAddr, auth: &Auth, req: &Request, wait: Duration) -> io::Result<Option<Reply>> {
     let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let socket = UdpSocket::bind(bind)?;
-    socket.send_to(&req.encode(), addr)?;
+    socket.send_to(&auth.seal_witness(&req.encode()), addr)?;
     let (want_seq, want_group) = match req {
         Request::Acquire { seq, group, .. } | Request::Release { seq, group, .. } => (*seq, group.as_str()),
     };
@@ -268,7 +272,7 @@ pub fn ask(addr: SocketAddr, req: &Request, wait: Duration) -> io::Result<Option
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let reply = Reply::decode(&buf[..n]);
+        let reply = auth.open_witness(&buf[..n]).and_then(|plain| Reply::decode(&plain));
         let matches = match &reply {
             Some(
                 Reply::Grant { seq, group, .. } | Reply::Refuse { seq, group, .. } | Reply::Released { seq, group },
@@ -282,12 +286,14 @@ pub fn ask(addr: SocketAddr, req: &Request, wait: Duration) -> io::Result<Option
 }
 
 /// `takeover witness`'s arguments.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct WitnessArgs {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
     pub lease: Duration,
     pub margin: Duration,
+    /// The cluster's name and key (or the unauthenticated mode of `auth = "none"`).
+    pub auth: Auth,
 }
 
 /// Runs the witness until killed (blocking; one thread: each request is answered, with
@@ -311,20 +317,30 @@ pub fn main(args: WitnessArgs) -> anyhow::Result<()> {
     eprintln!("witness: listening on {}", socket.local_addr()?);
     let mut witness = Witness::new(table, &args.state_dir);
     let mut buf = [0u8; 1024];
+    let mut dropped = 0u64;
     loop {
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("receiving"),
         };
-        let Some(req) = Request::decode(&buf[..n]) else {
-            eprintln!("witness: ignored a malformed datagram from {from}");
+        let Some(plain) = args.auth.open_witness(&buf[..n]) else {
+            dropped += 1;
+            if dropped.is_power_of_two() {
+                eprintln!(
+                    "witness: dropped a datagram from {from} that is not sealed with this cluster's key ({dropped} so far): a forgery, or a node of another cluster or with another key"
+                );
+            }
+            continue;
+        };
+        let Some(req) = Request::decode(&plain) else {
+            eprintln!("witness: ignored a malformed request from {from}");
             continue;
         };
         let reply = witness
             .handle(req, now())
             .with_context(|| format!("persisting the holders to {}", witness.state.display()))?;
-        if let Err(e) = socket.send_to(&reply.encode(), from) {
+        if let Err(e) = socket.send_to(&args.auth.seal_witness(&reply.encode()), from) {
             eprintln!("witness: cannot answer {from}: {e}");
         }
     }

@@ -157,6 +157,16 @@ enum Cmd {
         lease: Duration,
         #[arg(long, default_value = "500ms", value_parser = parse_duration)]
         margin: Duration,
+        /// The cluster's name ([cluster] name): bound into every datagram's seal.
+        #[arg(long)]
+        cluster: String,
+        /// The cluster's key file (the nodes' key_file): witness traffic is sealed with it.
+        #[arg(long, required_unless_present = "unauthenticated")]
+        key_file: Option<PathBuf>,
+        /// For a cluster with auth = "none": accept traffic sealed with the public
+        /// all-zero key, which anyone can forge. Test clusters only.
+        #[arg(long, conflicts_with = "key_file")]
+        unauthenticated: bool,
     },
     /// The storage fence device ([storage_fence]): `init` writes its header and a clear
     /// slot per node; `list` shows the slots (like `sbd list`); `clear NODE` clears one.
@@ -311,13 +321,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
-            Ok(cfg) if cfg.witness.is_some() => {
-                eprintln!(
-                    "{}: the [witness] table is valid, but the agent does not use a witness yet and refuses to start with one; remove it",
-                    file.display()
-                );
-                return Ok(ExitCode::from(2));
-            }
             Ok(cfg) => {
                 let auth = match &cfg.auth {
                     config::AuthConfig::Key { key_file } => {
@@ -329,8 +332,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     config::AuthConfig::None => "none (UNAUTHENTICATED: anyone on the links can forge traffic)".into(),
                 };
+                let witness = match &cfg.witness {
+                    Some(w) => format!(
+                        ", witness {} (lease {}, margin {})",
+                        w.address,
+                        config::format_duration(w.lease),
+                        config::format_duration(w.margin)
+                    ),
+                    None => String::new(),
+                };
                 println!(
-                    "{}: ok: cluster {}, {} node(s), {} group(s), heartbeat every {}, a peer is failed after {} of silence on every link, arbiter {}, auth {auth}",
+                    "{}: ok: cluster {}, {} node(s), {} group(s), heartbeat every {}, a peer is failed after {} of silence on every link, arbiter {}, auth {auth}{witness}",
                     file.display(),
                     cfg.name,
                     cfg.nodes.len(),
@@ -383,8 +395,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let clean = tokio::task::spawn_blocking(move || takeover_agent::guard::main(args)).await??;
             return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Cmd::Witness { listen, state_dir, lease, margin } => {
-            let args = takeover_agent::witness::WitnessArgs { listen, state_dir, lease, margin };
+        Cmd::Witness { listen, state_dir, lease, margin, cluster, key_file, unauthenticated: _ } => {
+            let auth = match key_file {
+                Some(path) => {
+                    takeover_agent::auth::Auth::with_key(&cluster, &takeover_agent::auth::keyfile::load(&path)?)
+                }
+                None => {
+                    eprintln!(
+                        "witness: WARNING: --unauthenticated: anyone who can send to {listen} can take or release a group's lease"
+                    );
+                    takeover_agent::auth::Auth::unauthenticated(&cluster)
+                }
+            };
+            let args = takeover_agent::witness::WitnessArgs { listen, state_dir, lease, margin, auth };
             tokio::task::spawn_blocking(move || takeover_agent::witness::main(args)).await??;
         }
         Cmd::StorageFence { command, config: file, node } => {

@@ -84,6 +84,9 @@ pub fn status(doc: &StatusDoc) -> String {
                 r.last_op.as_deref().unwrap_or("-"),
             );
         }
+        if let Some(lease) = &g.lease {
+            let _ = writeln!(out, "             witness lease: {lease}");
+        }
         if let Some(m) = &g.last_move {
             let steps: Vec<String> = m.steps.iter().map(|it| format!("{} {} ms", it.step, it.ms)).collect();
             let _ = writeln!(

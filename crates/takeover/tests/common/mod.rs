@@ -52,14 +52,22 @@ impl Bed {
 
     /// With `relay_link1`, link 1 runs through a relay too, so the tap sees all traffic.
     pub async fn with(auth: LocalAuth, relay_link1: bool) -> Bed {
+        Bed::with_spec(|spec| {
+            spec.auth = auth;
+            spec.relay_link1 = relay_link1;
+        })
+        .await
+    }
+
+    /// The demo cluster, with `adjust` applied to its spec.
+    pub async fn with_spec(adjust: impl FnOnce(&mut Spec)) -> Bed {
         let turn = turn().await;
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let dir = tmp.path().to_path_buf();
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_takeover"));
         let (mut spec, apps) =
             Spec::demo_service("e2e", GROUP, &binary, &dir.join("app-records.log")).expect("free ports");
-        spec.auth = auth;
-        spec.relay_link1 = relay_link1;
+        adjust(&mut spec);
         let cluster = LocalCluster::create(&dir, &binary, &spec).await.expect("a local cluster");
         Bed { cluster, apps, dir, _tmp: tmp, _turn: turn }
     }
@@ -129,6 +137,83 @@ impl Bed {
 
     pub fn app_records(&self) -> PathBuf {
         self.dir.join("app-records.log")
+    }
+}
+
+/// A `takeover witness` process on loopback, killed when dropped.
+pub struct WitnessProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// The cluster's seal, to talk to it.
+    pub auth: takeover_agent::auth::Auth,
+}
+
+impl WitnessProcess {
+    /// Starts `takeover witness` for cluster `cluster` with key `key_file` on `addr`,
+    /// its state in `dir`, and waits until it answers.
+    pub fn start(
+        addr: SocketAddr,
+        dir: &std::path::Path,
+        (lease, margin): (Duration, Duration),
+        cluster: &str,
+        key_file: &std::path::Path,
+    ) -> WitnessProcess {
+        use takeover_agent::config::format_duration;
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_takeover"))
+            .args(["witness", "--listen", &addr.to_string(), "--state-dir"])
+            .arg(dir)
+            .args(["--lease", &format_duration(lease), "--margin", &format_duration(margin)])
+            .args(["--cluster", cluster, "--key-file"])
+            .arg(key_file)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn takeover witness");
+        let key = takeover_agent::auth::keyfile::load(key_file).expect("the cluster key");
+        let w = WitnessProcess { child, addr, auth: takeover_agent::auth::Auth::with_key(cluster, &key) };
+        let t0 = std::time::Instant::now();
+        loop {
+            // A release of nothing is always answered.
+            let probe = takeover_agent::witness::Request::Release {
+                seq: 0,
+                group: "probe".into(),
+                node: "probe".into(),
+                incarnation: 0,
+            };
+            if let Ok(Some(_)) = w.ask(&probe, Duration::from_millis(100)) {
+                return w;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "the witness did not come up on {addr}");
+        }
+    }
+
+    /// Sends `req` sealed with the cluster's key; its answer, if one came within `wait`.
+    pub fn ask(
+        &self,
+        req: &takeover_agent::witness::Request,
+        wait: Duration,
+    ) -> std::io::Result<Option<takeover_agent::witness::Reply>> {
+        takeover_agent::witness::ask(self.addr, &self.auth, req, wait)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).expect("signal the witness");
+    }
+
+    /// SIGSTOP: the witness stops answering (a witness machine that hangs).
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
