@@ -571,7 +571,6 @@ impl Agent {
                 self.peer_name(peer)
             ),
         });
-        self.witness_fence_done(peer);
         let now = self.now();
         self.node.handle(now, NodeEvent::FenceResult { peer, confirmed });
     }
@@ -672,6 +671,7 @@ impl Agent {
         let index = self.groups[slot].index;
         let peer = self.peer_name(self.groups[slot].peer);
         self.captured.clear();
+        self.note_force_start(index);
         let now = self.now();
         self.node.handle(now, NodeEvent::ForceStart { group: index });
         self.execute().await.map_err(|e| ApiError::new(500, format!("{e:#}")))?;
@@ -850,10 +850,7 @@ impl Agent {
     fn fence(&mut self, peer: NodeId) {
         let name = self.peer_name(peer);
         let index = self.cfg.node_id(&name).map_or(0, |it| it.0 as usize);
-        let mut plan = self.cfg.fence_plan_for(&self.me.name);
-        if let Some(plan) = plan.as_mut() {
-            self.gate_witness_devices(peer, plan);
-        }
+        let plan = self.cfg.fence_plan_for(&self.me.name);
         self.record(match &plan {
             Some(plan) => format!("fencing {name}: {}", plan.describe()),
             None => format!("ALARM: {name} must be fenced but no [fence] is configured"),

@@ -69,10 +69,9 @@
 //! fence and `{node_index}` its position in the `[[node]]` list, from 0, in option values
 //! and command arguments.
 //!
-//! Two devices need no program: `{ storage = true }` writes the poison pill of
-//! `[storage_fence]`, and `{ witness = true }` confirms once this node holds the
-//! `[witness]` leases of every group it shares with the node being fenced (for clusters
-//! without a power switch; its timeout must exceed `lease + margin`).
+//! One device needs no program: `{ storage = true }` writes the poison pill of
+//! `[storage_fence]` (for clusters without a power switch). The witness is not a fence
+//! device (`{ witness = true }` is refused with the reason).
 //!
 //! ```toml
 //! [[node]]                      # NodeId = position in this list, from 0
@@ -946,14 +945,6 @@ impl Checker<'_> {
         Some(raw.get_ref().iter().map(|a| a.get_ref().clone()).collect())
     }
 
-    fn uses_witness(fence: &RawFence) -> bool {
-        fence.level.as_ref().is_some_and(|levels| {
-            levels.get_ref().iter().any(|l| {
-                l.get_ref().devices.as_ref().is_some_and(|d| d.get_ref().iter().any(|d| d.get_ref().witness.is_some()))
-            })
-        })
-    }
-
     fn uses_storage(fence: &RawFence) -> bool {
         fence.level.as_ref().is_some_and(|levels| {
             levels.get_ref().iter().any(|l| {
@@ -1058,7 +1049,6 @@ impl Checker<'_> {
         raw: &Spanned<RawWitness>,
         heartbeat: Option<Duration>,
         guard: Option<&GuardConfig>,
-        fence: Option<&FenceConfig>,
     ) -> Option<WitnessConfig> {
         let w = raw.get_ref();
         let address = match &w.address {
@@ -1133,25 +1123,6 @@ impl Checker<'_> {
                 ok = false;
             }
             _ => {}
-        }
-        if let Some(fence) = fence {
-            for (i, level) in fence.plan.levels.iter().enumerate() {
-                for (k, d) in level.devices.iter().enumerate() {
-                    if matches!(d.kind, FenceDeviceKind::Witness { .. }) && d.timeout <= l + m {
-                        self.error(
-                            raw.span(),
-                            format!(
-                                "fence level {}, device {} (witness): its timeout ({}) must be longer than witness.lease + witness.margin ({}): a failed peer's lease runs that long at the witness, so a shorter wait fails every time the peer held a group; raise fence.timeout or the device's timeout",
-                                i + 1,
-                                k + 1,
-                                format_duration(d.timeout),
-                                format_duration(l + m)
-                            ),
-                        );
-                        ok = false;
-                    }
-                }
-            }
         }
         if !ok {
             return None;
@@ -1353,18 +1324,8 @@ impl Checker<'_> {
 
         // ---- [witness] ----
         let witness = match &raw.witness {
-            None => {
-                if let Some(fence) = &raw.fence
-                    && Self::uses_witness(fence.get_ref())
-                {
-                    self.error(
-                        fence.span(),
-                        "a fence device is `{ witness = true }` but there is no [witness] table: add one with the witness's address, e.g. [witness] address = \"192.0.2.10:7400\"",
-                    );
-                }
-                Some(None)
-            }
-            Some(w) => self.check_witness(w, heartbeat.value, guard.as_ref(), fence.as_ref()).map(Some),
+            None => Some(None),
+            Some(w) => self.check_witness(w, heartbeat.value, guard.as_ref()).map(Some),
         };
 
         // ---- groups ----
@@ -1561,22 +1522,13 @@ impl Checker<'_> {
         let kind = match (&d.agent, &d.command) {
             _ if d.witness.is_some() => {
                 let witness = d.witness.as_ref().expect("checked");
-                if d.agent.is_some()
-                    || d.command.is_some()
-                    || d.options.is_some()
-                    || d.storage.is_some()
-                    || !*witness.get_ref()
-                {
-                    self.error(
-                        witness.span(),
-                        format!(
-                            "{what}: a witness device is written `{{ witness = true }}` (with an optional timeout), alone: it uses the [witness] table"
-                        ),
-                    );
-                    None
-                } else {
-                    Some(FenceDeviceKind::Witness { gate: crate::fence::WitnessGate::default() })
-                }
+                self.error(
+                    witness.span(),
+                    format!(
+                        "{what}: the witness is not a fence device: it cannot stop a node, and a fence must (a standby cut off but still running keeps its old journal and would later take over with it, losing what the active acknowledged alone). Keep a power or storage fence; with a [witness] table every start also waits for the witness's lease"
+                    ),
+                );
+                None
             }
             _ if d.storage.is_some() => {
                 let storage = d.storage.as_ref().expect("checked");
@@ -2422,21 +2374,10 @@ nodes = ["b", "a"]
     }
 
     #[test]
-    fn a_witness_fence_device_needs_the_witness_table_and_a_timeout_past_the_lease() {
+    fn the_witness_is_refused_as_a_fence_device_with_the_reason() {
         let witness = "[witness]\naddress = \"192.0.2.10:7400\"";
-        let c =
-            parse(&with_fence_devices("{ witness = true }", witness), "cluster.toml").unwrap_or_else(|e| panic!("{e}"));
-        let device = &c.fence.as_ref().unwrap().plan.levels[0].devices[0];
-        assert!(matches!(device.kind, FenceDeviceKind::Witness { .. }), "{device:?}");
-        assert_eq!(device.timeout, DEFAULT_FENCE_TIMEOUT);
-        let (_, _, _, m) = single(&with_fence_devices("{ witness = true }", ""));
-        assert!(m.contains("a fence device is `{ witness = true }` but there is no [witness] table"), "{m}");
-        let (_, _, _, m) = single(&with_fence_devices("{ witness = true, timeout = \"5s\" }", witness));
-        assert!(m.contains("its timeout (5s) must be longer than witness.lease + witness.margin (6.5s)"), "{m}");
-        let (_, _, _, m) = single(&with_fence_devices("{ witness = true, command = [\"/bin/true\"] }", witness));
-        assert!(m.contains("a witness device is written `{ witness = true }`"), "{m}");
-        let (_, _, _, m) = single(&with_fence_devices("{ witness = false }", witness));
-        assert!(m.contains("a witness device is written `{ witness = true }`"), "{m}");
+        let (_, _, _, m) = single(&with_fence_devices("{ witness = true }", witness));
+        assert!(m.contains("the witness is not a fence device: it cannot stop a node"), "{m}");
     }
 
     // ---- [storage_fence] ----

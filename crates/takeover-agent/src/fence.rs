@@ -305,35 +305,6 @@ pub enum FenceDeviceKind {
         /// This node: its `[[node]]` index and name.
         me: (u16, String),
     },
-    /// The witness of `[witness]`: confirmed once this node holds the witness's lease of
-    /// every group it shares with the node being fenced. The witness grants a lease
-    /// only `lease + margin` after its last holder's last renewal, and a holder's guard
-    /// stops its services before its own view of the lease ends, so the peer's share of
-    /// those groups is stopped by then (see `agent/lease.rs`).
-    Witness {
-        /// Set by the agent for each fence: whether the leases are held now.
-        gate: WitnessGate,
-    },
-}
-
-/// What a [`FenceDeviceKind::Witness`] waits on: `true` once this node holds the leases
-/// of every group it shares with the fenced node. Without a gate (outside the agent) an
-/// attempt fails.
-#[derive(Clone, Default)]
-pub struct WitnessGate(pub Option<tokio::sync::watch::Receiver<bool>>);
-
-impl PartialEq for WitnessGate {
-    fn eq(&self, _: &WitnessGate) -> bool {
-        true
-    }
-}
-
-impl Eq for WitnessGate {}
-
-impl fmt::Debug for WitnessGate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "WitnessGate(set)" } else { "WitnessGate(unset)" })
-    }
 }
 
 /// One `key=value` option of an agent. Its `Debug` masks the value of a secret (a key
@@ -376,7 +347,6 @@ impl FenceDevice {
             FenceDeviceKind::Agent { path, .. } => path.as_os_str().to_string_lossy().into_owned(),
             FenceDeviceKind::Command { argv } => argv.first().cloned().unwrap_or_default(),
             FenceDeviceKind::Storage { .. } => return "storage".to_string(),
-            FenceDeviceKind::Witness { .. } => return "witness".to_string(),
         };
         match program.rsplit_once('/') {
             Some((_, base)) if !base.is_empty() => base.to_string(),
@@ -398,7 +368,6 @@ impl FenceDevice {
                 device.display(),
                 crate::config::format_duration(*msgwait)
             ),
-            FenceDeviceKind::Witness { .. } => "witness lease of every group shared with the node".to_string(),
         };
         let attempts = 1 + u64::from(self.retries);
         let attempts = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
@@ -458,8 +427,6 @@ pub enum Confirmation {
     StatusUnsupported,
     /// The poison pill was written and `msgwait` passed: the node has stopped itself.
     StorageMsgwait,
-    /// This node holds the witness's lease of every group it shares with the node.
-    WitnessLease,
 }
 
 /// How one attempt of one device ended.
@@ -586,9 +553,6 @@ impl fmt::Display for FenceAttempt {
             AttemptOutcome::Confirmed(Confirmation::StorageMsgwait) => {
                 write!(f, ": confirmed off in {took} (poison pill written, msgwait passed)")
             }
-            AttemptOutcome::Confirmed(Confirmation::WitnessLease) => {
-                write!(f, ": confirmed in {took} (this node holds the witness's leases of the shared groups)")
-            }
             AttemptOutcome::OffFailed(status) => write!(f, ": off failed ({}) after {took}", exit_words(status, tail)),
             AttemptOutcome::StillOn => write!(f, ": off exited 0 but status still says on, after {took}"),
             AttemptOutcome::StatusFailed(status) => {
@@ -706,24 +670,6 @@ fn says_status_unsupported(run: &ProcessRun) -> bool {
 async fn attempt_device(device: &FenceDevice, node: &str, node_index: usize) -> (AttemptOutcome, String) {
     let deadline = tokio::time::Instant::now() + device.timeout;
     match &device.kind {
-        FenceDeviceKind::Witness { gate } => {
-            let Some(mut leases) = gate.0.clone() else {
-                return (AttemptOutcome::Error("a witness device works only inside the agent".into()), String::new());
-            };
-            match tokio::time::timeout_at(deadline, leases.wait_for(|held| *held)).await {
-                Ok(Ok(_)) => (AttemptOutcome::Confirmed(Confirmation::WitnessLease), String::new()),
-                Ok(Err(_)) => {
-                    (AttemptOutcome::Error("the agent stopped waiting for the witness".into()), String::new())
-                }
-                Err(_) => (
-                    AttemptOutcome::Error(format!(
-                        "the witness did not grant this node the leases of the groups it shares with {node} within {} (the node still renews them, or the witness is unreachable)",
-                        crate::config::format_duration(device.timeout)
-                    )),
-                    String::new(),
-                ),
-            }
-        }
         FenceDeviceKind::Storage { device: path, msgwait, me } => {
             let fence = crate::storage_fence::fence(path, (me.0, &me.1), (node_index as u16, node), *msgwait);
             match tokio::time::timeout_at(deadline, fence).await {

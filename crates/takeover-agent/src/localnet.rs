@@ -62,9 +62,6 @@ pub struct LocalWitness {
     pub address: SocketAddr,
     pub lease: Duration,
     pub margin: Duration,
-    /// Fence through the witness (`{ witness = true }`) instead of powering the peer
-    /// off with `fence-local`: a cluster without a power switch.
-    pub fence_by_witness: bool,
 }
 
 /// The authentication of a local cluster.
@@ -402,8 +399,7 @@ fn render_config(spec: &Spec, nodes: &[LocalNode], binary: &Path, dir: &Path, ke
         None => out.push_str(&format!("[[fence.level]]\ndevices = [{fence_local}]\n")),
         Some(w) => {
             out.push_str(&format!(
-                "[[fence.level]]\ndevices = [{}]\n\n[witness]\naddress = {:?}\nlease = {:?}\nmargin = {:?}\n",
-                if w.fence_by_witness { "{ witness = true }".to_string() } else { fence_local },
+                "[[fence.level]]\ndevices = [{fence_local}]\n\n[witness]\naddress = {:?}\nlease = {:?}\nmargin = {:?}\n",
                 w.address.to_string(),
                 format_duration(w.lease),
                 format_duration(w.margin),

@@ -301,7 +301,7 @@ fn setns(file: &File) -> io::Result<()> {
 
 /// Runs `f` on a fresh thread that joined network namespace `ns` (a thread's network
 /// namespace is its own; the thread ends with `f`). Sockets made there stay in `ns`.
-fn in_netns<T: Send>(ns: &str, what: &str, f: impl FnOnce() -> io::Result<T> + Send) -> anyhow::Result<T> {
+pub fn in_netns<T: Send>(ns: &str, what: &str, f: impl FnOnce() -> io::Result<T> + Send) -> anyhow::Result<T> {
     let file = open_netns(ns)?;
     let joined = thread::scope(|scope| {
         scope

@@ -3,12 +3,17 @@
 //! links cut or flapping) to real agents in network namespaces, while clients append to
 //! the journal and ask the services through their virtual IPs.
 //!
-//! Two layouts, by the seed's parity:
-//! - even seeds: alpha and beta running `web` (shared disk, ext4 mount, virtual IP, the
-//!   probe service writing every answered request to the shared filesystem) with
-//!   power-off fencing, and a journal group `jrnl` a client appends to through the API;
-//! - odd seeds: N+1, alpha and beta each running a light group (`a`, `b`: virtual IP and
-//!   probe service) with gamma their shared standby.
+//! Four layouts, by the seed modulo 4:
+//! - 0: alpha and beta running `web` (shared disk, ext4 mount, virtual IP, the probe
+//!   service writing every answered request to the shared filesystem) with power-off
+//!   fencing, and a journal group `jrnl` a client appends to through the API;
+//! - 1: N+1, alpha and beta each running a light group (`a`, `b`: virtual IP and probe
+//!   service) with gamma their shared standby;
+//! - 2: the groups of 0 with a `[witness]` beside the power fence (every start waits for
+//!   the group's lease; an active that cannot renew is stopped by its guard), with
+//!   `takeover witness` running on the client's network (link 0);
+//! - 3: the groups of 0 fenced only through a storage device (`{ storage = true }`, a
+//!   poison-pill slot per node on a shared loop device each node reaches by its own path).
 //!
 //! A schedule is one to three faults, each held for a while, then undone (partitions
 //! healed, paused nodes continued, stopped nodes powered on and restarted). At the end
@@ -27,11 +32,16 @@
 //! runs). `TAKEOVER_CAMPAIGN_SEED` fixes the first seed. The long run:
 //! `TAKEOVER_CAMPAIGN_SCHEDULES=1000 TAKEOVER_CAMPAIGN_BUDGET_S=100000 cargo test --release -p takeover --test campaign -- --nocapture`.
 //!
-//! EXTENSION POINT (not covered yet, on purpose not imitated): forged and replayed peer
-//! packets need authenticated traffic, and witness loss needs the witness; both are being
-//! built on other branches. Add them as `Fault` variants, drawn in `Fault::draw`, applied in
-//! `Rig::apply` with a real mechanism (a forging sender in a namespace; the witness's
-//! process killed or its link cut) once those features exist.
+//! Faults on every layout: kill -9 of an agent, power-off, SIGSTOP longer than
+//! `dead_after`, full and one-way partitions, a link down or flapping, restart of every
+//! node, and forged and replayed traffic (heartbeats recorded in a node's namespace and
+//! sent again, heartbeats sealed with a made-up key, garbage datagrams and connections,
+//! from the client's network; the agents must count them as dropped). Layout 2 adds the
+//! witness hanging (SIGSTOP longer than a lease) and the witness killed and restarted;
+//! layout 3 adds a node losing its path to the storage-fence device.
+//!
+//! `TAKEOVER_CAMPAIGN_WORKERS` (default 1) runs that many schedules at once, each on its
+//! own beds (slots 40 + 4 × worker + layout), for the long run.
 
 mod common;
 
@@ -39,18 +49,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::forge::Forger;
 use common::groups::{PORT, light_group, vip, web_group};
 use common::netcluster::{Fencing, NetCluster, root_or_skip};
 use common::shared::{Probe, SharedDisk};
 use common::{Rng, env_u64};
+use takeover_agent::config::format_duration;
 use takeover_agent::localnet::{AppClient, serving_overlaps};
+use takeover_core::NodeId;
 use tokio::time::Instant;
 
-/// Namespaces `cpw-*` (two nodes) and `cpn-*` (N+1), beds in slots 40 and 41.
-const TWO: (&str, u8) = ("cpw", 40);
-const N1: (&str, u8) = ("cpn", 41);
+/// Beds in slots 40 + 4 × worker + layout, namespaces `cp{layout letter}{worker}-*`.
+const FIRST_SLOT: u8 = 40;
+/// The witness's lease in layout 2: guard.timeout (500 ms) + margin < 2 × lease / 3.
+const LEASE: Duration = Duration::from_secs(2);
+const MARGIN: Duration = Duration::from_millis(200);
 /// How long the cluster may take to serve again once every fault is healed.
 const RECOVER: Duration = Duration::from_secs(60);
 
@@ -73,11 +90,29 @@ enum Fault {
     Flap(String, u8, u64),
     /// Every node powered off, then all started again.
     RestartAll,
-    // EXTENSION POINT: Forged, Replayed (authenticated traffic), WitnessLoss (witness).
+    /// Forged and replayed traffic to every node, recorded in this node's namespace.
+    Forge(String),
+    /// The witness hangs (SIGSTOP), then continues (layout 2).
+    WitnessHang,
+    /// The witness killed and started again at once, from its state file (layout 2).
+    WitnessRestart,
+    /// The node's path to the storage-fence device disappears (layout 3).
+    StorageLoss(String),
 }
 
 impl Fault {
-    fn draw(rng: &mut Rng, nodes: &[String]) -> Fault {
+    fn draw(rng: &mut Rng, nodes: &[String], layout: Layout) -> Fault {
+        let extra = match layout {
+            Layout::Witnessed | Layout::Storage => 2,
+            Layout::Two | Layout::NPlusOne => 0,
+        };
+        match rng.below(9 + extra) {
+            8 => return Fault::Forge(rng.pick(nodes).into()),
+            9 if layout == Layout::Witnessed => return Fault::WitnessHang,
+            10 if layout == Layout::Witnessed => return Fault::WitnessRestart,
+            9 | 10 => return Fault::StorageLoss(rng.pick(nodes).into()),
+            _ => {}
+        }
         match rng.below(8) {
             0 => Fault::Kill(rng.pick(nodes).into()),
             1 => Fault::PowerOff(rng.pick(nodes).into()),
@@ -108,6 +143,10 @@ impl fmt::Display for Fault {
             Fault::CutLink(n, l) => write!(f, "link {l} of {n} down"),
             Fault::Flap(n, l, p) => write!(f, "link {l} of {n} flapping {p} ms"),
             Fault::RestartAll => write!(f, "restart all"),
+            Fault::Forge(n) => write!(f, "forged + replayed traffic (recorded at {n})"),
+            Fault::WitnessHang => write!(f, "witness hangs"),
+            Fault::WitnessRestart => write!(f, "witness kill -9 + restart"),
+            Fault::StorageLoss(n) => write!(f, "{n} loses the storage-fence device"),
         }
     }
 }
@@ -116,6 +155,33 @@ impl fmt::Display for Fault {
 enum Layout {
     Two,
     NPlusOne,
+    Witnessed,
+    Storage,
+}
+
+impl Layout {
+    fn index(self) -> u8 {
+        match self {
+            Layout::Two => 0,
+            Layout::NPlusOne => 1,
+            Layout::Witnessed => 2,
+            Layout::Storage => 3,
+        }
+    }
+
+    /// Namespace prefix and slot of this layout's bed for `worker`.
+    fn bed(self, worker: u8) -> (String, u8) {
+        let letter = ['w', 'n', 'x', 's'][self.index() as usize];
+        (format!("cp{letter}{worker}"), FIRST_SLOT + 4 * worker + self.index())
+    }
+}
+
+/// `takeover witness` in the client's namespace (layout 2).
+struct WitnessRig {
+    child: Option<std::process::Child>,
+    argv: Vec<String>,
+    log: PathBuf,
+    paused: bool,
 }
 
 /// A service group the probe asks through its virtual IP.
@@ -130,8 +196,14 @@ struct Served {
 struct Rig {
     served: Vec<Served>,
     client: Option<AppClient>,
+    forger: Option<Forger>,
+    witness: Option<WitnessRig>,
+    /// Layout 3: each node's path to the storage-fence device (a symlink the test
+    /// removes to cut it) and what it points to.
+    sbd_links: BTreeMap<String, (PathBuf, PathBuf)>,
     c: NetCluster,
     disk: Option<SharedDisk>,
+    _sbd: Option<SharedDisk>,
     layout: Layout,
 }
 
@@ -141,73 +213,104 @@ struct Outcome {
     acked: usize,
     answered: usize,
     recover_ms: u128,
+    /// What forged traffic was sent and dropped, if any was.
+    dropped: Option<String>,
     violations: Vec<String>,
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_campaign_never_overlaps_loses_nothing_and_serves_again() {
     if !root_or_skip("fault_campaign_never_overlaps_loses_nothing_and_serves_again") {
         return;
     }
     let schedules = env_u64("TAKEOVER_CAMPAIGN_SCHEDULES", 40);
     let budget = Duration::from_secs(env_u64("TAKEOVER_CAMPAIGN_BUDGET_S", 200));
+    let workers = env_u64("TAKEOVER_CAMPAIGN_WORKERS", 1).clamp(1, 8) as u8;
     let clock_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let first_seed = env_u64("TAKEOVER_CAMPAIGN_SEED", clock_seed);
     println!(
-        "campaign: first seed {first_seed} (rerun one with TAKEOVER_CAMPAIGN_SEED=<seed> TAKEOVER_CAMPAIGN_SCHEDULES=1); \
-         not covered yet: forged and replayed packets, witness loss"
+        "campaign: first seed {first_seed}, {workers} worker(s) (rerun one with TAKEOVER_CAMPAIGN_SEED=<seed> TAKEOVER_CAMPAIGN_SCHEDULES=1)"
     );
     let started = Instant::now();
-    let (mut ran, mut failures) = (0u64, Vec::new());
-    for k in 0..schedules {
-        if ran >= 2 && started.elapsed() > budget {
-            break;
-        }
-        let seed = first_seed + k;
-        let began = Instant::now();
-        let out = run_schedule(seed).await;
-        ran += 1;
-        println!(
-            "schedule seed {seed} ({:?}): faults [{}]; {} acknowledged, {} answered, served again {} ms after healing, {} violations, {:.1} s",
-            layout_of(seed),
-            out.faults.join(", "),
-            out.acked,
-            out.answered,
-            out.recover_ms,
-            out.violations.len(),
-            began.elapsed().as_secs_f64()
-        );
-        for v in out.violations {
-            println!("VIOLATION seed {seed}: {v}");
-            failures.push(format!("seed {seed}: {v}"));
-        }
+    let next = Arc::new(AtomicU64::new(0));
+    let ran = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let (next, ran, failures) = (next.clone(), ran.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                // At least one schedule of each layout, then as many as the budget allows.
+                if ran.load(Ordering::SeqCst) >= 4 && started.elapsed() > budget {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                if k >= schedules {
+                    break;
+                }
+                let seed = first_seed + k;
+                let began = Instant::now();
+                let out = run_schedule(seed, worker).await;
+                ran.fetch_add(1, Ordering::SeqCst);
+                println!(
+                    "schedule seed {seed} ({:?}, worker {worker}): faults [{}]; {} acknowledged, {} answered, {}served again {} ms after healing, {} violations, {:.1} s",
+                    layout_of(seed),
+                    out.faults.join(", "),
+                    out.acked,
+                    out.answered,
+                    out.dropped.as_deref().map_or(String::new(), |it| format!("{it}; ")),
+                    out.recover_ms,
+                    out.violations.len(),
+                    began.elapsed().as_secs_f64()
+                );
+                for v in out.violations {
+                    println!("VIOLATION seed {seed}: {v}");
+                    failures.lock().unwrap().push(format!("seed {seed}: {v}"));
+                }
+            }
+        }));
     }
+    for task in tasks {
+        task.await.expect("a campaign worker");
+    }
+    let failures = failures.lock().unwrap().clone();
     println!("campaign: {:.0} s", started.elapsed().as_secs_f64());
-    println!("schedules: {ran}, violations: {}", failures.len());
+    println!("schedules: {}, violations: {}", ran.load(Ordering::SeqCst), failures.len());
     assert!(failures.is_empty(), "{} violations:\n{}", failures.len(), failures.join("\n"));
 }
 
 fn layout_of(seed: u64) -> Layout {
-    if seed.is_multiple_of(2) { Layout::Two } else { Layout::NPlusOne }
+    match seed % 4 {
+        0 => Layout::Two,
+        1 => Layout::NPlusOne,
+        2 => Layout::Witnessed,
+        _ => Layout::Storage,
+    }
 }
 
-async fn run_schedule(seed: u64) -> Outcome {
+async fn run_schedule(seed: u64, worker: u8) -> Outcome {
     let mut rng = Rng(seed);
-    let mut rig = Rig::up(layout_of(seed)).await;
-    let mut out = Outcome { faults: Vec::new(), acked: 0, answered: 0, recover_ms: 0, violations: Vec::new() };
+    let layout = layout_of(seed);
+    let mut rig = Rig::up(layout, worker).await;
+    let mut out =
+        Outcome { faults: Vec::new(), acked: 0, answered: 0, recover_ms: 0, dropped: None, violations: Vec::new() };
     let n = 1 + rng.below(3);
     for _ in 0..n {
-        let fault = Fault::draw(&mut rng, &rig.c.nodes.clone());
+        let fault = Fault::draw(&mut rng, &rig.c.nodes.clone(), layout);
         let hold = Duration::from_millis(match fault {
             // Longer than dead_after (500 ms) and the guard's timeout.
             Fault::Pause(_) => 800 + rng.below(1200),
+            // From shorter than a renewal to longer than a lease.
+            Fault::WitnessHang => 500 + rng.below(3500),
             _ => 300 + rng.below(1700),
         });
         let gap = Duration::from_millis(rng.below(1000));
         out.faults.push(format!("{fault} {} ms", hold.as_millis()));
         rig.apply(&fault);
         tokio::time::sleep(hold).await;
-        rig.undo(&fault);
+        if let Some(v) = rig.undo(&fault, &mut out).await {
+            out.violations.push(v);
+        }
         tokio::time::sleep(gap).await;
     }
     // Heal everything and wait until every group serves again.
@@ -216,6 +319,7 @@ async fn run_schedule(seed: u64) -> Outcome {
     for node in rig.c.nodes.clone() {
         rig.c.pause(&node, false);
     }
+    rig.heal_devices();
     match rig.recover().await {
         Ok(()) => out.recover_ms = healed.elapsed().as_millis(),
         Err(e) => out.violations.push(format!("the cluster did not serve again within {RECOVER:?}: {e}")),
@@ -231,31 +335,110 @@ async fn run_schedule(seed: u64) -> Outcome {
     out
 }
 
+impl WitnessRig {
+    fn start(&mut self, bed: &takeover_agent::netbed::Netbed) {
+        let child = bed.spawn_client(&self.argv, &[], &self.log).expect("the witness starts");
+        self.child = Some(child);
+        self.paused = false;
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for WitnessRig {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+        self.kill();
+    }
+}
+
 impl Rig {
-    async fn up(layout: Layout) -> Rig {
+    async fn up(layout: Layout, worker: u8) -> Rig {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
+        let (prefix, slot) = layout.bed(worker);
         let mut rig = match layout {
-            Layout::Two => {
-                let (prefix, slot) = TWO;
+            Layout::Two | Layout::Witnessed | Layout::Storage => {
                 let nodes = ["alpha", "beta"];
                 let disk = SharedDisk::create(&dir, &nodes);
                 let mounts: BTreeMap<String, Vec<PathBuf>> =
                     nodes.iter().map(|n| (n.to_string(), vec![dir.join(n).join("mnt")])).collect();
-                let groups = web_group("web", nodes, &disk, &dir, slot, "", "")
+                let mut groups = web_group("web", nodes, &disk, &dir, slot, "", "")
                     + "\n[[group]]\nname = \"jrnl\"\nnodes = [\"alpha\", \"beta\"]\n";
-                let c = NetCluster::create_with(prefix, slot, Fencing::PowerOff, tmp, &nodes, "jrnl", &groups, &mounts);
+                let (mut sbd, mut sbd_links, mut witness) = (None, BTreeMap::new(), None);
+                let fencing = match layout {
+                    Layout::Witnessed => {
+                        // The witness listens on the client's address (link 0).
+                        // The bed's rule: the client is 10.200.{2 × slot}.9 on link 0 (checked below).
+                        let client = std::net::Ipv4Addr::new(10, 200, 2 * slot, 9);
+                        let address = format!("{client}:7400");
+                        groups += &format!(
+                            "\n[witness]\naddress = {address:?}\nlease = {:?}\nmargin = {:?}\n",
+                            format_duration(LEASE),
+                            format_duration(MARGIN)
+                        );
+                        witness = Some(WitnessRig {
+                            child: None,
+                            argv: vec![
+                                env!("CARGO_BIN_EXE_takeover").to_string(),
+                                "witness".into(),
+                                "--listen".into(),
+                                address,
+                                "--state-dir".into(),
+                                dir.join("witness").display().to_string(),
+                                "--lease".into(),
+                                format_duration(LEASE),
+                                "--margin".into(),
+                                format_duration(MARGIN),
+                                "--cluster".into(),
+                                prefix.clone(),
+                                "--key-file".into(),
+                                dir.join("cluster.key").display().to_string(),
+                            ],
+                            log: dir.join("witness.log"),
+                            paused: false,
+                        });
+                        Fencing::PowerOff
+                    }
+                    Layout::Storage => {
+                        let device = SharedDisk::create_raw(&dir, "sbd.img", 1, &nodes);
+                        for node in nodes {
+                            let link = dir.join(format!("{node}-sbd"));
+                            std::os::unix::fs::symlink(&device.paths[node], &link).unwrap();
+                            sbd_links.insert(node.to_string(), (link, device.paths[node].clone()));
+                        }
+                        groups += &format!(
+                            "\n[storage_fence]\ndevice = {{ alpha = {:?}, beta = {:?} }}\ntimeout = \"400ms\"\nmsgwait = \"800ms\"\n",
+                            sbd_links["alpha"].0.display().to_string(),
+                            sbd_links["beta"].0.display().to_string()
+                        );
+                        sbd = Some(device);
+                        Fencing::Storage
+                    }
+                    _ => Fencing::PowerOff,
+                };
+                let c = NetCluster::create_with(&prefix, slot, fencing, tmp, &nodes, "jrnl", &groups, &mounts);
                 let probe = Probe::start(&c.bed, SocketAddrV4::new(vip(slot, 0), PORT), Duration::from_millis(5));
                 let served = vec![Served { name: "web".into(), probe, records: dir.join("app-records.log") }];
-                Rig { served, client: None, c, disk: Some(disk), layout }
+                Rig { served, client: None, forger: None, witness, sbd_links, c, disk: Some(disk), _sbd: sbd, layout }
             }
             Layout::NPlusOne => {
-                let (prefix, slot) = N1;
                 let nodes = ["alpha", "beta", "gamma"];
                 let groups = light_group("a", &["alpha", "gamma"], &dir, slot, 0, PORT, "")
                     + &light_group("b", &["beta", "gamma"], &dir, slot, 1, PORT + 1, "");
                 let c = NetCluster::create_with(
-                    prefix,
+                    &prefix,
                     slot,
                     Fencing::PowerOff,
                     tmp,
@@ -277,13 +460,35 @@ impl Rig {
                         records: dir.join(format!("{name}-records.log")),
                     })
                     .collect();
-                Rig { served, client: None, c, disk: None, layout }
+                Rig {
+                    served,
+                    client: None,
+                    forger: None,
+                    witness: None,
+                    sbd_links: BTreeMap::new(),
+                    c,
+                    disk: None,
+                    _sbd: None,
+                    layout,
+                }
             }
         };
+        if let Some(w) = rig.witness.as_mut() {
+            assert!(w.argv.contains(&format!("{}:7400", rig.c.bed.client_addr())), "the client's address moved");
+            w.start(&rig.c.bed);
+        }
+        if layout == Layout::Storage {
+            let out = std::process::Command::new(&rig.c.binary)
+                .args(["storage-fence", "init", "--node", "alpha", "--config"])
+                .arg(&rig.c.config)
+                .output()
+                .expect("takeover storage-fence init");
+            assert!(out.status.success(), "storage-fence init: {}", String::from_utf8_lossy(&out.stderr));
+        }
         for node in rig.c.nodes.clone() {
             rig.c.start(&node);
         }
-        if layout == Layout::Two {
+        if layout != Layout::NPlusOne {
             rig.client = Some(rig.c.client("cp"));
         }
         if let Err(e) = rig.recover().await {
@@ -309,10 +514,38 @@ impl Rig {
                     self.c.power_off(&node);
                 }
             }
+            Fault::Forge(n) => {
+                let nodes: Vec<(NodeId, std::net::Ipv4Addr)> = self
+                    .c
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, node)| (NodeId(i as u16), bed.node_addr(node, 0)))
+                    .collect();
+                let cluster = bed.prefix().to_string();
+                self.forger = Some(Forger::start(bed, n, &cluster, nodes));
+            }
+            Fault::WitnessHang => {
+                let w = self.witness.as_mut().expect("layout 2 has a witness");
+                w.signal(nix::sys::signal::Signal::SIGSTOP);
+                w.paused = true;
+            }
+            Fault::WitnessRestart => {
+                let w = self.witness.as_mut().expect("layout 2 has a witness");
+                w.signal(nix::sys::signal::Signal::SIGCONT);
+                w.kill();
+                w.start(&self.c.bed);
+            }
+            Fault::StorageLoss(n) => {
+                let (link, _) = &self.sbd_links[n];
+                std::fs::remove_file(link).expect("remove the node's path to the storage device");
+            }
         }
     }
 
-    fn undo(&mut self, fault: &Fault) {
+    /// Undoes `fault`; a violation if the forged traffic never reached an agent.
+    async fn undo(&mut self, fault: &Fault, out: &mut Outcome) -> Option<String> {
+        let mut violation = None;
         match fault {
             Fault::Pause(n) => {
                 self.c.pause(n, false);
@@ -320,9 +553,53 @@ impl Rig {
             Fault::Full(..) | Fault::OneWay(..) | Fault::CutLink(..) | Fault::Flap(..) => {
                 self.c.bed.heal().expect("heal");
             }
-            Fault::Kill(_) | Fault::PowerOff(_) | Fault::RestartAll => {}
+            Fault::Forge(_) => {
+                let sent = self.forger.take().map(Forger::stop).unwrap_or_default();
+                let mut dropped = (0, 0, 0);
+                for node in &self.c.nodes {
+                    if let Some(status) = self.c.status(node).await {
+                        dropped.0 += status.dropped.bad_tag;
+                        dropped.1 += status.dropped.replay;
+                        dropped.2 += status.dropped.malformed;
+                    }
+                }
+                out.dropped = Some(format!(
+                    "forged: sent {} replayed, {} wrong-key, {} garbage, {} connections; the agents dropped {} bad tag, {} replay, {} malformed",
+                    sent.replayed, sent.forged, sent.garbage, sent.connections, dropped.0, dropped.1, dropped.2
+                ));
+                if sent.forged > 0
+                    && dropped.0 == 0
+                    && self.c.nodes.iter().any(|n| self.c.bed.is_powered_on(n).unwrap_or(false))
+                {
+                    violation =
+                        Some(format!("forged traffic reached no agent: {}", out.dropped.as_deref().unwrap_or("")));
+                }
+            }
+            Fault::WitnessHang => self.heal_devices(),
+            Fault::StorageLoss(_) => self.heal_devices(),
+            Fault::Kill(_) | Fault::PowerOff(_) | Fault::RestartAll | Fault::WitnessRestart => {}
         }
         self.restart_stopped();
+        violation
+    }
+
+    /// The witness running and continued, every path to the storage device back.
+    fn heal_devices(&mut self) {
+        if let Some(w) = self.witness.as_mut() {
+            if w.paused {
+                w.signal(nix::sys::signal::Signal::SIGCONT);
+                w.paused = false;
+            }
+            if w.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None))) {
+                w.kill();
+                w.start(&self.c.bed);
+            }
+        }
+        for (link, target) in self.sbd_links.values() {
+            if std::fs::symlink_metadata(link).is_err() {
+                std::os::unix::fs::symlink(target, link).expect("restore the path to the storage device");
+            }
+        }
     }
 
     /// Every node that is off is powered on, and every agent that is not running started.
@@ -339,7 +616,9 @@ impl Rig {
     /// Every group and its nodes.
     fn groups(&self) -> Vec<(&'static str, &'static [&'static str])> {
         match self.layout {
-            Layout::Two => vec![("web", &["alpha", "beta"]), ("jrnl", &["alpha", "beta"])],
+            Layout::Two | Layout::Witnessed | Layout::Storage => {
+                vec![("web", &["alpha", "beta"]), ("jrnl", &["alpha", "beta"])]
+            }
             Layout::NPlusOne => vec![("a", &["alpha", "gamma"]), ("b", &["beta", "gamma"])],
         }
     }
@@ -421,7 +700,7 @@ impl Rig {
             }
             out.answered += s.probe.answered().len();
         }
-        if self.layout != Layout::Two {
+        if self.layout == Layout::NPlusOne {
             return violations;
         }
         // The journal: every acknowledged record is in the active node's journal.

@@ -3,27 +3,32 @@
 //! The rules (see ARCHITECTURE.md, "Witness leases"):
 //! - a group's resources start only while this node holds the group's lease: the agent
 //!   defers a start the core commands until the lease is granted;
-//! - a lease is wanted while the group has anything up or starting here, and while the
-//!   node that shares the group is being fenced through a `{ witness = true }` device;
+//! - a lease is wanted while the group is active here (M or SM) or has anything up or
+//!   starting;
 //!   wanted leases are renewed every `lease / 3` (retried sooner while not held), others
 //!   are released;
 //! - the guard is renewed only while every lease of a group with anything up here covers
 //!   the guard's timeout ([`HeldLease::covers`]), so a node that cannot renew — or whose
 //!   agent is paused — is stopped by its guard before its lease ends;
-//! - a `{ witness = true }` fence of a node confirms once this node holds the leases of
-//!   every group it shares with that node.
+//! - while this node processes a group alone (SM: it fenced its peer), its requests name
+//!   the peer, and the witness refuses the group to that node until it has rejoined (its
+//!   journal is behind), even after this node's lease ended; an operator's force start
+//!   overrides that. The seed's durable priorities already keep a restarted peer
+//!   waiting; the witness keeps that rule on a third machine.
+//!
+//! The witness is not a fence: it cannot stop a node (see `config`).
 //!
 //! The bookkeeping of one lease is [`HeldLease`] in the core (pure, on this node's clock);
 //! this module sends the datagrams and reads the answers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use takeover_core::node::GroupIndex;
 use takeover_core::witness::HeldLease;
-use takeover_core::{Instant, NodeId};
+use takeover_core::{Instant, Role};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -38,11 +43,27 @@ use crate::witness::{Reply, Request};
 /// The longest wait between two requests for a lease that is not held.
 const RETRY_MAX: Duration = Duration::from_millis(200);
 
+/// What a wanted lease's requests claim.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Want {
+    /// The peer this node fenced (or is fencing) and processes without.
+    pub exclude: Option<String>,
+    /// An operator's force start of the group on this node.
+    pub force: bool,
+}
+
 /// One group's lease.
 struct GroupLease {
     index: GroupIndex,
     name: String,
-    peer: NodeId,
+    /// What the requests claim now.
+    want: Want,
+    /// What each remembered request claimed (bounded like the core's outstanding list).
+    claims: Vec<(u64, Option<String>)>,
+    /// The exclusion the witness granted last.
+    granted_exclude: Option<String>,
+    /// The witness refuses this node the group: its peer processed without it.
+    excluded_by: Option<Option<String>>,
     held: HeldLease,
     /// When the last request went out.
     last_attempt: Option<Instant>,
@@ -72,7 +93,7 @@ impl Leases {
         cfg: &WitnessConfig,
         node: &str,
         incarnation: u64,
-        groups: &[(GroupIndex, String, NodeId)],
+        groups: &[(GroupIndex, String)],
         answers: mpsc::UnboundedSender<Reply>,
         auth: Arc<crate::auth::Auth>,
     ) -> std::io::Result<Leases> {
@@ -107,10 +128,13 @@ impl Leases {
         });
         let groups = groups
             .iter()
-            .map(|(index, name, peer)| GroupLease {
+            .map(|(index, name)| GroupLease {
                 index: *index,
                 name: name.clone(),
-                peer: *peer,
+                want: Want::default(),
+                claims: Vec::new(),
+                granted_exclude: None,
+                excluded_by: None,
                 held: HeldLease::new(cfg.lease, cfg.margin),
                 last_attempt: None,
                 retry_at: None,
@@ -140,18 +164,32 @@ impl Leases {
 
     /// Sends the requests and releases due at `now`, given the groups whose lease is
     /// wanted. Returns what to record.
-    pub fn tick(&mut self, now: Instant, wanted: &HashSet<GroupIndex>) -> Vec<String> {
+    pub fn tick(&mut self, now: Instant, wanted: &HashMap<GroupIndex, Want>) -> Vec<String> {
         let mut events = Vec::new();
         let mut out = Vec::new();
         for g in &mut self.groups {
-            if wanted.contains(&g.index) {
+            if let Some(want) = wanted.get(&g.index) {
+                // A new claim goes out at once (a fence waits for it).
+                let changed = *want != g.want;
+                if changed {
+                    g.want = want.clone();
+                    g.retry_at = None;
+                    if want.force {
+                        g.excluded_by = None;
+                    }
+                }
                 let due = if g.held.valid(now) {
-                    g.held.renew_due(now)
+                    changed || g.held.renew_due(now)
                 } else {
-                    g.last_attempt.is_none_or(|t| now.since(t) >= self.retry) && g.retry_at.is_none_or(|t| now >= t)
+                    (changed || g.last_attempt.is_none_or(|t| now.since(t) >= self.retry))
+                        && g.retry_at.is_none_or(|t| now >= t)
                 };
                 if due {
                     let seq = g.held.sending(now);
+                    g.claims.push((seq, g.want.exclude.clone()));
+                    if g.claims.len() > 16 {
+                        g.claims.remove(0);
+                    }
                     g.last_attempt = Some(now);
                     g.outstanding = true;
                     out.push(Request::Acquire {
@@ -159,12 +197,17 @@ impl Leases {
                         group: g.name.clone(),
                         node: self.node.clone(),
                         incarnation: self.incarnation,
+                        exclude: g.want.exclude.clone(),
+                        force: g.want.force,
                     });
                 }
             } else if g.outstanding {
                 let was_held = g.held.valid(now);
                 let seq = g.held.release();
                 g.outstanding = false;
+                g.want = Want::default();
+                g.claims.clear();
+                g.granted_exclude = None;
                 g.last_attempt = None;
                 g.retry_at = None;
                 out.push(Request::Release {
@@ -186,7 +229,7 @@ impl Leases {
 
     /// Releases every lease (the agent stops; its services are down).
     pub fn release_all(&mut self, now: Instant) -> Vec<String> {
-        self.tick(now, &HashSet::new())
+        self.tick(now, &HashMap::new())
     }
 
     /// An answer from the witness. Returns what to record.
@@ -201,7 +244,14 @@ impl Leases {
                     return None;
                 }
                 let was_held = g.held.valid(now);
-                if !g.held.granted(seq, lease) || was_held || !g.held.valid(now) {
+                if !g.held.granted(seq, lease) {
+                    return None;
+                }
+                if let Some((_, exclude)) = g.claims.iter().find(|(s, _)| *s == seq) {
+                    g.granted_exclude = exclude.clone();
+                }
+                g.excluded_by = None;
+                if was_held || !g.held.valid(now) {
                     return None;
                 }
                 g.refused = None;
@@ -242,6 +292,23 @@ impl Leases {
                     (false, false) => None,
                 }
             }
+            Reply::Excluded { group, by, .. } => {
+                let lease = self.cfg.lease;
+                let g = self.groups.iter_mut().find(|it| it.name == group)?;
+                if !g.outstanding {
+                    return None;
+                }
+                // Ask again only now and then: this changes when the peer comes back.
+                g.retry_at = Some(now.after(lease / 3));
+                let first = g.excluded_by.is_none();
+                g.excluded_by = Some(by.clone());
+                first.then(|| {
+                    format!(
+                        "ALARM: witness: group {group}: this node is excluded: {} processed the group without it after fencing it, so this node's copy is behind; it starts the group only after rejoining its peer (or `takeover force-start {group}`, which loses what the peer acknowledged alone)",
+                        by.as_deref().unwrap_or("its peer")
+                    )
+                })
+            }
             Reply::Released { .. } => None,
         }
     }
@@ -257,22 +324,18 @@ impl Leases {
     }
 
     /// Whether this node holds the lease of every group it shares with `peer`.
-    pub fn holds_all_shared_with(&self, peer: NodeId, now: Instant) -> bool {
-        self.groups.iter().filter(|g| g.peer == peer).all(|g| g.held.valid(now))
-    }
-
-    /// The groups shared with `peer`.
-    pub fn shared_with(&self, peer: NodeId) -> impl Iterator<Item = GroupIndex> + '_ {
-        self.groups.iter().filter(move |g| g.peer == peer).map(|g| g.index)
-    }
-
     /// For `status`: the lease of `index` in words.
     pub fn describe(&self, index: GroupIndex, now: Instant) -> Option<String> {
         let g = self.find(index)?;
+        let excluding = g.granted_exclude.as_ref().map_or(String::new(), |p| format!(", excluding {p}"));
         Some(match (g.held.valid_until(), &g.refused) {
             (Some(until), _) if now < until => {
-                format!("held for {}", format_duration(until.since(now)))
+                format!("held for {}{excluding}", format_duration(until.since(now)))
             }
+            _ if g.outstanding && g.excluded_by.is_some() => format!(
+                "not held: EXCLUDED by {} (this node's copy is behind; it rejoins first)",
+                g.excluded_by.clone().flatten().unwrap_or_else(|| "its peer".into())
+            ),
             (_, Some((holder, ends))) if g.outstanding => format!(
                 "not held: the witness refused it (holder {}, for {} more)",
                 holder.as_deref().unwrap_or("none, the witness restarted"),
@@ -285,7 +348,7 @@ impl Leases {
 }
 
 /// The agent's witness state: the leases, the answers' channel, the resource starts
-/// waiting for a lease, and the gates of `{ witness = true }` fences under way.
+/// waiting for a lease.
 pub(super) struct Witnessing {
     leases: Option<Leases>,
     answers_tx: mpsc::UnboundedSender<Reply>,
@@ -293,10 +356,10 @@ pub(super) struct Witnessing {
     /// Starts the core commanded that wait for their group's lease (one per group: a
     /// runner runs one operation at a time).
     deferred: Vec<(GroupIndex, usize)>,
-    /// Fences of peers through a witness device: the gate each waits on.
-    fences: std::collections::HashMap<NodeId, tokio::sync::watch::Sender<bool>>,
     /// The guard is not being renewed because a lease does not cover it (recorded once).
     guard_held_back: bool,
+    /// Groups an operator force-starts here, until their lease is granted.
+    forcing: HashSet<GroupIndex>,
 }
 
 impl Witnessing {
@@ -307,8 +370,8 @@ impl Witnessing {
             answers_tx,
             answers,
             deferred: Vec::new(),
-            fences: Default::default(),
             guard_held_back: false,
+            forcing: HashSet::new(),
         }
     }
 
@@ -330,8 +393,7 @@ impl super::Agent {
     /// Opens the witness socket when `[witness]` is configured.
     pub(super) fn start_witness(&mut self) -> anyhow::Result<()> {
         let Some(cfg) = self.cfg.witness.clone() else { return Ok(()) };
-        let groups: Vec<(GroupIndex, String, NodeId)> =
-            self.groups.iter().map(|g| (g.index, g.name.clone(), g.peer)).collect();
+        let groups: Vec<(GroupIndex, String)> = self.groups.iter().map(|g| (g.index, g.name.clone())).collect();
         let leases = Leases::start(
             &cfg,
             &self.me.name,
@@ -364,20 +426,40 @@ impl super::Agent {
             .collect()
     }
 
-    /// Sends what is due to the witness, opens the gates of witness fences, and runs
-    /// the starts whose lease came.
+    /// The leases this node wants now, and what their requests claim: a group active
+    /// here (M or SM), or with anything up or starting; the peer is excluded while this
+    /// node processes without it (SM).
+    fn wanted_leases(&self, now: Instant) -> HashMap<GroupIndex, Want> {
+        let running = self.groups_running(now);
+        let mut wanted = HashMap::new();
+        for (index, peer, gs, _) in &self.node.status(now).groups {
+            let active = matches!(gs.role, Role::M | Role::Sm);
+            let deferred = self.witness.deferred.iter().any(|(g, _)| g == index);
+            if active || deferred || running.contains(index) {
+                let exclude = (gs.role == Role::Sm).then(|| self.peer_name(*peer));
+                wanted.insert(*index, Want { exclude, force: self.witness.forcing.contains(index) });
+            }
+        }
+        wanted
+    }
+
+    /// An operator forces `index` to start here: its requests override an exclusion.
+    pub(super) fn note_force_start(&mut self, index: GroupIndex) {
+        if self.witness.on() {
+            self.witness.forcing.insert(index);
+        }
+    }
+
+    /// Sends what is due to the witness and runs the starts whose lease came.
     pub(super) fn lease_tick(&mut self) {
         let now = self.now();
-        let mut wanted = self.groups_running(now);
-        wanted.extend(self.witness.deferred.iter().map(|(g, _)| *g));
+        if !self.witness.on() {
+            return;
+        }
+        let wanted = self.wanted_leases(now);
         let Some(leases) = self.witness.leases.as_mut() else { return };
-        for peer in self.witness.fences.keys() {
-            wanted.extend(leases.shared_with(*peer));
-        }
         let events = leases.tick(now, &wanted);
-        for (peer, gate) in &self.witness.fences {
-            gate.send_replace(leases.holds_all_shared_with(*peer, now));
-        }
+        self.witness.forcing.retain(|g| !leases.valid(*g, now));
         let (ready, waiting): (Vec<_>, Vec<_>) =
             self.witness.deferred.drain(..).partition(|(g, _)| leases.valid(*g, now));
         self.witness.deferred = waiting;
@@ -461,36 +543,10 @@ impl super::Agent {
         self.watchdog.renew()
     }
 
-    /// A fence of `peer` begins: its witness devices wait on a gate that opens once
-    /// this node holds the leases of the groups shared with `peer`.
-    pub(super) fn gate_witness_devices(&mut self, peer: NodeId, plan: &mut crate::fence::FencePlan) {
-        let mut uses = false;
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        for level in &mut plan.levels {
-            for device in &mut level.devices {
-                if let crate::fence::FenceDeviceKind::Witness { gate } = &mut device.kind {
-                    *gate = crate::fence::WitnessGate(Some(rx.clone()));
-                    uses = true;
-                }
-            }
-        }
-        if uses {
-            self.witness.fences.insert(peer, tx);
-            self.lease_tick();
-        }
-    }
-
-    /// The fence of `peer` ended. Its leases stay wanted until the next look: the core
-    /// starts the groups it takes over (and so wants them) before that.
-    pub(super) fn witness_fence_done(&mut self, peer: NodeId) {
-        self.witness.fences.remove(&peer);
-    }
-
     /// The agent stops (its services are down): gives every lease back.
     pub(super) fn release_leases(&mut self) {
         let now = self.now();
         self.witness.deferred.clear();
-        self.witness.fences.clear();
         let events = self.witness.leases.as_mut().map(|l| l.release_all(now)).unwrap_or_default();
         for text in events {
             self.record(text);

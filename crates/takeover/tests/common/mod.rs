@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod forge;
 pub mod groups;
 pub mod netcluster;
 pub mod shared;
