@@ -41,7 +41,8 @@
 //! layout 3 adds a node losing its path to the storage-fence device.
 //!
 //! `TAKEOVER_CAMPAIGN_WORKERS` (default 1) runs that many schedules at once, each on its
-//! own beds (slots 40 + 4 × worker + layout), for the long run.
+//! own beds (slots 40 + 4 × worker + layout, or from `TAKEOVER_CAMPAIGN_FIRST_SLOT`), for
+//! the long run.
 
 mod common;
 
@@ -63,7 +64,8 @@ use takeover_agent::localnet::{AppClient, serving_overlaps};
 use takeover_core::NodeId;
 use tokio::time::Instant;
 
-/// Beds in slots 40 + 4 × worker + layout, namespaces `cp{layout letter}{worker}-*`.
+/// Beds in slots FIRST + 4 × worker + layout, namespaces `cp{slot}-*`; FIRST is 40, or
+/// `TAKEOVER_CAMPAIGN_FIRST_SLOT` (a long run beside the CI-sized one: e.g. 60).
 const FIRST_SLOT: u8 = 40;
 /// The witness's lease in layout 2: guard.timeout (500 ms) + margin < 2 × lease / 3.
 const LEASE: Duration = Duration::from_secs(2);
@@ -171,8 +173,9 @@ impl Layout {
 
     /// Namespace prefix and slot of this layout's bed for `worker`.
     fn bed(self, worker: u8) -> (String, u8) {
-        let letter = ['w', 'n', 'x', 's'][self.index() as usize];
-        (format!("cp{letter}{worker}"), FIRST_SLOT + 4 * worker + self.index())
+        let first = env_u64("TAKEOVER_CAMPAIGN_FIRST_SLOT", u64::from(FIRST_SLOT)).min(96) as u8;
+        let slot = first + 4 * worker + self.index();
+        (format!("cp{slot}"), slot)
     }
 }
 
@@ -226,6 +229,10 @@ async fn fault_campaign_never_overlaps_loses_nothing_and_serves_again() {
     let schedules = env_u64("TAKEOVER_CAMPAIGN_SCHEDULES", 40);
     let budget = Duration::from_secs(env_u64("TAKEOVER_CAMPAIGN_BUDGET_S", 200));
     let workers = env_u64("TAKEOVER_CAMPAIGN_WORKERS", 1).clamp(1, 8) as u8;
+    assert!(
+        env_u64("TAKEOVER_CAMPAIGN_FIRST_SLOT", u64::from(FIRST_SLOT)) + 4 * u64::from(workers) <= 100,
+        "slots above 99 do not exist (10.200.{{2 × slot + link}}.0/24)"
+    );
     let clock_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let first_seed = env_u64("TAKEOVER_CAMPAIGN_SEED", clock_seed);
     println!(
