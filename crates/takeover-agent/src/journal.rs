@@ -188,6 +188,15 @@ impl Journal {
         &self.path
     }
 
+    /// The bytes the frames of the records after `index` take in the file (the journal
+    /// lag in bytes behind a standby durable up to `index`).
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        match usize::try_from(index).ok().and_then(|i| self.offsets.get(i)) {
+            Some(&start) => self.end.saturating_sub(start),
+            None => 0,
+        }
+    }
+
     /// The journal's file name without extension, which names its quarantine files.
     pub fn stem(&self) -> &str {
         &self.stem

@@ -120,6 +120,8 @@ pub struct LocalCluster {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub nodes: Vec<LocalNode>,
+    /// Extra environment of the agents started from now on (e.g. TAKEOVER_EVENT_HISTORY).
+    pub agent_env: Vec<(String, String)>,
     agents: std::sync::Mutex<HashMap<String, Child>>,
     relay_cut: Arc<AtomicBool>,
     relay_stop: watch::Sender<bool>,
@@ -186,6 +188,7 @@ impl LocalCluster {
             binary: binary.to_path_buf(),
             config,
             nodes,
+            agent_env: Vec::new(),
             agents: std::sync::Mutex::new(HashMap::new()),
             relay_cut,
             relay_stop,
@@ -222,6 +225,7 @@ impl LocalCluster {
             .arg(&self.config)
             .args(["--node", name])
             .env("TAKEOVER_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
