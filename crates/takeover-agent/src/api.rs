@@ -500,7 +500,7 @@ async fn ask<T>(
 /// The node, its peers and links, and every group: role, priority, epoch, journal,
 /// resources, failures, the plan check and the last move.
 #[utoipa::path(get, path = "/v1/status", tag = "status",
-    responses((status = 200, body = StatusDoc), (status = 503, body = ErrorDoc, description = "the agent is stopping")))]
+    responses((status = 200, description = "the status document", body = StatusDoc), (status = 503, body = ErrorDoc, description = "the agent is stopping")))]
 async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusDoc>, ApiError> {
     Ok(axum::Json(ask(&state.calls, |reply| ApiCall::Status { reply }).await?))
 }
@@ -508,7 +508,7 @@ async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusDoc>, 
 /// The node's event history (bounded, kept across restarts), oldest first. With
 /// `wait_ms`, waits for an event newer than `after` (long poll: `takeover events --follow`).
 #[utoipa::path(get, path = "/v1/events", tag = "status", params(EventsQuery),
-    responses((status = 200, body = EventsDoc), (status = 400, body = ErrorDoc)))]
+    responses((status = 200, description = "the events after `after`", body = EventsDoc), (status = 400, description = "a malformed query", body = ErrorDoc)))]
 async fn events(
     State(state): State<ApiState>,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -526,7 +526,7 @@ async fn events(
 /// fenced first. Read the warning.
 #[utoipa::path(post, path = "/v1/groups/{group}/force-start", tag = "operator",
     params(("group" = String, Path, description = "the group's name")),
-    responses((status = 200, body = ForceStartDoc), (status = 404, body = ErrorDoc, description = "no such group on this node")))]
+    responses((status = 200, description = "the force start's outcome (`refused` is an answer, not an error)", body = ForceStartDoc), (status = 404, body = ErrorDoc, description = "no such group on this node")))]
 async fn force_start(
     State(state): State<ApiState>,
     UrlPath(group): UrlPath<String>,
@@ -537,7 +537,7 @@ async fn force_start(
 /// Move a group from this (active) node to its peer (F1.10).
 #[utoipa::path(post, path = "/v1/groups/{group}/switchover", tag = "operator",
     params(("group" = String, Path, description = "the group's name"), SwitchoverQuery),
-    responses((status = 200, body = SwitchoverDoc), (status = 404, body = ErrorDoc), (status = 409, body = ErrorDoc, description = "`to` is not the group's peer")))]
+    responses((status = 200, description = "the outcome (`refused` is an answer, not an error)", body = SwitchoverDoc), (status = 404, description = "no such group on this node", body = ErrorDoc), (status = 409, body = ErrorDoc, description = "`to` is not the group's peer")))]
 async fn switchover(
     State(state): State<ApiState>,
     UrlPath(group): UrlPath<String>,
@@ -551,7 +551,7 @@ async fn switchover(
 /// again if this node is active.
 #[utoipa::path(post, path = "/v1/groups/{group}/cleanup", tag = "operator",
     params(("group" = String, Path, description = "the group's name")),
-    responses((status = 200, body = SwitchoverDoc), (status = 404, body = ErrorDoc)))]
+    responses((status = 200, description = "the outcome (`refused` is an answer, not an error)", body = SwitchoverDoc), (status = 404, description = "no such group on this node", body = ErrorDoc)))]
 async fn cleanup(
     State(state): State<ApiState>,
     UrlPath(group): UrlPath<String>,
@@ -564,7 +564,7 @@ async fn cleanup(
 #[utoipa::path(post, path = "/v1/groups/{group}/journal", tag = "journal",
     params(("group" = String, Path, description = "the group's name")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the record's payload"),
-    responses((status = 200, body = AppendDoc), (status = 404, body = ErrorDoc),
+    responses((status = 200, description = "acknowledged at this index", body = AppendDoc), (status = 404, description = "no such group on this node", body = ErrorDoc),
         (status = 409, body = ErrorDoc, description = "this node is not the group's active node"),
         (status = 503, body = ErrorDoc, description = "the group is moving, or stopped being active before the acknowledgement")))]
 async fn append(
@@ -579,7 +579,7 @@ async fn append(
 /// Read records of a group's local journal.
 #[utoipa::path(get, path = "/v1/groups/{group}/journal", tag = "journal",
     params(("group" = String, Path, description = "the group's name"), ReadQuery),
-    responses((status = 200, body = RecordsDoc), (status = 400, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
+    responses((status = 200, description = "the records", body = RecordsDoc), (status = 400, description = "a malformed query", body = ErrorDoc), (status = 404, description = "no such group on this node", body = ErrorDoc)))]
 async fn read(
     State(state): State<ApiState>,
     UrlPath(group): UrlPath<String>,

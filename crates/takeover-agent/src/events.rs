@@ -274,6 +274,22 @@ impl EventLog {
     }
 }
 
+/// Reads the history a node keeps in `dir` without opening it for writing (for
+/// `takeover events` when the agent does not run): the newest `last` events.
+pub fn read_dir(dir: &Path, last: usize) -> std::io::Result<Vec<EventDoc>> {
+    let file = std::fs::File::open(dir.join(FILE_NAME))?;
+    let mut events = VecDeque::new();
+    for line in std::io::BufReader::new(file).lines() {
+        if let Ok(event) = serde_json::from_str::<EventDoc>(&line?) {
+            events.push_back(event);
+            if events.len() > last {
+                events.pop_front();
+            }
+        }
+    }
+    Ok(events.into())
+}
+
 /// Waits until the log holds an event newer than `after`, or `wait` has passed; then
 /// answers what is newer (possibly nothing).
 pub async fn wait_after(log: &SharedLog, after: u64, limit: usize, wait: Duration) -> (Vec<EventDoc>, u64) {

@@ -801,6 +801,19 @@ mod tests {
     }
 
     #[test]
+    fn bytes_after_counts_the_frames_of_the_later_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(&dir.path().join("j.journal"), dir.path()).unwrap();
+        let records: Vec<Record> = (1..=3).map(|i| Record::new(epoch(1, false), i, vec![7; 10])).collect();
+        journal.append(&records).unwrap();
+        let all = journal.bytes_after(0);
+        assert!(all > 30, "{all}");
+        assert_eq!(journal.bytes_after(3), 0);
+        assert_eq!(journal.bytes_after(99), 0);
+        assert_eq!(journal.bytes_after(1) * 3, all * 2, "frames of equal payloads are of equal size");
+    }
+
+    #[test]
     fn append_then_read_round_trips_records() {
         let f = Fixture::new();
         let (mut j, report) = f.open().unwrap();

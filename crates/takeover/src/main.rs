@@ -249,6 +249,13 @@ impl Target {
         Ok(std::env::var("TAKEOVER_API_TOKEN").ok().map(|it| it.trim().to_string()).filter(|it| !it.is_empty()))
     }
 
+    /// The node's state directory, when the configuration names the node.
+    fn state_dir(&self) -> Option<PathBuf> {
+        let cfg = config::load(&self.config).ok()?;
+        let name = self.node.as_deref()?;
+        cfg.node(name).map(|it| it.state_dir.clone())
+    }
+
     fn client(&self) -> anyhow::Result<Client> {
         if let Some(api) = &self.api {
             if let Some(addr) = api.strip_prefix("http://").or_else(|| api.strip_prefix("tcp:")) {
@@ -284,10 +291,29 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     config::parse_duration(text)
 }
 
+/// Logs go to stderr, one line per event: colours only on a terminal; no timestamp under
+/// journald (`JOURNAL_STREAM`), which stamps lines itself; `TAKEOVER_LOG_FORMAT=json`
+/// writes one JSON object per line instead. `TAKEOVER_LOG` filters (default `info`).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAKEOVER_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    let json = std::env::var("TAKEOVER_LOG_FORMAT").is_ok_and(|it| it == "json");
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (json, journald) {
+        (true, _) => builder.json().flatten_event(true).init(),
+        (false, true) => builder.without_time().init(),
+        (false, false) => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAKEOVER_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    init_logging();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -355,7 +381,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::io::stdout().flush()?;
                 Ok(())
             };
-            let first = client.events(0, last.max(1), 0).await.map_err(|e| anyhow!(e.message))?;
+            let first = match client.events(0, last.max(1), 0).await {
+                Ok(first) => first,
+                // The agent does not run: its history is on disk.
+                Err(e) if e.status == 0 && !follow => match target.state_dir() {
+                    Some(dir) => {
+                        let events = takeover_agent::events::read_dir(&dir, last.max(1)).with_context(|| {
+                            format!("{}; and cannot read the history in {}", e.message, dir.display())
+                        })?;
+                        eprintln!(
+                            "the agent does not answer ({}); its history from {}:",
+                            e.message,
+                            dir.join(takeover_agent::events::FILE_NAME).display()
+                        );
+                        print(&events)?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    None => bail!(e.message),
+                },
+                Err(e) => bail!(e.message),
+            };
             print(&first.events)?;
             let mut after = first.newest;
             if follow {

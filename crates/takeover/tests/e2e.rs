@@ -655,6 +655,26 @@ async fn events_survive_a_restart_are_bounded_and_takeover_events_prints_and_fol
         }
     }
     follow.kill().await.unwrap();
+
+    // With the agent stopped, `takeover events` reads the history from its state directory.
+    bed.cluster.power_off("alpha").await.unwrap();
+    let on_disk: Vec<takeover_agent::api::EventDoc> =
+        std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let last3 = &on_disk[on_disk.len() - 3..];
+    assert!(last3[2].seq > newest.seq, "the history on disk holds the followed events too");
+    let out = std::process::Command::new(&bed.cluster.binary)
+        .args(["events", "-n", "3", "--config"])
+        .arg(&bed.cluster.config)
+        .args(["--node", "alpha"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("events.jsonl"), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for (line, event) in text.lines().zip(last3) {
+        assert!(line.contains(&format!("#{} ", event.seq)) && line.ends_with(&event.text), "{line} / {event:?}");
+    }
     bed.cluster.shutdown().await;
 }
 
@@ -740,6 +760,26 @@ async fn the_tcp_listener_needs_its_token_and_every_error_is_json() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Groups") && text.contains("journal") && !text.contains('\x1b'), "{text}");
+    // --watch refreshes: plain text (not a terminal), one screen after another.
+    let mut watch = tokio::process::Command::new(&bed.cluster.binary)
+        .args(["status", "--watch", "100ms", "--api"])
+        .arg(&bed.cluster.node("alpha").api)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let (mut screens, mut headers) = (0, 0);
+    let deadline = Instant::now() + common::WAIT;
+    while screens < 3 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("three screens").unwrap();
+        let line = line.expect("status --watch ended");
+        headers += usize::from(line.starts_with("cluster e2e · node alpha"));
+        screens += usize::from(line == "--");
+    }
+    assert_eq!(headers, 3);
+    watch.kill().await.unwrap();
+
     let out = cli(None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"), "{}", String::from_utf8_lossy(&out.stderr));
