@@ -61,7 +61,7 @@ pub struct AgentOptions {
 }
 
 /// Events shown in `status` (the history itself is in [`crate::events`]).
-const STATUS_EVENTS: usize = 50;
+const STATUS_EVENTS: usize = 200;
 /// Appends batched into one journal write.
 const APPEND_BATCH: usize = 256;
 
@@ -623,10 +623,12 @@ impl Agent {
                 let _ = reply.send(self.metrics_text());
             }
             ApiCall::ForceStart { group, reply } => {
-                self.record_as(
-                    crate::events::kind::OPERATOR,
-                    format!("group {group}: operator: force start asked for through the API"),
-                );
+                if self.group_slot(&group).is_ok() {
+                    self.record_as(
+                        crate::events::kind::OPERATOR,
+                        format!("group {group}: operator: force start asked for through the API"),
+                    );
+                }
                 let answer = self.force_start(&group).await;
                 let _ = reply.send(answer);
             }
@@ -653,21 +655,25 @@ impl Agent {
                 let _ = reply.send(self.read(&group, from, limit));
             }
             ApiCall::Switchover { group, to, reply } => {
-                self.record_as(
-                    crate::events::kind::OPERATOR,
-                    format!(
-                        "group {group}: operator: switchover{} asked for through the API",
-                        to.as_ref().map_or(String::new(), |it| format!(" to {it}"))
-                    ),
-                );
+                if self.group_slot(&group).is_ok() {
+                    self.record_as(
+                        crate::events::kind::OPERATOR,
+                        format!(
+                            "group {group}: operator: switchover{} asked for through the API",
+                            to.as_ref().map_or(String::new(), |it| format!(" to {it}"))
+                        ),
+                    );
+                }
                 let answer = self.switchover(&group, to.as_deref()).await;
                 let _ = reply.send(answer);
             }
             ApiCall::Cleanup { group, reply } => {
-                self.record_as(
-                    crate::events::kind::OPERATOR,
-                    format!("group {group}: operator: cleanup (failure-count reset) asked for through the API"),
-                );
+                if self.group_slot(&group).is_ok() {
+                    self.record_as(
+                        crate::events::kind::OPERATOR,
+                        format!("group {group}: operator: cleanup (failure-count reset) asked for through the API"),
+                    );
+                }
                 let answer = self.cleanup(&group).await;
                 let _ = reply.send(answer);
             }

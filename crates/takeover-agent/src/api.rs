@@ -56,7 +56,7 @@ pub struct StatusDoc {
     pub auth: String,
     pub peers: Vec<PeerDoc>,
     pub groups: Vec<GroupDoc>,
-    /// The most recent events (at most 50), oldest first; `GET /v1/events` has the history.
+    /// The most recent events (at most 200), oldest first; `GET /v1/events` has the history.
     pub events: Vec<EventDoc>,
     /// Traffic dropped before it reached the core, in total and by reason.
     pub dropped: DroppedDoc,

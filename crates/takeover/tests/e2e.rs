@@ -760,6 +760,7 @@ async fn the_tcp_listener_needs_its_token_and_every_error_is_json() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Groups") && text.contains("journal") && !text.contains('\x1b'), "{text}");
+    println!("{text}");
     // --watch refreshes: plain text (not a terminal), one screen after another.
     let mut watch = tokio::process::Command::new(&bed.cluster.binary)
         .args(["status", "--watch", "100ms", "--api"])
