@@ -518,8 +518,12 @@ impl Agent {
                 lag_bytes.insert(g.name.clone(), rt.journal.bytes_after(g.journal.sl_durable.unwrap_or(0)));
             }
         }
+        let mut rtts: Vec<(String, usize, Duration)> =
+            self.conns.values().filter_map(|it| it.rtt().map(|rtt| (self.peer_name(it.peer), it.link, rtt))).collect();
+        rtts.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        rtts.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         let newest = self.events.lock().unwrap_or_else(|it| it.into_inner()).newest_seq();
-        self.metrics.render(&status, &lag_bytes, newest)
+        self.metrics.render(&status, &lag_bytes, &rtts, newest)
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 //! | `takeover_agent_info` | gauge (1) | `cluster`, `node`, `incarnation` |
 //! | `takeover_link_up` | gauge 0/1 | `peer`, `link` |
 //! | `takeover_link_last_heard_seconds` | gauge | `peer`, `link` |
+//! | `takeover_channel_rtt_seconds` | gauge: the kernel's smoothed round-trip time (TCP_INFO) of the peer channel's connection on a link | `peer`, `link` |
 //! | `takeover_heartbeat_gap_seconds` | histogram: time between two heartbeats on a link (heartbeat_interval plus delay and jitter) | `peer`, `link` |
 //! | `takeover_peer_alive` | gauge 0/1 | `peer` |
 //! | `takeover_peer_state` | gauge, 1 for the current state | `group`, `peer`, `state` (`up`, `down`, `stopped`, `unknown`) |
@@ -124,7 +125,13 @@ impl Metrics {
 
     /// The page: the counters kept here, and gauges from `status`. `lag_bytes` gives the
     /// journal lag in bytes of each group where it is known; `events` the newest event number.
-    pub fn render(&self, status: &StatusDoc, lag_bytes: &BTreeMap<String, u64>, events: u64) -> String {
+    pub fn render(
+        &self,
+        status: &StatusDoc,
+        lag_bytes: &BTreeMap<String, u64>,
+        channel_rtt: &[(String, usize, Duration)],
+        events: u64,
+    ) -> String {
         let mut out = Page::default();
         out.family("takeover_agent_info", "gauge", "The agent: cluster, node and incarnation (always 1).");
         out.sample(
@@ -154,6 +161,18 @@ impl Metrics {
                     );
                 }
             }
+        }
+        out.family(
+            "takeover_channel_rtt_seconds",
+            "gauge",
+            "The kernel's smoothed round-trip time of the peer channel's TCP connection on a link.",
+        );
+        for (peer, link, rtt) in channel_rtt {
+            out.sample(
+                "takeover_channel_rtt_seconds",
+                &[("peer", peer), ("link", &link.to_string())],
+                rtt.as_secs_f64(),
+            );
         }
         out.family(
             "takeover_heartbeat_gap_seconds",

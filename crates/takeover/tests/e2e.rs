@@ -530,6 +530,9 @@ async fn metrics_parse_and_count_a_takeover_with_its_duration() {
     assert!(alpha.contains_key(&format!("takeover_journal_lag_records{{group=\"{g}\"}}")));
     assert!(alpha.contains_key(&format!("takeover_journal_lag_bytes{{group=\"{g}\"}}")));
     assert!(alpha["takeover_heartbeat_gap_seconds_count{peer=\"beta\",link=\"0\"}"] > 0.0);
+    let channel = bed.cluster.status("alpha").await.unwrap().peers[0].channel_link.unwrap();
+    let rtt = alpha[&format!("takeover_channel_rtt_seconds{{peer=\"beta\",link=\"{channel}\"}}")];
+    assert!(rtt > 0.0 && rtt < 1.0, "loopback round trip {rtt} s");
     let beta = metrics_of(&bed, "beta").await;
     assert_eq!(beta[&format!("takeover_group_role{{group=\"{g}\",role=\"SL\"}}")], 1.0);
     assert_eq!(beta[&format!("takeover_takeovers_total{{group=\"{g}\"}}")], 0.0);
