@@ -789,3 +789,64 @@ async fn the_tcp_listener_needs_its_token_and_every_error_is_json() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"), "{}", String::from_utf8_lossy(&out.stderr));
     bed.cluster.shutdown().await;
 }
+
+/// The pid of the child of `parent` whose command line contains `word`.
+fn child_with(parent: u32, word: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        (ppid == parent && String::from_utf8_lossy(&cmdline).contains(word)).then_some(pid)
+    })
+}
+
+#[tokio::test]
+async fn a_monitor_failure_is_an_event_and_a_metric() {
+    let mut bed = Bed::new().await;
+    // The service as a process resource monitored every 200 ms (the shorthand's default
+    // monitor interval is 10 s).
+    let config = std::fs::read_to_string(&bed.cluster.config).unwrap();
+    let (head, service) = config.split_once("service = [").unwrap();
+    let (argv, _) = service.split_once("]\n").unwrap();
+    let config = format!(
+        "{head}\n[[group.resource]]\nname = \"service\"\ntype = \"process\"\ncommand = [{argv}]\nmonitor_interval = \"200ms\"\nstop_timeout = \"2s\"\n"
+    );
+    std::fs::write(&bed.cluster.config, config).unwrap();
+    bed.cluster.start("alpha", false).unwrap();
+    bed.cluster.start("beta", false).unwrap();
+    bed.wait_pair("alpha", "beta").await;
+    let g = common::GROUP;
+    let failures = format!("takeover_monitor_failures_total{{group=\"{g}\",resource=\"service\"}}");
+    assert!(!metrics_of(&bed, "alpha").await.contains_key(&failures), "no failure yet");
+    let agent: u32 = std::fs::read_to_string(bed.dir.join("alpha/agent.pid"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let service = child_with(agent, "demo-app").expect("alpha's service, a child of its agent");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(service as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let metrics = metrics_of(&bed, "alpha").await;
+        if metrics.get(&failures) == Some(&1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the monitor failure was not counted: {metrics:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = bed.cluster.client("alpha").events(0, 1000, 0).await.unwrap().events;
+    let failure = events.iter().find(|e| e.kind == "monitor-failure").expect("a monitor-failure event");
+    assert_eq!((failure.level.as_str(), failure.group.as_deref()), ("alarm", Some(g)), "{failure:?}");
+    // Restarted in place: the group stays on alpha.
+    bed.cluster
+        .wait_for("alpha", common::WAIT, "the service up again", |s| {
+            group(s).is_some_and(|g| g.role == "M" && g.resources.iter().all(|r| r.state == "up"))
+        })
+        .await
+        .unwrap();
+    bed.cluster.shutdown().await;
+}
