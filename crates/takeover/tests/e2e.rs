@@ -731,6 +731,19 @@ async fn the_tcp_listener_needs_its_token_and_every_error_is_json() {
     let read = tcp.read(common::GROUP, answer.index, 1).await.unwrap();
     assert_eq!(read.records[0].payload_bytes().unwrap(), b"over tcp");
     assert!(tcp.metrics().await.unwrap().contains("takeover_group_role"));
+    // Once the SL holds every record, the lag is nothing, in records and in bytes.
+    let lag = |name: &str| format!("takeover_journal_lag_{name}{{group=\"{}\"}}", common::GROUP);
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let metrics = parse_metrics(&tcp.metrics().await.unwrap());
+        if metrics[&lag("records")] == 0.0 {
+            assert_eq!(metrics[&lag("bytes")], 0.0, "{metrics:?}");
+            break;
+        }
+        assert!(metrics[&lag("bytes")] > 0.0, "records behind take bytes: {metrics:?}");
+        assert!(Instant::now() < deadline, "the SL never caught up: {metrics:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Errors on the socket are JSON too: unknown route, wrong method, bad query, unknown group.
     let unix = bed.cluster.client("alpha");
