@@ -12,7 +12,7 @@
 //! next command runs. If a write fails, the agent exits: no action may run without the
 //! durable state it depends on (the service dies with the agent).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,8 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::api::{
-    self, ApiCall, ApiError, AppendDoc, EventDoc, ForceStartDoc, MoveDoc, RecordDoc, RecordsDoc, StatusDoc,
-    SwitchoverDoc,
+    self, ApiCall, ApiError, AppendDoc, ForceStartDoc, MoveDoc, RecordDoc, RecordsDoc, StatusDoc, SwitchoverDoc,
 };
 use crate::auth::{self, Auth, DropReason, HeartbeatOpener, HeartbeatSealer};
 use crate::config::{self, ApiAddr, ClusterConfig, NodeConfig};
@@ -62,8 +61,8 @@ pub struct AgentOptions {
     pub join_only: bool,
 }
 
-/// Events kept for `status`.
-const EVENT_HISTORY: usize = 200;
+/// Events shown in `status` (the history itself is in [`crate::events`]).
+const STATUS_EVENTS: usize = 200;
 /// Appends batched into one journal write.
 const APPEND_BATCH: usize = 256;
 
@@ -94,7 +93,12 @@ struct Agent {
     fence_rx: mpsc::UnboundedReceiver<(NodeId, FenceDone)>,
     pending: HashMap<u64, AppendReply>,
     next_req: u64,
-    events: VecDeque<EventDoc>,
+    /// The bounded event history, shared with the API.
+    events: crate::events::SharedLog,
+    /// Counters and histograms for `/metrics`.
+    metrics: crate::metrics::Metrics,
+    /// When each pending append was asked for, and its group (append latency).
+    append_started: HashMap<u64, (usize, tokio::time::Instant)>,
     dropped: Arc<Dropped>,
     dropped_messages: u64,
     ops_tx: mpsc::UnboundedSender<OpDone>,
@@ -249,6 +253,14 @@ impl Agent {
         let my_groups: Vec<config::GroupConfig> = cfg.groups_of(&me.name).cloned().collect();
         let api_text = me.api.to_string();
         let incarnation = store::next_incarnation(&me.state_dir.join("node.state"))?;
+        let events = crate::events::EventLog::open(
+            &me.state_dir,
+            &me.name,
+            incarnation.0,
+            crate::events::EventLog::capacity_from_env(),
+        )
+        .with_context(|| format!("cannot open the event history in {}", me.state_dir.display()))?;
+        let events: crate::events::SharedLog = Arc::new(std::sync::Mutex::new(events));
 
         let quarantine_dir = me.state_dir.join("quarantine");
         std::fs::create_dir_all(&quarantine_dir)?;
@@ -385,18 +397,22 @@ impl Agent {
                 dropped.clone(),
             ));
         }
+        let api_state = api::ApiState { calls: api_tx, events: events.clone() };
         match &me.api {
             ApiAddr::Unix(path) => {
                 let listener =
                     api::bind_unix(path).with_context(|| format!("cannot serve the API on {}", path.display()))?;
-                tokio::spawn(async move { axum::serve(listener, api::router(api_tx)).await });
+                let router = api::router(api_state.clone());
+                tokio::spawn(async move { axum::serve(listener, router).await });
             }
             ApiAddr::Tcp(addr) => {
                 let listener =
                     TcpListener::bind(addr).await.with_context(|| format!("cannot serve the API on {addr}"))?;
-                tokio::spawn(async move { axum::serve(listener, api::router(api_tx)).await });
+                let router = api::router(api_state.clone());
+                tokio::spawn(async move { axum::serve(listener, router).await });
             }
         }
+        serve_api_tcp(&me, api_state).await?;
 
         let mut agent = Agent {
             _lock: lock,
@@ -420,7 +436,9 @@ impl Agent {
             fence_rx,
             pending: HashMap::new(),
             next_req: 1,
-            events: VecDeque::new(),
+            events,
+            metrics: crate::metrics::Metrics::default(),
+            append_started: HashMap::new(),
             dropped,
             dropped_messages: 0,
             ops_tx,
@@ -478,12 +496,31 @@ impl Agent {
     }
 
     fn record(&mut self, text: String) {
-        tracing::info!(node = %self.me.name, "{text}");
-        let t_ms = self.base.elapsed().as_millis() as u64;
-        self.events.push_back(EventDoc { t_ms, text });
-        while self.events.len() > EVENT_HISTORY {
-            self.events.pop_front();
+        self.record_as(crate::events::kind::AGENT, text);
+    }
+
+    /// Records an event of `kind` (see [`crate::events::kind`]) in the history and the log.
+    fn record_as(&mut self, kind: &str, text: String) {
+        self.events.lock().unwrap_or_else(|it| it.into_inner()).record(kind, text);
+    }
+
+    /// The Prometheus page: the counters, and gauges from the status.
+    fn metrics_text(&self) -> String {
+        let status = self.status_doc();
+        let mut lag_bytes = std::collections::BTreeMap::new();
+        for g in &status.groups {
+            if g.role == "M"
+                && let Some(rt) = self.groups.iter().find(|it| it.name == g.name)
+            {
+                lag_bytes.insert(g.name.clone(), rt.journal.bytes_after(g.journal.sl_durable.unwrap_or(0)));
+            }
         }
+        let mut rtts: Vec<(String, usize, Duration)> =
+            self.conns.values().filter_map(|it| it.rtt().map(|rtt| (self.peer_name(it.peer), it.link, rtt))).collect();
+        rtts.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        rtts.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        let newest = self.events.lock().unwrap_or_else(|it| it.into_inner()).newest_seq();
+        self.metrics.render(&status, &lag_bytes, &rtts, newest)
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
@@ -527,6 +564,7 @@ impl Agent {
         let now = self.now();
         match input {
             Input::Heartbeat { link, from, incarnation } => {
+                self.metrics.heartbeat(&self.peer_name(from), link);
                 self.node.handle(now, NodeEvent::Heartbeat { from, link, incarnation })
             }
             Input::ChannelUp { channel } => {
@@ -558,7 +596,14 @@ impl Agent {
 
     fn on_fence_done(&mut self, peer: NodeId, outcome: FenceDone) {
         let confirmed = matches!(&outcome, FenceDone::Report(report) if report.is_confirmed());
-        self.record(match &outcome {
+        let metric = match &outcome {
+            FenceDone::Report(_) if confirmed => "confirmed",
+            FenceDone::Report(_) => "failed",
+            FenceDone::NotConfigured => "not-configured",
+            FenceDone::OwnLinksDown(_) => "skipped-own-links-down",
+        };
+        self.metrics.fence_done(&self.peer_name(peer), metric);
+        self.record_as(crate::events::kind::FENCE, match &outcome {
             FenceDone::Report(report) if confirmed => format!("fence confirmed: {report}"),
             FenceDone::Report(report) => {
                 format!("ALARM: fence FAILED on every level: {report}; nothing moves until a fence succeeds (retrying)")
@@ -580,7 +625,16 @@ impl Agent {
             ApiCall::Status { reply } => {
                 let _ = reply.send(self.status_doc());
             }
+            ApiCall::Metrics { reply } => {
+                let _ = reply.send(self.metrics_text());
+            }
             ApiCall::ForceStart { group, reply } => {
+                if self.group_slot(&group).is_ok() {
+                    self.record_as(
+                        crate::events::kind::OPERATOR,
+                        format!("group {group}: operator: force start asked for through the API"),
+                    );
+                }
                 let answer = self.force_start(&group).await;
                 let _ = reply.send(answer);
             }
@@ -607,10 +661,25 @@ impl Agent {
                 let _ = reply.send(self.read(&group, from, limit));
             }
             ApiCall::Switchover { group, to, reply } => {
+                if self.group_slot(&group).is_ok() {
+                    self.record_as(
+                        crate::events::kind::OPERATOR,
+                        format!(
+                            "group {group}: operator: switchover{} asked for through the API",
+                            to.as_ref().map_or(String::new(), |it| format!(" to {it}"))
+                        ),
+                    );
+                }
                 let answer = self.switchover(&group, to.as_deref()).await;
                 let _ = reply.send(answer);
             }
             ApiCall::Cleanup { group, reply } => {
+                if self.group_slot(&group).is_ok() {
+                    self.record_as(
+                        crate::events::kind::OPERATOR,
+                        format!("group {group}: operator: cleanup (failure-count reset) asked for through the API"),
+                    );
+                }
                 let answer = self.cleanup(&group).await;
                 let _ = reply.send(answer);
             }
@@ -640,6 +709,7 @@ impl Agent {
             let req = self.next_req;
             self.next_req += 1;
             self.pending.insert(req, reply);
+            self.append_started.insert(req, (slot, tokio::time::Instant::now()));
             entries.push((ReqId(req), payload));
         }
         let now = self.now();
@@ -812,7 +882,7 @@ impl Agent {
                         _ => {}
                     }
                     let text = self.node_report_text(&report);
-                    self.record(text);
+                    self.record_as(crate::events::node_report_kind(&report), text);
                 }
             }
         }
@@ -851,10 +921,13 @@ impl Agent {
         let name = self.peer_name(peer);
         let index = self.cfg.node_id(&name).map_or(0, |it| it.0 as usize);
         let plan = self.cfg.fence_plan_for(&self.me.name);
-        self.record(match &plan {
-            Some(plan) => format!("fencing {name}: {}", plan.describe()),
-            None => format!("ALARM: {name} must be fenced but no [fence] is configured"),
-        });
+        self.record_as(
+            crate::events::kind::FENCE,
+            match &plan {
+                Some(plan) => format!("fencing {name}: {}", plan.describe()),
+                None => format!("ALARM: {name} must be fenced but no [fence] is configured"),
+            },
+        );
         let done = self.fence_tx.clone();
         // A node that lost every link of its own must not power off a peer that is most
         // likely fine (it would then serve nobody): the fence counts as failed, and the
@@ -908,7 +981,7 @@ impl Agent {
                         discard_text(reason),
                         info.path.display()
                     );
-                    self.record(text);
+                    self.record_as(crate::events::kind::JOURNAL, text);
                 }
             }
             Command::Send { to, epoch, msg } => self.send_frame(peer, to, GroupFrame { group: index, epoch, msg }),
@@ -920,11 +993,16 @@ impl Agent {
                 self.send_frame(peer, to, GroupFrame { group: index, epoch, msg: group::Message::Records(records) });
             }
             Command::AckAppend { req, index } => {
+                if let Some((slot, started)) = self.append_started.remove(&req.0) {
+                    let group = self.groups[slot].name.clone();
+                    self.metrics.append_acknowledged(&group, started.elapsed());
+                }
                 if let Some(reply) = self.pending.remove(&req.0) {
                     let _ = reply.send(Ok(AppendDoc { index }));
                 }
             }
             Command::RejectAppend { req, reason } => {
+                self.append_started.remove(&req.0);
                 if let Some(reply) = self.pending.remove(&req.0) {
                     let name = &self.groups[g].name;
                     let error = match reason {
@@ -964,8 +1042,9 @@ impl Agent {
                 }
                 self.time_moves(g, &report);
                 let text = self.group_report_text(g, &report);
+                let kind = crate::events::report_kind(&report);
                 self.captured.push((index, report));
-                self.record(text);
+                self.record_as(kind, text);
             }
         }
         Ok(())
@@ -1254,7 +1333,7 @@ impl Agent {
             auth: self.identity.auth.mode().into(),
             peers,
             groups,
-            events: self.events.iter().cloned().collect(),
+            events: self.events.lock().unwrap_or_else(|it| it.into_inner()).last(STATUS_EVENTS),
             dropped: api::DroppedDoc {
                 heartbeats: self.dropped.heartbeats.load(Ordering::Relaxed),
                 frames: self.dropped.frames.load(Ordering::Relaxed),
@@ -1359,4 +1438,17 @@ fn discard_text(reason: DiscardReason) -> &'static str {
         DiscardReason::Unreplicated => "written by a failed active and never replicated, so never acknowledged",
         DiscardReason::ForceStart => "abandoned by a force start; they may have been acknowledged",
     }
+}
+
+/// The optional TCP listener of the API (`api_listen`), which needs the token of
+/// `api_token_file` on every request.
+async fn serve_api_tcp(me: &NodeConfig, state: api::ApiState) -> anyhow::Result<()> {
+    let (Some(addr), Some(token_file)) = (me.api_listen, &me.api_token_file) else { return Ok(()) };
+    let token = api::load_token(token_file)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve the API on {addr} (api_listen): is the address in use?"))?;
+    let router = api::router_with_token(state, token);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(())
 }

@@ -78,6 +78,8 @@
 //! name = "alpha"
 //! state_dir = "/var/lib/takeover/alpha"
 //! api = "unix:/run/takeover/alpha.sock"    # or "tcp:127.0.0.1:7400" (loopback only)
+//! api_listen = "10.0.0.1:7480"  # optional: the API on TCP too, for clients with the token
+//! api_token_file = "/etc/takeover/api.token"  # required with api_listen; mode 0600
 //! links = ["127.0.0.1:7101", "127.0.0.2:7101"]  # link k of every node is on network k
 //!
 //! [[node]]
@@ -274,6 +276,11 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// Where the node's agent serves its local API.
     pub api: ApiAddr,
+    /// `api_listen`: a TCP address where the agent also serves the API, to clients that
+    /// send the token of `api_token_file` (both keys or neither).
+    pub api_listen: Option<SocketAddr>,
+    /// `api_token_file`: the bearer token the TCP listener requires (mode 0600).
+    pub api_token_file: Option<PathBuf>,
     /// One address per network: link k of every node is on network k. Never empty, and
     /// every node has the same number of links. The node binds these.
     pub links: Vec<SocketAddr>,
@@ -800,6 +807,8 @@ struct RawNode {
     name: Spanned<String>,
     state_dir: Spanned<String>,
     api: Spanned<String>,
+    api_listen: Option<Spanned<String>>,
+    api_token_file: Option<Spanned<String>>,
     links: RawStrings,
     advertise: Option<RawStrings>,
 }
@@ -1762,6 +1771,68 @@ impl Checker<'_> {
                 node_ok = false;
             }
 
+            // api_listen and api_token_file: the optional TCP listener with a token
+            let api_listen = match &node.api_listen {
+                None => None,
+                Some(raw) => match raw.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) if addr.port() != 0 => {
+                        if let Some((owner, first)) = addresses.get(&addr) {
+                            self.error(
+                                raw.span(),
+                                format!(
+                                    "node `{name}`: api_listen {addr} is already used by {owner} (line {first}); give it an address:port of its own"
+                                ),
+                            );
+                            node_ok = false;
+                        } else {
+                            addresses
+                                .insert(addr, (format!("the api_listen of node `{name}`"), self.line_of(&raw.span())));
+                        }
+                        Some(addr)
+                    }
+                    _ => {
+                        self.error(
+                            raw.span(),
+                            format!(
+                                "node `{name}`: api_listen {:?} is not IP:PORT with a fixed port (host names are not resolved), e.g. \"10.0.0.1:7480\"",
+                                raw.get_ref()
+                            ),
+                        );
+                        node_ok = false;
+                        None
+                    }
+                },
+            };
+            let api_token_file = node.api_token_file.as_ref().map(|it| PathBuf::from(it.get_ref()));
+            match (&node.api_listen, &node.api_token_file) {
+                (Some(raw), None) => {
+                    self.error(
+                        raw.span(),
+                        format!(
+                            "node `{name}`: api_listen needs api_token_file: the TCP listener serves only clients that send its token"
+                        ),
+                    );
+                    node_ok = false;
+                }
+                (None, Some(raw)) => {
+                    self.error(
+                        raw.span(),
+                        format!(
+                            "node `{name}`: api_token_file is given without api_listen; add api_listen or remove it"
+                        ),
+                    );
+                    node_ok = false;
+                }
+                (_, Some(raw)) if raw.get_ref().trim().is_empty() => {
+                    self.error(
+                        raw.span(),
+                        format!("node `{name}`: api_token_file is empty; give the token file's path"),
+                    );
+                    node_ok = false;
+                }
+                _ => {}
+            }
+
             // links
             let links = self.links(name, &node.links, &mut addresses);
             if links.iter().any(Option::is_none) || links.is_empty() {
@@ -1833,6 +1904,8 @@ impl Checker<'_> {
                     name: name.to_string(),
                     state_dir,
                     api,
+                    api_listen,
+                    api_token_file,
                     links: links.into_iter().flatten().collect(),
                     advertise: advertise.into_iter().flatten().collect(),
                 });
@@ -2156,6 +2229,8 @@ stop_timeout = "5s"
                 name: "alpha".into(),
                 state_dir: "/var/lib/takeover/alpha".into(),
                 api: ApiAddr::Unix("/run/takeover/alpha.sock".into()),
+                api_listen: None,
+                api_token_file: None,
                 links: vec!["127.0.0.1:7101".parse().unwrap(), "127.0.0.2:7101".parse().unwrap()],
                 advertise: vec!["127.0.0.1:7101".parse().unwrap(), "127.0.0.2:7101".parse().unwrap()],
             }
@@ -3159,6 +3234,41 @@ advertise = ["127.0.0.3:7102"]"#,
         );
         let c = parse(&with(23, r#"api = "tcp:[::1]:7400""#), "cluster.toml").unwrap();
         assert_eq!(c.nodes[1].api, ApiAddr::Tcp("[::1]:7400".parse().unwrap()));
+    }
+
+    #[test]
+    fn api_listen_comes_with_a_token_file_and_an_address_of_its_own() {
+        let c = parse(
+            &with(23, "api = \"tcp:127.0.0.1:7400\"\napi_listen = \"0.0.0.0:7480\"\napi_token_file = \"/etc/takeover/api.token\""),
+            "cluster.toml",
+        )
+        .unwrap();
+        assert_eq!(c.nodes[1].api_listen, Some("0.0.0.0:7480".parse().unwrap()));
+        assert_eq!(c.nodes[1].api_token_file.as_deref(), Some(Path::new("/etc/takeover/api.token")));
+        assert_single(
+            &with(23, "api = \"tcp:127.0.0.1:7400\"\napi_listen = \"0.0.0.0:7480\""),
+            24,
+            14,
+            "node `beta`: api_listen needs api_token_file",
+        );
+        assert_single(
+            &with(23, "api = \"tcp:127.0.0.1:7400\"\napi_token_file = \"/x\""),
+            24,
+            18,
+            "api_token_file is given without api_listen",
+        );
+        assert_single(
+            &with(23, "api = \"tcp:127.0.0.1:7400\"\napi_listen = \"127.0.0.1:7101\"\napi_token_file = \"/x\""),
+            24,
+            14,
+            "api_listen 127.0.0.1:7101 is already used by",
+        );
+        assert_single(
+            &with(23, "api = \"tcp:127.0.0.1:7400\"\napi_listen = \"host:80\"\napi_token_file = \"/x\""),
+            24,
+            14,
+            "is not IP:PORT",
+        );
     }
 
     #[test]

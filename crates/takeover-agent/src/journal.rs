@@ -188,6 +188,15 @@ impl Journal {
         &self.path
     }
 
+    /// The bytes the frames of the records after `index` take in the file (the journal
+    /// lag in bytes behind a standby durable up to `index`).
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        match usize::try_from(index).ok().and_then(|i| self.offsets.get(i)) {
+            Some(&start) => self.end.saturating_sub(start),
+            None => 0,
+        }
+    }
+
     /// The journal's file name without extension, which names its quarantine files.
     pub fn stem(&self) -> &str {
         &self.stem
@@ -789,6 +798,19 @@ mod tests {
 
     fn clean_report(records: u64) -> OpenReport {
         OpenReport { records, torn_bytes_cut: 0, torn_records_cut: 0, quarantine_file: None }
+    }
+
+    #[test]
+    fn bytes_after_counts_the_frames_of_the_later_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(&dir.path().join("j.journal"), dir.path()).unwrap();
+        let records: Vec<Record> = (1..=3).map(|i| Record::new(epoch(1, false), i, vec![7; 10])).collect();
+        journal.append(&records).unwrap();
+        let all = journal.bytes_after(0);
+        assert!(all > 30, "{all}");
+        assert_eq!(journal.bytes_after(3), 0);
+        assert_eq!(journal.bytes_after(99), 0);
+        assert_eq!(journal.bytes_after(1) * 3, all * 2, "frames of equal payloads are of equal size");
     }
 
     #[test]

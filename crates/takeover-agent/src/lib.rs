@@ -4,7 +4,11 @@
 //! - [`agent`]: `takeover agent`: start-up and the event loop around the core.
 //! - [`auth`]: the cluster key and its file, and the sealing and opening of heartbeats
 //!   and channel frames (ChaCha20-Poly1305): nothing unauthenticated reaches the core.
-//! - [`api`]: the local HTTP/JSON API, its documents and the CLI's client.
+//! - [`api`]: the HTTP/JSON API (Unix socket, optional TCP with a token), its documents,
+//!   its OpenAPI document (generated, checked in as docs/openapi.json) and the CLI's client.
+//! - [`events`]: the node's bounded event history on disk (`takeover events`), logged
+//!   one line per event.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`localnet`]: real agents on loopback with a cuttable link, for the demo and tests.
 //! - [`netbed`]: nodes in network namespaces on two bridged links, with nftables partitions,
 //!   power-off and a test fence agent (root only; tests).
@@ -25,10 +29,12 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod fence;
 pub mod guard;
 pub mod journal;
 pub mod localnet;
+pub mod metrics;
 pub mod net;
 pub mod netbed;
 pub mod resources;

@@ -131,6 +131,8 @@ pub struct LocalCluster {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub nodes: Vec<LocalNode>,
+    /// Extra environment of the agents started from now on (e.g. TAKEOVER_EVENT_HISTORY).
+    pub agent_env: Vec<(String, String)>,
     agents: std::sync::Mutex<HashMap<String, Child>>,
     relay_cut: Arc<AtomicBool>,
     link1_cut: Arc<AtomicBool>,
@@ -198,6 +200,7 @@ impl LocalCluster {
             binary: binary.to_path_buf(),
             config,
             nodes,
+            agent_env: Vec::new(),
             agents: std::sync::Mutex::new(HashMap::new()),
             relay_cut,
             link1_cut,
@@ -235,6 +238,7 @@ impl LocalCluster {
             .arg(&self.config)
             .args(["--node", name])
             .env("TAKEOVER_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -75,9 +75,24 @@ pub struct Channel {
     /// Group messages ([`wire::encode_group`]) to seal and send, in order.
     pub writer: mpsc::Sender<Vec<u8>>,
     pub tasks: [AbortHandle; 2],
+    /// A duplicate of the connection's socket, to read its round-trip time.
+    pub socket: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Channel {
+    /// The kernel's smoothed round-trip time of the connection (TCP_INFO `tcpi_rtt`).
+    pub fn rtt(&self) -> Option<Duration> {
+        use std::os::fd::AsRawFd;
+        let socket = self.socket.as_ref()?;
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(socket.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
+        };
+        (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+    }
+
     pub fn close(&self) {
         for task in &self.tasks {
             task.abort();
@@ -347,6 +362,10 @@ fn start_channel(
     dropped: Arc<Dropped>,
 ) {
     let Established { stream, peer, incarnation, mut sealer, mut opener } = established;
+    let socket = {
+        use std::os::fd::AsFd;
+        stream.as_fd().try_clone_to_owned().ok().map(Arc::new)
+    };
     let (mut read, mut write) = stream.into_split();
     let (writer, mut bodies) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let down = inputs.clone();
@@ -395,8 +414,15 @@ fn start_channel(
         }
         let _ = inputs.send(Input::ChannelDown { peer, conn });
     });
-    let channel =
-        Channel { peer, incarnation, link, conn, writer, tasks: [read_task.abort_handle(), write_task.abort_handle()] };
+    let channel = Channel {
+        peer,
+        incarnation,
+        link,
+        conn,
+        writer,
+        tasks: [read_task.abort_handle(), write_task.abort_handle()],
+        socket,
+    };
     let _ = up.send(Input::ChannelUp { channel });
 }
 

@@ -47,11 +47,31 @@ enum Cmd {
         #[arg(long)]
         join_only: bool,
     },
-    /// Show the node, its links and peers, every group's role, priority, epoch and journal.
+    /// Show the node, its links and peers, every group's role, priority, generation,
+    /// where it runs, its resources and failure counts, the plan check and recent events.
     Status {
         #[command(flatten)]
         target: Target,
-        /// Print the status document as JSON (keys documented in the README).
+        /// Print the status document as JSON: the StatusDoc schema of docs/openapi.json,
+        /// stable (fields are only ever added).
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place every INTERVAL (default 2s) until interrupted.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = parse_duration)]
+        watch: Option<Duration>,
+    },
+    /// Show the node's event history (kept on disk across restarts): transitions,
+    /// takeovers, fences, monitor failures, operator commands, each with its cause.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Keep printing new events as they happen, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print the last N events (default 50).
+        #[arg(long, short = 'n', default_value_t = 50)]
+        last: usize,
+        /// One JSON event (EventDoc of docs/openapi.json) per line.
         #[arg(long)]
         json: bool,
     },
@@ -217,9 +237,14 @@ enum JournalCmd {
 /// Which agent to talk to.
 #[derive(clap::Args)]
 struct Target {
-    /// The agent's API socket (overrides --config/--node).
-    #[arg(long)]
-    api: Option<PathBuf>,
+    /// The agent's API (overrides --config/--node): a Unix socket path (or unix:PATH), or
+    /// http://HOST:PORT for its TCP listener (api_listen), which needs the token.
+    #[arg(long, env = "TAKEOVER_API")]
+    api: Option<String>,
+    /// The file holding the token of the TCP listener (api_token_file); or give the token
+    /// itself in TAKEOVER_API_TOKEN.
+    #[arg(long, env = "TAKEOVER_API_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[arg(long, env = "TAKEOVER_CONFIG", default_value = "/etc/takeover/cluster.toml")]
     config: PathBuf,
     #[arg(long, env = "TAKEOVER_NODE")]
@@ -227,9 +252,26 @@ struct Target {
 }
 
 impl Target {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(file) = &self.token_file {
+            return Ok(Some(takeover_agent::api::load_token(file)?));
+        }
+        Ok(std::env::var("TAKEOVER_API_TOKEN").ok().map(|it| it.trim().to_string()).filter(|it| !it.is_empty()))
+    }
+
+    /// The node's state directory, when the configuration names the node.
+    fn state_dir(&self) -> Option<PathBuf> {
+        let cfg = config::load(&self.config).ok()?;
+        let name = self.node.as_deref()?;
+        cfg.node(name).map(|it| it.state_dir.clone())
+    }
+
     fn client(&self) -> anyhow::Result<Client> {
         if let Some(api) = &self.api {
-            return Ok(Client::unix(api));
+            if let Some(addr) = api.strip_prefix("http://").or_else(|| api.strip_prefix("tcp:")) {
+                return Ok(Client::tcp(addr.trim_end_matches('/'), self.token()?));
+            }
+            return Ok(Client::unix(api.strip_prefix("unix:").unwrap_or(api)));
         }
         let cfg = config::load(&self.config)?;
         let node = match &self.node {
@@ -250,9 +292,7 @@ impl Target {
         };
         match &node.api {
             ApiAddr::Unix(path) => Ok(Client::unix(path)),
-            ApiAddr::Tcp(addr) => {
-                bail!("node {} serves its API on tcp:{addr}; the CLI speaks to unix sockets only", node.name)
-            }
+            ApiAddr::Tcp(addr) => Ok(Client::tcp(addr.to_string(), self.token()?)),
         }
     }
 }
@@ -261,10 +301,29 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     config::parse_duration(text)
 }
 
+/// Logs go to stderr, one line per event: colours only on a terminal; no timestamp under
+/// journald (`JOURNAL_STREAM`), which stamps lines itself; `TAKEOVER_LOG_FORMAT=json`
+/// writes one JSON object per line instead. `TAKEOVER_LOG` filters (default `info`).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAKEOVER_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    let json = std::env::var("TAKEOVER_LOG_FORMAT").is_ok_and(|it| it == "json");
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (json, journald) {
+        (true, _) => builder.json().flatten_event(true).init(),
+        (false, true) => builder.without_time().init(),
+        (false, false) => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAKEOVER_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    init_logging();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -284,12 +343,89 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Agent { config, node, join_only } => {
             takeover_agent::agent::run(takeover_agent::agent::AgentOptions { config, node, join_only }).await?;
         }
-        Cmd::Status { target, json } => {
-            let status = target.client()?.status().await.map_err(|e| anyhow!(e.message))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", render::status(&status));
+        Cmd::Status { target, json, watch } => {
+            let client = target.client()?;
+            let Some(every) = watch else {
+                let status = client.status().await.map_err(|e| anyhow!(e.message))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", render::status(&status, render::Paint::for_stdout()));
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let paint = render::Paint::for_stdout();
+            loop {
+                let text = match client.status().await {
+                    Ok(status) if json => format!("{}\n", serde_json::to_string(&status)?),
+                    Ok(status) => render::status(&status, paint),
+                    // The agent may be restarting: say so and keep watching.
+                    Err(e) => format!("{}\n", e.message),
+                };
+                if paint == render::Paint::Ansi && !json {
+                    // Home, the text, then clear what the previous screen left below it.
+                    print!("\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"));
+                } else {
+                    print!("{text}");
+                    if !json {
+                        println!("--");
+                    }
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                tokio::time::sleep(every).await;
+            }
+        }
+        Cmd::Events { target, follow, last, json } => {
+            let client = target.client()?;
+            let paint = render::Paint::for_stdout();
+            let print = |events: &[takeover_agent::api::EventDoc]| -> anyhow::Result<()> {
+                for event in events {
+                    if json {
+                        println!("{}", serde_json::to_string(event)?);
+                    } else {
+                        println!("{}", render::event_line(event, paint));
+                    }
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                Ok(())
+            };
+            let first = match client.events(0, last.max(1), 0).await {
+                Ok(first) => first,
+                // The agent does not run: its history is on disk.
+                Err(e) if e.status == 0 && !follow => match target.state_dir() {
+                    Some(dir) => {
+                        let events = takeover_agent::events::read_dir(&dir, last.max(1)).with_context(|| {
+                            format!("{}; and cannot read the history in {}", e.message, dir.display())
+                        })?;
+                        eprintln!(
+                            "the agent does not answer ({}); its history from {}:",
+                            e.message,
+                            dir.join(takeover_agent::events::FILE_NAME).display()
+                        );
+                        print(&events)?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    None => bail!(e.message),
+                },
+                Err(e) => bail!(e.message),
+            };
+            print(&first.events)?;
+            let mut after = first.newest;
+            if follow {
+                loop {
+                    match client.events(after, 1000, 25_000).await {
+                        Ok(doc) => {
+                            print(&doc.events)?;
+                            after = doc.newest;
+                        }
+                        Err(e) => {
+                            eprintln!("{} (retrying)", e.message);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
             }
         }
         Cmd::ForceStart { group, target } => {

@@ -168,18 +168,32 @@ impl Agent {
         match (op, &outcome) {
             (Op::Monitor, OpOutcome::Ok) if !first_check => {}
             (Op::Monitor, _) if !first_check => {
-                self.record(format!("ALARM: group {group}: {label} monitor: {verdict} ({} ms)", ms(took)))
+                let resource = self.groups[g].resources[resource].spec.name.clone();
+                self.metrics.monitor_failed(&group, &resource);
+                self.record_as(
+                    crate::events::kind::MONITOR_FAILURE,
+                    format!("ALARM: group {group}: {label} monitor: {verdict} ({} ms)", ms(took)),
+                )
             }
             (Op::Monitor, _) => {
-                self.record(format!("group {group}: {label} first monitor {verdict} in {} ms", ms(took)));
+                self.record_as(
+                    crate::events::kind::RESOURCE,
+                    format!("group {group}: {label} first monitor {verdict} in {} ms", ms(took)),
+                );
                 self.step(g, format!("first monitor {label}"), took);
             }
             (_, OpOutcome::Failed(_)) => {
-                self.record(format!("ALARM: group {group}: {label} {}: {verdict} ({} ms)", op_name(op), ms(took)));
+                self.record_as(
+                    crate::events::kind::RESOURCE,
+                    format!("ALARM: group {group}: {label} {}: {verdict} ({} ms)", op_name(op), ms(took)),
+                );
                 self.step(g, format!("{label} {} FAILED", op_name(op)), took);
             }
             _ => {
-                self.record(format!("group {group}: {label} {} in {} ms", past(op), ms(took)));
+                self.record_as(
+                    crate::events::kind::RESOURCE,
+                    format!("group {group}: {label} {} in {} ms", past(op), ms(took)),
+                );
                 self.step(g, format!("{label} {}", op_name(op)), took);
             }
         }
@@ -230,10 +244,10 @@ impl Agent {
         let ok = done.check.ok;
         rt.plan = Some(done.check);
         match (was_ok, ok) {
-            (Some(true) | None, false) => self.record(format!(
+            (Some(true) | None, false) => self.record_as(crate::events::kind::RESOURCE, format!(
                 "WARNING: group {group}: the takeover plan of {label} has a problem: {notes}; a takeover to this node would fail there — fix it before it is needed"
             )),
-            (Some(false), true) => self.record(format!("group {group}: the takeover plan of {label} is fine again")),
+            (Some(false), true) => self.record_as(crate::events::kind::RESOURCE, format!("group {group}: the takeover plan of {label} is fine again")),
             _ => {}
         }
     }
@@ -245,10 +259,10 @@ impl Agent {
         let scope = resources::node_scope(&self.me.name, &self.me.state_dir);
         let removed = tokio::task::spawn_blocking(move || resources::process::kill_leftover_cgroups(&scope)).await??;
         if !removed.is_empty() {
-            self.record(format!(
-                "killed what a previous run left running and removed its cgroup(s): {}",
-                removed.join(", ")
-            ));
+            self.record_as(
+                crate::events::kind::RESOURCE,
+                format!("killed what a previous run left running and removed its cgroup(s): {}", removed.join(", ")),
+            );
         }
         for g in 0..self.groups.len() {
             let generation = durable.iter().find(|(i, _)| *i == self.groups[g].index).map_or(Epoch::ZERO, |it| it.1);
@@ -308,8 +322,14 @@ impl Agent {
                 rt.instance = Some(instance);
                 let (label, group) = (rt.spec.label(), self.groups[g].name.clone());
                 match outcome {
-                    OpOutcome::Failed(why) => self.record(format!("ALARM: group {group}: {label} did not stop: {why}")),
-                    _ => self.record(format!("group {group}: {label} stopped in {} ms", ms(started.elapsed()))),
+                    OpOutcome::Failed(why) => self.record_as(
+                        crate::events::kind::RESOURCE,
+                        format!("ALARM: group {group}: {label} did not stop: {why}"),
+                    ),
+                    _ => self.record_as(
+                        crate::events::kind::RESOURCE,
+                        format!("group {group}: {label} stopped in {} ms", ms(started.elapsed())),
+                    ),
                 }
             }
         }
@@ -337,12 +357,16 @@ impl Agent {
         let total = timeline.started.elapsed();
         let steps: Vec<String> = timeline.steps.iter().map(|it| format!("{} {} ms", it.step, it.ms)).collect();
         let group = self.groups[g].name.clone();
-        self.record(format!(
-            "group {group}: {} {outcome} in {} ms: {}",
-            timeline.what,
-            ms(total),
-            if steps.is_empty() { "no steps".to_string() } else { steps.join(" → ") }
-        ));
+        self.metrics.move_done(&group, &timeline.what, outcome, total);
+        self.record_as(
+            crate::events::kind::MOVE,
+            format!(
+                "group {group}: {} {outcome} in {} ms: {}",
+                timeline.what,
+                ms(total),
+                if steps.is_empty() { "no steps".to_string() } else { steps.join(" → ") }
+            ),
+        );
         self.groups[g].last_move = Some(MoveDoc {
             what: timeline.what,
             outcome: outcome.to_string(),
