@@ -3,6 +3,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
+//! | GET | `/` | the status page for people: [`STATUS_PAGE`], which polls `/v1/status` |
 //! | GET | `/v1/status` | [`StatusDoc`]: the node, its peers and links, every group |
 //! | POST | `/v1/groups/{group}/force-start` | [`ForceStartDoc`] (F0.6) |
 //! | POST | `/v1/groups/{group}/journal` | append the request body as one record; answers [`AppendDoc`] once the record is acknowledged (M: durable on both nodes; SM: durable here) |
@@ -285,6 +286,7 @@ struct ReadQuery {
 /// The API's routes; every call is forwarded to the event loop through `calls`.
 pub fn router(calls: mpsc::UnboundedSender<ApiCall>) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/v1/status", get(status))
         .route("/v1/groups/{group}/force-start", post(force_start))
         .route("/v1/groups/{group}/journal", post(append).get(read))
@@ -300,6 +302,15 @@ async fn ask<T>(
     let (reply, answer) = oneshot::channel();
     calls.send(make(reply)).map_err(|_| ApiError::new(503, "the agent is shutting down"))?;
     answer.await.map_err(|_| ApiError::new(503, "the agent stopped before answering"))
+}
+
+/// The web status page (plain HTML, CSS and JS, no build step): nodes, links, groups,
+/// roles, the last takeovers step by step and recent events, redrawn every second from
+/// `GET /v1/status`.
+pub const STATUS_PAGE: &str = include_str!("web/status.html");
+
+async fn status_page() -> impl IntoResponse {
+    ([(axum::http::header::CACHE_CONTROL, "no-store")], axum::response::Html(STATUS_PAGE))
 }
 
 async fn status(State(calls): State<mpsc::UnboundedSender<ApiCall>>) -> Result<axum::Json<StatusDoc>, ApiError> {
