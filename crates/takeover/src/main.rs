@@ -67,8 +67,11 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         times: u32,
         /// A saved status document (`takeover status --json`) instead of the live agent's.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["socket", "api"])]
         status: Option<PathBuf>,
+        /// The live agent's API socket (the same as --api).
+        #[arg(long, conflicts_with = "api")]
+        socket: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
@@ -299,7 +302,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", render::status(&status));
             }
         }
-        Cmd::Simulate { fail, times, status, target } => {
+        Cmd::Simulate { fail, times, status, socket, mut target } => {
+            if socket.is_some() {
+                target.api = socket;
+            }
             let cfg = config::load(&target.config)?;
             let status: takeover_agent::api::StatusDoc = match &status {
                 Some(file) => {

@@ -50,9 +50,8 @@ fn simulate_starts_from_the_saved_status() {
     assert!(ok, "{stderr}");
     assert!(plan.contains("from the status of alpha (incarnation 7)"), "{plan}");
     let before = &plan[plan.find("before the failure:").unwrap()..plan.find("\nfailure: ").unwrap()];
-    assert!(before.contains("group db: alpha M (priority 2"), "{before}");
-    assert!(before.contains("beta SL (priority 3"), "{before}");
-    assert!(before.contains("group web: beta M"), "{before}");
+    assert!(before.contains("group db: alpha M (priority 2, epoch 3.0), beta SL (priority 3, epoch 3.0)"), "{before}");
+    assert!(before.contains("group web: beta M (priority 2, epoch 2.1), alpha SL (priority 3, epoch 2.1)"), "{before}");
     // The failure count of the status is replayed.
     assert!(before.contains("app up (2/3 failures)"), "{before}");
     assert!(!plan.contains("WARNING"), "{plan}");

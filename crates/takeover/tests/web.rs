@@ -167,13 +167,31 @@ async fn web_status_page_renders_nodes_groups_and_the_last_takeover_in_chromium(
     println!("screenshot: {}", png.display());
 }
 
+/// One HTTP/1.0 GET on the Unix socket: the whole answer, headers included.
+fn get_unix(socket: &Path, path: &str) -> String {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: takeover\r\n\r\n").expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+}
+
 #[tokio::test]
-async fn simulate_reads_the_live_status_of_an_agent() {
+async fn live_agent_serves_the_page_and_simulate_reads_its_status() {
     let mut bed = Bed::new().await;
     bed.cluster.start("alpha", false).unwrap();
     bed.cluster.start("beta", false).unwrap();
     bed.wait_pair("alpha", "beta").await;
     let api = bed.cluster.node("alpha").api.clone();
+
+    // The page itself, without a browser: HTML that polls the status document.
+    let socket = api.clone();
+    let page = tokio::task::spawn_blocking(move || get_unix(&socket, "/")).await.unwrap();
+    let (head, body) = page.split_once("\r\n\r\n").expect("headers and a body");
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/html; charset=utf-8"), "{head}");
+    assert!(body.starts_with("<!doctype html>") && body.contains(r#"fetch("/v1/status""#), "{body}");
+
     let config = bed.cluster.config.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_takeover"))
@@ -188,7 +206,9 @@ async fn simulate_reads_the_live_status_of_an_agent() {
     .unwrap();
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{plan}\n{}", String::from_utf8_lossy(&out.stderr));
+    println!("{plan}");
     assert!(plan.contains("from the status of alpha"), "{plan}");
+    assert!(!plan.contains("WARNING"), "the simulation did not reach the live state: {plan}");
     assert!(plan.contains(&format!("group {GROUP}: alpha M")), "{plan}");
     assert!(plan.contains(&format!("beta     group {GROUP}: SL → SM (alpha is known stopped: taking over)")), "{plan}");
     // The live cluster is not touched.
