@@ -144,3 +144,58 @@ fn simulate_names_what_it_cannot_fail() {
     assert!(!ok);
     assert!(stderr.contains("group `db` has no resource `www`; its resources: data, app"), "{stderr}");
 }
+
+/// The saved status with beta down and alpha running db alone (SM, priority 1) and web
+/// taken over (SM), written to a temporary file.
+fn status_with_beta_down() -> tempfile::NamedTempFile {
+    let text = std::fs::read_to_string(data("simulate-status.json")).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["peers"][0]["alive"] = false.into();
+    for link in doc["peers"][0]["links"].as_array_mut().unwrap() {
+        link["up"] = false.into();
+    }
+    doc["peers"][0]["channel_link"] = serde_json::Value::Null;
+    for (group, epoch) in [(0, "4.0"), (1, "3.0")] {
+        let g = &mut doc["groups"][group];
+        g["role"] = "SM".into();
+        g["priority"] = 1.into();
+        g["epoch"] = epoch.into();
+        g["peer_state"] = serde_json::json!({ "status": "stopped", "incarnation": 4, "role": null, "priority": null, "last_index": null });
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_string(&doc).unwrap()).unwrap();
+    file
+}
+
+#[test]
+fn simulate_from_a_node_running_alone() {
+    let status = status_with_beta_down();
+    let run = |fail: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_takeover"))
+            .args(["simulate", "--fail", fail, "--config"])
+            .arg(data("simulate.toml"))
+            .arg("--status")
+            .arg(status.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, plan, stderr) = run("link:0");
+    assert!(ok, "{stderr}");
+    assert!(plan.contains("note: beta is down in the status: it stays down"), "{plan}");
+    assert!(plan.contains("group db: alpha SM (priority 1, epoch 4.0), beta down"), "{plan}");
+    assert!(plan.contains("group web: beta down, alpha SM (priority 1, epoch 3.0)"), "{plan}");
+    assert!(!plan.contains("WARNING"), "{plan}");
+    assert!(plan.contains("nothing happens: no node notices anything"), "{plan}");
+    let (ok, _, stderr) = run("beta");
+    assert!(!ok);
+    assert!(stderr.contains("beta is already down in the status; nothing to fail"), "{stderr}");
+    // The last node going down leaves nothing running.
+    let (ok, plan, stderr) = run("alpha");
+    assert!(ok, "{stderr}");
+    assert!(after(&plan).contains("group db: alpha down, beta down"), "{plan}");
+}
