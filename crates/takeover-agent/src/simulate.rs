@@ -544,6 +544,18 @@ impl<'a> World<'a> {
                     FENCE_TIME.as_secs()
                 );
                 self.line(node, text);
+                let crossing = self.pending.values().any(|ev| {
+                    matches!(ev, Ev::Fenced { by, inc, peer: p } if *by == peer.0 as usize && *p == node
+                        && self.nodes[*by].core.is_some() && self.nodes[*by].incarnation == *inc)
+                });
+                if crossing {
+                    let text = format!(
+                        "FENCE RACE: {} is fencing {} at the same time; here the fence that started first wins, real machines may both go off",
+                        self.name(peer),
+                        self.nodes[node].name
+                    );
+                    self.line(node, text);
+                }
                 let inc = self.nodes[node].incarnation;
                 self.schedule(FENCE_TIME, Ev::Fenced { by: node, inc, peer: peer.0 as usize });
             }

@@ -199,3 +199,28 @@ fn simulate_from_a_node_running_alone() {
     assert!(ok, "{stderr}");
     assert!(after(&plan).contains("group db: alpha down, beta down"), "{plan}");
 }
+
+#[test]
+fn simulate_the_only_link_lost_is_a_fence_race_in_a_symmetric_layout() {
+    // Each node is active for one group, so both fence at once (no fence_delay for an
+    // active): the plan says so, and the survivor takes both groups.
+    let out = Command::new(env!("CARGO_BIN_EXE_takeover"))
+        .args(["simulate", "--fail", "link:0", "--config"])
+        .arg(data("simulate-one-link.toml"))
+        .arg("--status")
+        .arg(data("simulate-status.json"))
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let steps = plan_steps(&plan);
+    position(&steps, "alpha suspects beta");
+    position(&steps, "beta suspects alpha");
+    position(&steps, "FENCE RACE");
+    let off = position(&steps, "beta powered off by the fence");
+    let takeover = position(&steps, "alpha group web: SL → SM (beta is known stopped: taking over)");
+    assert!(off < takeover, "{steps:#?}");
+    let after = after(&plan);
+    assert!(after.contains("group db: alpha SM (priority 1"), "{after}");
+    assert!(after.contains("group web: beta down, alpha SM (priority 1"), "{after}");
+}
