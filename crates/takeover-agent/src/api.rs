@@ -6,6 +6,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
+//! | GET | `/` | the status page for people: [`STATUS_PAGE`], which polls `/v1/status` |
 //! | GET | `/v1/status` | [`StatusDoc`]: the node, its peers and links, every group |
 //! | GET | `/v1/events?after=SEQ&limit=N&wait_ms=MS` | [`EventsDoc`]: the node's event history after `SEQ`; waits up to `wait_ms` for a new one |
 //! | POST | `/v1/groups/{group}/force-start` | [`ForceStartDoc`] (F0.6) |
@@ -416,6 +417,7 @@ impl utoipa::Modify for BearerToken {
 
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(status_page))
         .routes(routes!(status))
         .routes(routes!(events))
         .routes(routes!(force_start))
@@ -499,6 +501,19 @@ async fn ask<T>(
     let (reply, answer) = oneshot::channel();
     calls.send(make(reply)).map_err(|_| ApiError::new(503, "the agent is shutting down"))?;
     answer.await.map_err(|_| ApiError::new(503, "the agent stopped before answering"))
+}
+
+/// The web status page (plain HTML, CSS and JS, no build step): nodes, links, groups,
+/// roles, the last takeovers step by step and recent events, redrawn every second from
+/// `GET /v1/status`.
+pub const STATUS_PAGE: &str = include_str!("web/status.html");
+
+/// The web status page: the cluster at a glance, refreshed every second from
+/// `GET /v1/status` (plain HTML, CSS and JS served by the agent; no build step).
+#[utoipa::path(get, path = "/", tag = "status",
+    responses((status = 200, description = "the web status page", content_type = "text/html")))]
+async fn status_page() -> impl IntoResponse {
+    ([(axum::http::header::CACHE_CONTROL, "no-store")], axum::response::Html(STATUS_PAGE))
 }
 
 /// The node, its peers and links, and every group: role, priority, epoch, journal,

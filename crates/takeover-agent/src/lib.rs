@@ -39,6 +39,7 @@ pub mod net;
 pub mod netbed;
 pub mod resources;
 pub mod service;
+pub mod simulate;
 pub mod storage_fence;
 pub mod store;
 pub mod wire;

@@ -75,6 +75,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What the cluster would do after a failure, step by step (like crm_simulate): the
+    /// agents' own decision code runs on a simulated cluster built from the status and
+    /// the configuration. Nothing on the machines is touched.
+    Simulate {
+        /// What fails: a node (it powers off), `link:K` (link K stops between every pair
+        /// of nodes) or a resource as GROUP/RESOURCE (its monitor fails where it runs).
+        #[arg(long)]
+        fail: String,
+        /// For a resource: how many of its monitors in a row fail.
+        #[arg(long, default_value_t = 1)]
+        times: u32,
+        /// A saved status document (`takeover status --json`) instead of the live agent's.
+        #[arg(long, conflicts_with_all = ["socket", "api"])]
+        status: Option<PathBuf>,
+        /// The live agent's API socket (the same as --api).
+        #[arg(long, conflicts_with = "api")]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Start a group on this node although the seed's rule says wait (F0.6). The peer is
     /// fenced first; see the warning it prints.
     ForceStart {
@@ -427,6 +447,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+        }
+        Cmd::Simulate { fail, times, status, socket, mut target } => {
+            if socket.is_some() {
+                target.api = socket;
+            }
+            let cfg = config::load(&target.config)?;
+            let status: takeover_agent::api::StatusDoc = match &status {
+                Some(file) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read the saved status {}", file.display()))?;
+                    serde_json::from_str(&text).with_context(|| {
+                        format!("{} is not a status document as `takeover status --json` prints it", file.display())
+                    })?
+                }
+                None => target.client()?.status().await.map_err(|e| anyhow!(e.message))?,
+            };
+            if times == 0 {
+                bail!("--times must be at least 1");
+            }
+            let failure = takeover_agent::simulate::parse_failure(&cfg, &fail, times).map_err(|e| anyhow!(e))?;
+            let plan = takeover_agent::simulate::simulate(&cfg, &status, &failure).map_err(|e| anyhow!(e))?;
+            print!("{plan}");
         }
         Cmd::ForceStart { group, target } => {
             let answer = target.client()?.force_start(&group).await.map_err(|e| anyhow!(e.message))?;
