@@ -450,7 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Simulate { fail, times, status, socket, mut target } => {
             if socket.is_some() {
-                target.api = socket;
+                target.api = socket.map(|it| it.display().to_string());
             }
             let cfg = config::load(&target.config)?;
             let status: takeover_agent::api::StatusDoc = match &status {
