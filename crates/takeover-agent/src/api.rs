@@ -190,21 +190,27 @@ pub struct JournalDoc {
     pub quarantined_force_start: u64,
 }
 
-/// One event of the node's history (see [`crate::events`]).
+/// One event of the node's history (see [`crate::events`]). The fields after `t_ms` and
+/// `text` came later: a status document saved before them still reads (they default).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventDoc {
     /// The event's number on this node: increasing, kept across restarts.
+    #[serde(default)]
     pub seq: u64,
     /// Wall-clock time, milliseconds since the Unix epoch.
+    #[serde(default)]
     pub at_unix_ms: u64,
     /// Milliseconds since the agent run that recorded it started (monotonic).
     pub t_ms: u64,
     /// The agent run (incarnation) that recorded it.
+    #[serde(default)]
     pub incarnation: u64,
     /// `agent`, `link`, `peer`, `transition`, `move`, `fence`, `resource`,
     /// `monitor-failure`, `journal`, `operator` or `group`.
+    #[serde(default)]
     pub kind: String,
     /// `info`, `warning` or `alarm`.
+    #[serde(default)]
     pub level: String,
     /// The group it is about, if any.
     pub group: Option<String>,
