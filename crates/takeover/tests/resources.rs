@@ -106,9 +106,11 @@ impl WebCluster {
     /// What the service answered is all on the shared filesystem, read where it is
     /// mounted now (`node`).
     fn check_answers_kept(&self, probe: &Probe, node: &str) -> usize {
+        // Answers first: the probe keeps asking, and one answered after the file was read
+        // would look lost.
+        let answered = probe.answered();
         let served = std::fs::read_to_string(self.mnt(node).join("served.log")).expect("served.log on the shared fs");
         let kept: std::collections::BTreeSet<u64> = served.lines().filter_map(|it| it.parse().ok()).collect();
-        let answered = probe.answered();
         let lost: Vec<u64> = answered.keys().filter(|seq| !kept.contains(seq)).copied().collect();
         assert!(lost.is_empty(), "answered requests missing from the shared filesystem: {lost:?}\n{}", self.context());
         let (_, overlaps) = serving_overlaps(&self.c.dir.join("app-records.log")).expect("the service's records");
@@ -596,9 +598,10 @@ stop_timeout = "4s"
     probe.wait_answers_from("alpha", 50, WAIT, || c.logs()).await;
     assert!(mounted(&mnt("alpha")) && !mounted(&mnt("beta")));
     assert_eq!(probe.answer_sequence(), ["alpha", "beta", "alpha"]);
+    let answered = probe.answered(); // before the file: the probe keeps asking
     let served = std::fs::read_to_string(mnt("alpha").join("served.log")).unwrap();
     let kept: std::collections::BTreeSet<u64> = served.lines().filter_map(|it| it.parse().ok()).collect();
-    let lost: Vec<u64> = probe.answered().keys().filter(|it| !kept.contains(it)).copied().collect();
+    let lost: Vec<u64> = answered.keys().filter(|it| !kept.contains(it)).copied().collect();
     assert!(lost.is_empty(), "answered but not on the shared filesystem: {lost:?}\n{}", c.logs());
     let (_, overlaps) = serving_overlaps(&c.dir.join("app-records.log")).unwrap();
     assert_eq!(overlaps, 0, "{}", c.logs());
