@@ -741,7 +741,6 @@ impl Agent {
         let index = self.groups[slot].index;
         let peer = self.peer_name(self.groups[slot].peer);
         self.captured.clear();
-        self.note_force_start(index);
         let now = self.now();
         self.node.handle(now, NodeEvent::ForceStart { group: index });
         self.execute().await.map_err(|e| ApiError::new(500, format!("{e:#}")))?;

@@ -8,17 +8,12 @@
 //! are the configuration's node and group names, which contain no spaces):
 //!
 //! ```text
-//! request : TKW1 REQ <seq> <group> <node> <incarnation> <excluded node or -> <force 0|1>
+//! request : TKW1 REQ <seq> <group> <node> <incarnation>
 //! release : TKW1 REL <seq> <group> <node> <incarnation>
 //! answers : TKW1 GRANT <seq> <group> <incarnation> <lease_ms>
 //!           TKW1 REFUSE <seq> <group> <holder or -> <remaining_ms>
-//!           TKW1 EXCLUDED <seq> <group> <excluded by or ->
 //!           TKW1 RELEASED <seq> <group>
 //! ```
-//!
-//! A request names the peer its node fenced and processes without (see
-//! [`takeover_core::witness::Claim`]): that node is refused the group (`EXCLUDED`) until a
-//! holder's later request names nobody, or it forces (an operator's force start).
 //!
 //! `seq` is the requester's; the answer echoes it, and a grant the incarnation too, so the
 //! requester can find the instant its current run sent that request (it counts its lease
@@ -48,7 +43,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use takeover_core::Instant;
-use takeover_core::witness::{Answer, Claim, WitnessTable};
+use takeover_core::witness::{Answer, WitnessTable};
 
 use crate::auth::Auth;
 use crate::store::write_atomic;
@@ -60,35 +55,16 @@ const STATE_MAGIC: &str = "takeover-witness-holders v1";
 /// A message to the witness.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Acquire { seq: u64, group: String, node: String, incarnation: u64, exclude: Option<String>, force: bool },
+    Acquire { seq: u64, group: String, node: String, incarnation: u64 },
     Release { seq: u64, group: String, node: String, incarnation: u64 },
 }
 
 /// A message from the witness.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    Grant {
-        seq: u64,
-        group: String,
-        incarnation: u64,
-        lease: Duration,
-    },
-    Refuse {
-        seq: u64,
-        group: String,
-        holder: Option<String>,
-        remaining: Duration,
-    },
-    /// The requester is excluded from the group by its peer (`by`, when known).
-    Excluded {
-        seq: u64,
-        group: String,
-        by: Option<String>,
-    },
-    Released {
-        seq: u64,
-        group: String,
-    },
+    Grant { seq: u64, group: String, incarnation: u64, lease: Duration },
+    Refuse { seq: u64, group: String, holder: Option<String>, remaining: Duration },
+    Released { seq: u64, group: String },
 }
 
 fn name_ok(s: &str) -> bool {
@@ -102,12 +78,8 @@ fn millis(d: Duration) -> u64 {
 impl Request {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Request::Acquire { seq, group, node, incarnation, exclude, force } => {
-                format!(
-                    "TKW1 REQ {seq} {group} {node} {incarnation} {} {}",
-                    exclude.as_deref().unwrap_or("-"),
-                    u8::from(*force)
-                )
+            Request::Acquire { seq, group, node, incarnation } => {
+                format!("TKW1 REQ {seq} {group} {node} {incarnation}")
             }
             Request::Release { seq, group, node, incarnation } => {
                 format!("TKW1 REL {seq} {group} {node} {incarnation}")
@@ -121,18 +93,12 @@ impl Request {
         let text = std::str::from_utf8(bytes).ok()?;
         let f: Vec<&str> = text.split(' ').collect();
         match f.as_slice() {
-            ["TKW1", "REQ", seq, group, node, inc, exclude, force]
-                if name_ok(group) && name_ok(node) && name_ok(exclude) && (*force == "0" || *force == "1") =>
-            {
-                Some(Request::Acquire {
-                    seq: seq.parse().ok()?,
-                    group: group.to_string(),
-                    node: node.to_string(),
-                    incarnation: inc.parse().ok()?,
-                    exclude: (*exclude != "-").then(|| exclude.to_string()),
-                    force: *force == "1",
-                })
-            }
+            ["TKW1", "REQ", seq, group, node, inc] if name_ok(group) && name_ok(node) => Some(Request::Acquire {
+                seq: seq.parse().ok()?,
+                group: group.to_string(),
+                node: node.to_string(),
+                incarnation: inc.parse().ok()?,
+            }),
             ["TKW1", "REL", seq, group, node, inc] if name_ok(group) && name_ok(node) => Some(Request::Release {
                 seq: seq.parse().ok()?,
                 group: group.to_string(),
@@ -152,9 +118,6 @@ impl Reply {
             }
             Reply::Refuse { seq, group, holder, remaining } => {
                 format!("TKW1 REFUSE {seq} {group} {} {}", holder.as_deref().unwrap_or("-"), millis(*remaining))
-            }
-            Reply::Excluded { seq, group, by } => {
-                format!("TKW1 EXCLUDED {seq} {group} {}", by.as_deref().unwrap_or("-"))
             }
             Reply::Released { seq, group } => format!("TKW1 RELEASED {seq} {group}"),
         }
@@ -178,11 +141,6 @@ impl Reply {
                 holder: (*holder != "-").then(|| holder.to_string()),
                 remaining: Duration::from_millis(ms.parse().ok()?),
             }),
-            ["TKW1", "EXCLUDED", seq, group, by] if name_ok(group) && name_ok(by) => Some(Reply::Excluded {
-                seq: seq.parse().ok()?,
-                group: group.to_string(),
-                by: (*by != "-").then(|| by.to_string()),
-            }),
             ["TKW1", "RELEASED", seq, group] if name_ok(group) => {
                 Some(Reply::Released { seq: seq.parse().ok()?, group: group.to_string() })
             }
@@ -191,14 +149,11 @@ impl Reply {
     }
 }
 
-/// The state file's bytes for `holders` and `exclusions` (both `(group, node)`).
-pub fn encode_holders(holders: &[(String, String)], exclusions: &[(String, String)]) -> Vec<u8> {
+/// The state file's bytes for `holders`.
+pub fn encode_holders(holders: &[(String, String)]) -> Vec<u8> {
     let mut body = String::new();
     for (group, node) in holders {
         body.push_str(&format!("{group} {node}\n"));
-    }
-    for (group, node) in exclusions {
-        body.push_str(&format!("{EXCLUDED} {group} {node}\n"));
     }
     let crc = crc32fast::hash(body.as_bytes());
     format!("{STATE_MAGIC} {crc:08x}\n{body}").into_bytes()
@@ -206,38 +161,29 @@ pub fn encode_holders(holders: &[(String, String)], exclusions: &[(String, Strin
 
 /// Parses the state file; `None` for anything that is not exactly what
 /// [`encode_holders`] writes.
-pub fn decode_holders(bytes: &[u8]) -> Option<Holders> {
+pub fn decode_holders(bytes: &[u8]) -> Option<Vec<(String, String)>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let (head, body) = text.split_once('\n')?;
     let crc = head.strip_prefix(STATE_MAGIC)?.strip_prefix(' ')?;
     if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) || crc.len() != 8 {
         return None;
     }
-    let (mut holders, mut exclusions) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     for line in body.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        match fields.as_slice() {
-            [EXCLUDED, g, n] if name_ok(g) && name_ok(n) => exclusions.push((g.to_string(), n.to_string())),
-            [g, n] if name_ok(g) && name_ok(n) && *g != EXCLUDED => holders.push((g.to_string(), n.to_string())),
-            _ => return None,
+        let (g, n) = line.split_once(' ')?;
+        if !name_ok(g) || !name_ok(n) {
+            return None;
         }
+        out.push((g.to_string(), n.to_string()));
     }
-    Some((holders, exclusions))
+    Some(out)
 }
-
-/// What the state file holds: `(group, holder)` and `(group, excluded node)` lists.
-pub type Holders = (Vec<(String, String)>, Vec<(String, String)>);
-
-/// The state file's mark of an exclusion line (`-excluded group node`; a group name
-/// never starts with '-').
-const EXCLUDED: &str = "-excluded";
 
 /// How the witness started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
-    /// From its state file: these holders hold their groups for a full lease again, and
-    /// these nodes stay excluded.
-    Restored(Vec<(String, String)>, Vec<(String, String)>),
+    /// From its state file: these holders hold their groups for a full lease again.
+    Restored(Vec<(String, String)>),
     /// No usable state (first start, or a file it cannot read): nothing is granted for
     /// `lease + margin`. The string says why.
     Quiet(String),
@@ -248,7 +194,7 @@ pub fn load(state_dir: &Path, lease: Duration, margin: Duration, now: Instant) -
     let path = state_dir.join(STATE_FILE);
     match fs::read(&path) {
         Ok(bytes) => match decode_holders(&bytes) {
-            Some((h, x)) => (WitnessTable::restore_with(lease, margin, &h, &x, now), Start::Restored(h, x)),
+            Some(h) => (WitnessTable::restore(lease, margin, &h, now), Start::Restored(h)),
             None => {
                 (WitnessTable::amnesiac(lease, margin, now), Start::Quiet(format!("{} is corrupt", path.display())))
             }
@@ -273,36 +219,26 @@ impl Witness {
         Witness { table, state: state_dir.join(STATE_FILE) }
     }
 
-    fn persist(&self) -> io::Result<()> {
-        write_atomic(&self.state, &encode_holders(&self.table.holders(), &self.table.exclusions()))
-    }
-
     /// Handles one request that arrived at `now`: the reply to send, after any durable
     /// write it depends on. An `Err` is a failed durable write: the caller must exit
     /// without answering.
     pub fn handle(&mut self, req: Request, now: Instant) -> io::Result<Reply> {
         match req {
-            Request::Acquire { seq, group, node, incarnation, exclude, force } => {
-                let claim = Claim { exclude: exclude.clone(), force };
-                match self.table.request_with(&group, &node, incarnation, seq, now, &claim) {
+            Request::Acquire { seq, group, node, incarnation } => {
+                match self.table.request(&group, &node, incarnation, seq, now) {
                     Answer::Granted { lease, persist } => {
                         if persist {
-                            self.persist()?;
-                            let excluding = exclude.map_or(String::new(), |it| format!(", excluding {it}"));
-                            eprintln!(
-                                "witness: group {group} granted to {node} (incarnation {incarnation}{excluding}{})",
-                                if force { ", forced" } else { "" }
-                            );
+                            write_atomic(&self.state, &encode_holders(&self.table.holders()))?;
+                            eprintln!("witness: group {group} granted to {node} (incarnation {incarnation})");
                         }
                         Ok(Reply::Grant { seq, group, incarnation, lease })
                     }
                     Answer::Refused { holder, remaining } => Ok(Reply::Refuse { seq, group, holder, remaining }),
-                    Answer::Excluded { by } => Ok(Reply::Excluded { seq, group, by }),
                 }
             }
             Request::Release { seq, group, node, incarnation } => {
                 if self.table.release(&group, &node, incarnation, seq) {
-                    self.persist()?;
+                    write_atomic(&self.state, &encode_holders(&self.table.holders()))?;
                     eprintln!("witness: group {group} released by {node}");
                 }
                 Ok(Reply::Released { seq, group })
@@ -339,10 +275,7 @@ pub fn ask(addr: SocketAddr, auth: &Auth, req: &Request, wait: Duration) -> io::
         let reply = auth.open_witness(&buf[..n]).and_then(|plain| Reply::decode(&plain));
         let matches = match &reply {
             Some(
-                Reply::Grant { seq, group, .. }
-                | Reply::Refuse { seq, group, .. }
-                | Reply::Excluded { seq, group, .. }
-                | Reply::Released { seq, group },
+                Reply::Grant { seq, group, .. } | Reply::Refuse { seq, group, .. } | Reply::Released { seq, group },
             ) => *seq == want_seq && group == want_group,
             None => false,
         };
@@ -375,11 +308,7 @@ pub fn main(args: WitnessArgs) -> anyhow::Result<()> {
     let now = || Instant(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX));
     let (table, start) = load(&args.state_dir, args.lease, args.margin, now());
     match &start {
-        Start::Restored(h, x) => eprintln!(
-            "witness: restored {} holder(s), each holding a full lease again, and {} exclusion(s)",
-            h.len(),
-            x.len()
-        ),
+        Start::Restored(h) => eprintln!("witness: restored {} holder(s), each holding a full lease again", h.len()),
         Start::Quiet(why) => {
             eprintln!("witness: {why}; granting nothing for {:?} (lease + margin)", args.lease + args.margin)
         }
@@ -429,23 +358,14 @@ mod tests {
     }
 
     fn acquire(group: &str, node: &str) -> Request {
-        Request::Acquire { seq: 7, group: group.into(), node: node.into(), incarnation: 3, exclude: None, force: false }
+        Request::Acquire { seq: 7, group: group.into(), node: node.into(), incarnation: 3 }
     }
 
     #[test]
     fn messages_round_trip_and_garbage_is_rejected() {
-        for r in [
-            acquire("web", "a"),
-            Request::Acquire {
-                seq: 9,
-                group: "g".into(),
-                node: "a".into(),
-                incarnation: 1,
-                exclude: Some("b".into()),
-                force: true,
-            },
-            Request::Release { seq: 1, group: "web".into(), node: "b".into(), incarnation: 2 },
-        ] {
+        for r in
+            [acquire("web", "a"), Request::Release { seq: 1, group: "web".into(), node: "b".into(), incarnation: 2 }]
+        {
             assert_eq!(Request::decode(&r.encode()), Some(r));
         }
         for r in [
@@ -453,21 +373,10 @@ mod tests {
             Reply::Refuse { seq: 2, group: "g".into(), holder: Some("a".into()), remaining: MARGIN },
             Reply::Refuse { seq: 2, group: "g".into(), holder: None, remaining: MARGIN },
             Reply::Released { seq: 3, group: "g".into() },
-            Reply::Excluded { seq: 4, group: "g".into(), by: Some("a".into()) },
-            Reply::Excluded { seq: 4, group: "g".into(), by: None },
         ] {
             assert_eq!(Reply::decode(&r.encode()), Some(r));
         }
-        for bad in [
-            "",
-            "TKW1",
-            "TKW1 REQ x g n 1 - 0",
-            "TKW1 REQ 1 g n",
-            "TKW1 REQ 1  n 1 - 0",
-            "TKW2 REQ 1 g n 1 - 0",
-            "TKW1 REQ 1 g n 1 - 2",
-            "TKW1 REQ 1 g n 1",
-        ] {
+        for bad in ["", "TKW1", "TKW1 REQ x g n 1", "TKW1 REQ 1 g n", "TKW1 REQ 1  n 1", "TKW2 REQ 1 g n 1"] {
             assert_eq!(Request::decode(bad.as_bytes()), None, "{bad:?}");
         }
         assert_eq!(Reply::decode(b"TKW1 GRANT 1 g"), None);
@@ -477,10 +386,9 @@ mod tests {
     #[test]
     fn holders_file_round_trips_and_detects_corruption() {
         let h = vec![("db".to_string(), "b".to_string()), ("web".to_string(), "a".to_string())];
-        let x = vec![("web".to_string(), "b".to_string())];
-        let bytes = encode_holders(&h, &x);
-        assert_eq!(decode_holders(&bytes), Some((h, x)));
-        assert_eq!(decode_holders(&encode_holders(&[], &[])), Some((vec![], vec![])));
+        let bytes = encode_holders(&h);
+        assert_eq!(decode_holders(&bytes), Some(h));
+        assert_eq!(decode_holders(&encode_holders(&[])), Some(vec![]));
         let mut bad = bytes.clone();
         let last = bad.len() - 2;
         bad[last] ^= 1;
@@ -500,7 +408,7 @@ mod tests {
 
         // Restart: a's lease runs again in full from the restart; b waits for it.
         let (table, start) = load(dir.path(), LEASE, MARGIN, at(0));
-        assert_eq!(start, Start::Restored(vec![("web".into(), "a".into())], vec![]));
+        assert_eq!(start, Start::Restored(vec![("web".into(), "a".into())]));
         let mut w = Witness::new(table, dir.path());
         assert!(matches!(w.handle(acquire("web", "b"), at(6499)).unwrap(), Reply::Refuse { .. }));
         assert!(matches!(w.handle(acquire("web", "a"), at(10)).unwrap(), Reply::Grant { .. }));
@@ -517,44 +425,9 @@ mod tests {
         assert!(matches!(w.handle(acquire("web", "a"), at(6601)).unwrap(), Reply::Refuse { .. }));
         assert!(matches!(w.handle(rel("b", 9), at(6602)).unwrap(), Reply::Released { .. }));
         let (table, start) = load(dir.path(), LEASE, MARGIN, at(0));
-        assert_eq!(start, Start::Restored(vec![], vec![]));
+        assert_eq!(start, Start::Restored(vec![]));
         let mut w = Witness::new(table, dir.path());
         assert!(matches!(w.handle(acquire("web", "a"), at(0)).unwrap(), Reply::Grant { .. }));
-    }
-
-    #[test]
-    fn an_exclusion_is_durable_and_only_a_force_or_the_holder_lifts_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (table, _) = load(dir.path(), LEASE, MARGIN, at(0));
-        let mut w = Witness::new(table, dir.path());
-        let claim = |node: &str, seq, exclude: Option<&str>, force| Request::Acquire {
-            seq,
-            group: "web".into(),
-            node: node.into(),
-            incarnation: 1,
-            exclude: exclude.map(str::to_string),
-            force,
-        };
-        // a processes alone after fencing b through the witness.
-        assert!(matches!(w.handle(claim("a", 1, Some("b"), false), at(6500)).unwrap(), Reply::Grant { .. }));
-        // a's lease ends (a died), the witness restarts: b is still excluded, forever.
-        let (table, start) = load(dir.path(), LEASE, MARGIN, at(0));
-        assert_eq!(start, Start::Restored(vec![("web".into(), "a".into())], vec![("web".into(), "b".into())]));
-        let mut w = Witness::new(table, dir.path());
-        for ms in [0, 7000, 60_000] {
-            let answer = w.handle(claim("b", 2, None, false), at(ms)).unwrap();
-            assert_eq!(answer, Reply::Excluded { seq: 2, group: "web".into(), by: Some("a".into()) }, "at {ms} ms");
-        }
-        // a comes back, b rejoins and catches up: a names nobody, and b may hold the
-        // group again once a's lease ends.
-        assert!(matches!(w.handle(claim("a", 3, None, false), at(60_000)).unwrap(), Reply::Grant { .. }));
-        assert!(matches!(w.handle(claim("b", 4, None, false), at(60_001)).unwrap(), Reply::Refuse { .. }));
-        assert!(matches!(w.handle(claim("b", 5, None, false), at(66_500)).unwrap(), Reply::Grant { .. }));
-        // Excluded again by b; a forces (the operator's force start) once b's lease ended.
-        assert!(matches!(w.handle(claim("b", 6, Some("a"), false), at(66_600)).unwrap(), Reply::Grant { .. }));
-        assert!(matches!(w.handle(claim("a", 7, None, false), at(80_000)).unwrap(), Reply::Excluded { .. }));
-        assert!(matches!(w.handle(claim("a", 8, Some("b"), true), at(80_000)).unwrap(), Reply::Grant { .. }));
-        assert!(matches!(w.handle(claim("b", 9, None, false), at(90_000)).unwrap(), Reply::Excluded { .. }));
     }
 
     #[test]

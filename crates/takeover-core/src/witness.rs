@@ -25,17 +25,6 @@
 //! covers any lease granted before the crash. If the file cannot be read, the witness
 //! grants nothing to anyone for `lease + margin` ([`WitnessTable::amnesiac`]), after which
 //! every lease it could have granted has ended in its holder's view.
-//!
-//! Exclusions (the witness as a fence): a holder that processes a group alone after
-//! fencing its peer through the witness (SM) names that peer in its requests
-//! ([`Claim::exclude`]). The witness then refuses the group to the excluded node
-//! ([`Answer::Excluded`]) even after the holder's lease ended, until a later request of a
-//! holder names nobody (the peer rejoined and caught up) or the excluded node forces
-//! ([`Claim::force`], the operator's force start). Without it, a node fenced only by the
-//! lease — alive, with the journal it had when it was cut off — would take the group over
-//! once the lone active died, losing what the active acknowledged alone. Exclusions are
-//! durable like holders; an update counts only from a request newer than the one that set
-//! the current value (a late, older request never clears a newer exclusion).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,17 +48,6 @@ pub struct WitnessLease {
     pub until: Instant,
 }
 
-/// What a request claims besides the lease itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Claim {
-    /// The node the requester fenced and processes without: it must not get the group
-    /// until the requester names nobody again.
-    pub exclude: Option<String>,
-    /// The operator's force start: granted although this node is excluded (the lease
-    /// must still be free).
-    pub force: bool,
-}
-
 /// The witness's answer to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -81,18 +59,6 @@ pub enum Answer {
     /// Another node holds the group for at least `remaining` more (on the witness's clock;
     /// a hint for logs, never used in a decision across machines).
     Refused { holder: Option<String>, remaining: Duration },
-    /// The requester is excluded: its peer processed the group without it after fencing
-    /// it. It gets the group only after rejoining its peer, or with [`Claim::force`].
-    Excluded { by: Option<String> },
-}
-
-/// One group's exclusion: the excluded node, who set it, and the set-request's
-/// `(incarnation, seq)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Exclusion {
-    node: String,
-    by: String,
-    at: (u64, u64),
 }
 
 /// The grant rules of the witness: at most one holder per group, ever.
@@ -103,34 +69,18 @@ pub struct WitnessTable {
     /// While `now` is before this, nothing is granted (the witness lost its memory).
     quiet_until: Instant,
     leases: BTreeMap<String, WitnessLease>,
-    excluded: BTreeMap<String, Exclusion>,
 }
 
 impl WitnessTable {
     /// A witness starting with a known-empty history (first start: no state file).
     pub fn new(lease: Duration, margin: Duration) -> WitnessTable {
-        WitnessTable { lease, margin, quiet_until: Instant(0), leases: BTreeMap::new(), excluded: BTreeMap::new() }
+        WitnessTable { lease, margin, quiet_until: Instant(0), leases: BTreeMap::new() }
     }
 
     /// A witness restarting at `now` from its durable `(group, holder)` list: every
     /// recorded holder holds its group again for a full `lease + margin` from `now`.
     pub fn restore(lease: Duration, margin: Duration, holders: &[(String, String)], now: Instant) -> WitnessTable {
-        WitnessTable::restore_with(lease, margin, holders, &[], now)
-    }
-
-    /// [`WitnessTable::restore`] with the durable `(group, excluded node)` list too.
-    pub fn restore_with(
-        lease: Duration,
-        margin: Duration,
-        holders: &[(String, String)],
-        exclusions: &[(String, String)],
-        now: Instant,
-    ) -> WitnessTable {
         let mut t = WitnessTable::new(lease, margin);
-        for (group, node) in exclusions {
-            let by = holders.iter().find(|(g, _)| g == group).map_or(String::new(), |(_, h)| h.clone());
-            t.excluded.insert(group.clone(), Exclusion { node: node.clone(), by, at: (0, 0) });
-        }
         let until = now.after(lease + margin);
         for (group, holder) in holders {
             t.leases.insert(
@@ -152,30 +102,11 @@ impl WitnessTable {
     /// `node` (run `incarnation`, request `seq`) asks for `group`'s lease; the request
     /// arrived at `now`.
     pub fn request(&mut self, group: &str, node: &str, incarnation: u64, seq: u64, now: Instant) -> Answer {
-        self.request_with(group, node, incarnation, seq, now, &Claim::default())
-    }
-
-    /// [`WitnessTable::request`] with what the request claims (an exclusion, a force).
-    pub fn request_with(
-        &mut self,
-        group: &str,
-        node: &str,
-        incarnation: u64,
-        seq: u64,
-        now: Instant,
-        claim: &Claim,
-    ) -> Answer {
         if now < self.quiet_until {
             return Answer::Refused { holder: None, remaining: self.quiet_until.since(now) };
         }
-        if !claim.force
-            && let Some(x) = self.excluded.get(group)
-            && x.node == node
-        {
-            return Answer::Excluded { by: (!x.by.is_empty()).then(|| x.by.clone()) };
-        }
         let until = now.after(self.lease + self.margin);
-        let changed_holder = match self.leases.get_mut(group) {
+        match self.leases.get_mut(group) {
             Some(l) if l.holder == node => {
                 if (incarnation, seq) > (l.incarnation, l.last_seq) {
                     (l.incarnation, l.last_seq) = (incarnation, seq);
@@ -183,50 +114,19 @@ impl WitnessTable {
                 // Never shorten: an old duplicate request arriving late must not pull
                 // the end earlier than a later grant already promised.
                 l.until = l.until.max(until);
-                false
+                Answer::Granted { lease: self.lease, persist: false }
             }
             Some(l) if now < l.until => {
-                return Answer::Refused { holder: Some(l.holder.clone()), remaining: l.until.since(now) };
+                Answer::Refused { holder: Some(l.holder.clone()), remaining: l.until.since(now) }
             }
             _ => {
                 self.leases.insert(
                     group.to_string(),
                     WitnessLease { holder: node.to_string(), incarnation, last_seq: seq, until, restored: false },
                 );
-                true
-            }
-        };
-        let changed_exclusion = self.claim_exclusion(group, node, (incarnation, seq), claim, changed_holder);
-        Answer::Granted { lease: self.lease, persist: changed_holder || changed_exclusion }
-    }
-
-    /// The holder `node`'s granted request `at` names `claim.exclude`: the group's
-    /// exclusion follows it, unless an exclusion set by a newer request of the same
-    /// holder stands (a new holder's first request always decides). Returns whether the
-    /// durable part changed.
-    fn claim_exclusion(&mut self, group: &str, node: &str, at: (u64, u64), claim: &Claim, new_holder: bool) -> bool {
-        let current = self.excluded.get(group);
-        if !new_holder && current.is_some_and(|x| x.by == node && x.at > at) {
-            return false;
-        }
-        let before = current.map(|x| x.node.clone());
-        match &claim.exclude {
-            Some(peer) => {
-                self.excluded.insert(group.to_string(), Exclusion { node: peer.clone(), by: node.to_string(), at });
-            }
-            None => {
-                // Nobody named: the holder's peer is in sync (or there is none to fear).
-                if current.is_some_and(|x| x.by == node && x.at <= at || new_holder || x.by.is_empty()) {
-                    self.excluded.remove(group);
-                }
+                Answer::Granted { lease: self.lease, persist: true }
             }
         }
-        before != self.excluded.get(group).map(|x| x.node.clone())
-    }
-
-    /// The durable exclusions: `(group, excluded node)`.
-    pub fn exclusions(&self) -> Vec<(String, String)> {
-        self.excluded.iter().map(|(g, x)| (g.clone(), x.node.clone())).collect()
     }
 
     /// `node` gives `group` back (it stopped the group's resources and forgot its grants,
@@ -412,35 +312,6 @@ mod tests {
         assert!(matches!(t.request("web", "a", 2, 1, at(7600)), Answer::Refused { .. }));
         // Groups are independent.
         assert_eq!(t.request("db", "a", 2, 1, at(7600)), granted(true));
-    }
-
-    #[test]
-    fn an_exclusion_outlives_the_lease_and_only_a_newer_request_of_the_holder_lifts_it() {
-        let mut t = WitnessTable::new(LEASE, MARGIN);
-        let excl = |peer: &str| Claim { exclude: Some(peer.into()), force: false };
-        let none = Claim::default();
-        assert_eq!(t.request_with("web", "a", 1, 1, at(0), &none), granted(true));
-        // a fences b and processes alone: a change of the durable part.
-        assert_eq!(t.request_with("web", "a", 1, 2, at(100), &excl("b")), granted(true));
-        assert_eq!(t.exclusions(), vec![("web".to_string(), "b".to_string())]);
-        assert_eq!(t.request_with("web", "a", 1, 3, at(200), &excl("b")), granted(false));
-        // a dies: its lease ends, b stays excluded.
-        assert_eq!(t.request_with("web", "b", 1, 1, at(60_000), &none), Answer::Excluded { by: Some("a".into()) });
-        // A late, older request of a that named nobody does not lift it.
-        assert_eq!(t.request_with("web", "a", 1, 1, at(60_001), &none), granted(false));
-        assert_eq!(t.exclusions().len(), 1);
-        // A newer one does (b rejoined and caught up).
-        assert_eq!(t.request_with("web", "a", 1, 4, at(60_002), &none), granted(true));
-        assert!(t.exclusions().is_empty());
-        // A force start overrides an exclusion but not a live lease.
-        assert_eq!(t.request_with("web", "a", 1, 5, at(60_003), &excl("b")), granted(true));
-        let force = Claim { exclude: Some("a".into()), force: true };
-        assert!(matches!(t.request_with("web", "b", 2, 1, at(60_004), &force), Answer::Refused { .. }));
-        assert_eq!(t.request_with("web", "b", 2, 2, at(67_000), &force), granted(true));
-        assert_eq!(t.exclusions(), vec![("web".to_string(), "a".to_string())]);
-        // Restored from the durable lists.
-        let r = WitnessTable::restore_with(LEASE, MARGIN, &t.holders(), &t.exclusions(), at(0));
-        assert_eq!(r.exclusions(), t.exclusions());
     }
 
     #[test]

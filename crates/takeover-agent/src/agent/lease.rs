@@ -10,18 +10,15 @@
 //! - the guard is renewed only while every lease of a group with anything up here covers
 //!   the guard's timeout ([`HeldLease::covers`]), so a node that cannot renew — or whose
 //!   agent is paused — is stopped by its guard before its lease ends;
-//! - while this node processes a group alone (SM: it fenced its peer), its requests name
-//!   the peer, and the witness refuses the group to that node until it has rejoined (its
-//!   journal is behind), even after this node's lease ended; an operator's force start
-//!   overrides that. The seed's durable priorities already keep a restarted peer
-//!   waiting; the witness keeps that rule on a third machine.
 //!
-//! The witness is not a fence: it cannot stop a node (see `config`).
+//! The witness is not a fence: it cannot stop a node (see `config`). A node that is
+//! behind (its peer went on alone after fencing it) is kept waiting by the core's
+//! durable priorities, not by the witness.
 //!
 //! The bookkeeping of one lease is [`HeldLease`] in the core (pure, on this node's clock);
 //! this module sends the datagrams and reads the answers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,27 +40,10 @@ use crate::witness::{Reply, Request};
 /// The longest wait between two requests for a lease that is not held.
 const RETRY_MAX: Duration = Duration::from_millis(200);
 
-/// What a wanted lease's requests claim.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Want {
-    /// The peer this node fenced (or is fencing) and processes without.
-    pub exclude: Option<String>,
-    /// An operator's force start of the group on this node.
-    pub force: bool,
-}
-
 /// One group's lease.
 struct GroupLease {
     index: GroupIndex,
     name: String,
-    /// What the requests claim now.
-    want: Want,
-    /// What each remembered request claimed (bounded like the core's outstanding list).
-    claims: Vec<(u64, Option<String>)>,
-    /// The exclusion the witness granted last.
-    granted_exclude: Option<String>,
-    /// The witness refuses this node the group: its peer processed without it.
-    excluded_by: Option<Option<String>>,
     held: HeldLease,
     /// When the last request went out.
     last_attempt: Option<Instant>,
@@ -131,10 +111,6 @@ impl Leases {
             .map(|(index, name)| GroupLease {
                 index: *index,
                 name: name.clone(),
-                want: Want::default(),
-                claims: Vec::new(),
-                granted_exclude: None,
-                excluded_by: None,
                 held: HeldLease::new(cfg.lease, cfg.margin),
                 last_attempt: None,
                 retry_at: None,
@@ -164,32 +140,18 @@ impl Leases {
 
     /// Sends the requests and releases due at `now`, given the groups whose lease is
     /// wanted. Returns what to record.
-    pub fn tick(&mut self, now: Instant, wanted: &HashMap<GroupIndex, Want>) -> Vec<String> {
+    pub fn tick(&mut self, now: Instant, wanted: &HashSet<GroupIndex>) -> Vec<String> {
         let mut events = Vec::new();
         let mut out = Vec::new();
         for g in &mut self.groups {
-            if let Some(want) = wanted.get(&g.index) {
-                // A new claim goes out at once (a fence waits for it).
-                let changed = *want != g.want;
-                if changed {
-                    g.want = want.clone();
-                    g.retry_at = None;
-                    if want.force {
-                        g.excluded_by = None;
-                    }
-                }
+            if wanted.contains(&g.index) {
                 let due = if g.held.valid(now) {
-                    changed || g.held.renew_due(now)
+                    g.held.renew_due(now)
                 } else {
-                    (changed || g.last_attempt.is_none_or(|t| now.since(t) >= self.retry))
-                        && g.retry_at.is_none_or(|t| now >= t)
+                    g.last_attempt.is_none_or(|t| now.since(t) >= self.retry) && g.retry_at.is_none_or(|t| now >= t)
                 };
                 if due {
                     let seq = g.held.sending(now);
-                    g.claims.push((seq, g.want.exclude.clone()));
-                    if g.claims.len() > 16 {
-                        g.claims.remove(0);
-                    }
                     g.last_attempt = Some(now);
                     g.outstanding = true;
                     out.push(Request::Acquire {
@@ -197,17 +159,12 @@ impl Leases {
                         group: g.name.clone(),
                         node: self.node.clone(),
                         incarnation: self.incarnation,
-                        exclude: g.want.exclude.clone(),
-                        force: g.want.force,
                     });
                 }
             } else if g.outstanding {
                 let was_held = g.held.valid(now);
                 let seq = g.held.release();
                 g.outstanding = false;
-                g.want = Want::default();
-                g.claims.clear();
-                g.granted_exclude = None;
                 g.last_attempt = None;
                 g.retry_at = None;
                 out.push(Request::Release {
@@ -229,7 +186,7 @@ impl Leases {
 
     /// Releases every lease (the agent stops; its services are down).
     pub fn release_all(&mut self, now: Instant) -> Vec<String> {
-        self.tick(now, &HashMap::new())
+        self.tick(now, &HashSet::new())
     }
 
     /// An answer from the witness. Returns what to record.
@@ -244,14 +201,7 @@ impl Leases {
                     return None;
                 }
                 let was_held = g.held.valid(now);
-                if !g.held.granted(seq, lease) {
-                    return None;
-                }
-                if let Some((_, exclude)) = g.claims.iter().find(|(s, _)| *s == seq) {
-                    g.granted_exclude = exclude.clone();
-                }
-                g.excluded_by = None;
-                if was_held || !g.held.valid(now) {
+                if !g.held.granted(seq, lease) || was_held || !g.held.valid(now) {
                     return None;
                 }
                 g.refused = None;
@@ -292,23 +242,6 @@ impl Leases {
                     (false, false) => None,
                 }
             }
-            Reply::Excluded { group, by, .. } => {
-                let lease = self.cfg.lease;
-                let g = self.groups.iter_mut().find(|it| it.name == group)?;
-                if !g.outstanding {
-                    return None;
-                }
-                // Ask again only now and then: this changes when the peer comes back.
-                g.retry_at = Some(now.after(lease / 3));
-                let first = g.excluded_by.is_none();
-                g.excluded_by = Some(by.clone());
-                first.then(|| {
-                    format!(
-                        "ALARM: witness: group {group}: this node is excluded: {} processed the group without it after fencing it, so this node's copy is behind; it starts the group only after rejoining its peer (or `takeover force-start {group}`, which loses what the peer acknowledged alone)",
-                        by.as_deref().unwrap_or("its peer")
-                    )
-                })
-            }
             Reply::Released { .. } => None,
         }
     }
@@ -327,15 +260,10 @@ impl Leases {
     /// For `status`: the lease of `index` in words.
     pub fn describe(&self, index: GroupIndex, now: Instant) -> Option<String> {
         let g = self.find(index)?;
-        let excluding = g.granted_exclude.as_ref().map_or(String::new(), |p| format!(", excluding {p}"));
         Some(match (g.held.valid_until(), &g.refused) {
             (Some(until), _) if now < until => {
-                format!("held for {}{excluding}", format_duration(until.since(now)))
+                format!("held for {}", format_duration(until.since(now)))
             }
-            _ if g.outstanding && g.excluded_by.is_some() => format!(
-                "not held: EXCLUDED by {} (this node's copy is behind; it rejoins first)",
-                g.excluded_by.clone().flatten().unwrap_or_else(|| "its peer".into())
-            ),
             (_, Some((holder, ends))) if g.outstanding => format!(
                 "not held: the witness refused it (holder {}, for {} more)",
                 holder.as_deref().unwrap_or("none, the witness restarted"),
@@ -358,21 +286,12 @@ pub(super) struct Witnessing {
     deferred: Vec<(GroupIndex, usize)>,
     /// The guard is not being renewed because a lease does not cover it (recorded once).
     guard_held_back: bool,
-    /// Groups an operator force-starts here, until their lease is granted.
-    forcing: HashSet<GroupIndex>,
 }
 
 impl Witnessing {
     pub fn new() -> Witnessing {
         let (answers_tx, answers) = mpsc::unbounded_channel();
-        Witnessing {
-            leases: None,
-            answers_tx,
-            answers,
-            deferred: Vec::new(),
-            guard_held_back: false,
-            forcing: HashSet::new(),
-        }
+        Witnessing { leases: None, answers_tx, answers, deferred: Vec::new(), guard_held_back: false }
     }
 
     /// Whether a `[witness]` is in use.
@@ -426,28 +345,17 @@ impl super::Agent {
             .collect()
     }
 
-    /// The leases this node wants now, and what their requests claim: a group active
-    /// here (M or SM), or with anything up or starting; the peer is excluded while this
-    /// node processes without it (SM).
-    fn wanted_leases(&self, now: Instant) -> HashMap<GroupIndex, Want> {
-        let running = self.groups_running(now);
-        let mut wanted = HashMap::new();
-        for (index, peer, gs, _) in &self.node.status(now).groups {
-            let active = matches!(gs.role, Role::M | Role::Sm);
+    /// The leases this node wants now: a group active here (M or SM), or with anything
+    /// up or starting.
+    fn wanted_leases(&self, now: Instant) -> HashSet<GroupIndex> {
+        let mut wanted = self.groups_running(now);
+        for (index, _, gs, _) in &self.node.status(now).groups {
             let deferred = self.witness.deferred.iter().any(|(g, _)| g == index);
-            if active || deferred || running.contains(index) {
-                let exclude = (gs.role == Role::Sm).then(|| self.peer_name(*peer));
-                wanted.insert(*index, Want { exclude, force: self.witness.forcing.contains(index) });
+            if matches!(gs.role, Role::M | Role::Sm) || deferred {
+                wanted.insert(*index);
             }
         }
         wanted
-    }
-
-    /// An operator forces `index` to start here: its requests override an exclusion.
-    pub(super) fn note_force_start(&mut self, index: GroupIndex) {
-        if self.witness.on() {
-            self.witness.forcing.insert(index);
-        }
     }
 
     /// Sends what is due to the witness and runs the starts whose lease came.
@@ -459,7 +367,6 @@ impl super::Agent {
         let wanted = self.wanted_leases(now);
         let Some(leases) = self.witness.leases.as_mut() else { return };
         let events = leases.tick(now, &wanted);
-        self.witness.forcing.retain(|g| !leases.valid(*g, now));
         let (ready, waiting): (Vec<_>, Vec<_>) =
             self.witness.deferred.drain(..).partition(|(g, _)| leases.valid(*g, now));
         self.witness.deferred = waiting;
