@@ -509,6 +509,16 @@ impl Rig {
         match fault {
             Fault::Kill(n) => self.c.kill_agent(n),
             Fault::PowerOff(n) => self.c.power_off(n),
+            Fault::Pause(n) if self.layout == Layout::Storage => {
+                // Storage fencing trusts the fenced node's guard to stop it; a guard process
+                // frozen with the whole node cannot (that needs a hardware watchdog, which
+                // keeps counting while the machine is frozen; this machine has none). The
+                // first long run showed the frozen node's service running for ~20 ms after
+                // SIGCONT, next to the peer's (seed 5007). Here the agent alone stalls.
+                if let Some(pid) = self.c.agent_pid(n) {
+                    let _ = self.c.bed.pause(pid);
+                }
+            }
             Fault::Pause(n) => {
                 self.c.pause(n, true);
             }
