@@ -69,7 +69,10 @@ const APPEND_BATCH: usize = 256;
 /// Runs the agent until SIGTERM/SIGINT or a fatal error.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut agent = Agent::start(opts).await?;
-    agent.run().await
+    // Under systemd (`Type=notify`): ready now that the API answers; watchdog from the loop.
+    let mut systemd = crate::sdnotify::Notifier::from_env();
+    systemd.ready(&agent.systemd_status());
+    agent.run(&mut systemd).await
 }
 
 struct Agent {
@@ -489,13 +492,22 @@ impl Agent {
         }
     }
 
-    async fn run(&mut self) -> anyhow::Result<()> {
+    /// One line for `systemctl status`: this node and each group's role.
+    fn systemd_status(&self) -> String {
+        let doc = self.status_doc();
+        let groups: Vec<String> = doc.groups.iter().map(|g| format!("{} {}", g.name, g.role)).collect();
+        format!("node {} incarnation {}: {}", doc.node, doc.incarnation, groups.join(", "))
+    }
+
+    async fn run(&mut self, systemd: &mut crate::sdnotify::Notifier) -> anyhow::Result<()> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut plan_check = tokio::time::interval(runtime::PLAN_CHECK_INTERVAL);
         plan_check.reset();
         let mut renew = tokio::time::interval(self.watchdog.every().unwrap_or(Duration::from_secs(3600)));
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut systemd_watchdog = tokio::time::interval(systemd.watchdog_every().unwrap_or(Duration::from_secs(3600)));
+        systemd_watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.execute().await?;
             let deadline = self.node.poll_timeout().map(|at| self.tokio_instant(at));
@@ -513,8 +525,13 @@ impl Agent {
                 Some(done) = self.plans_rx.recv() => self.on_plan_checked(done),
                 _ = plan_check.tick() => self.check_plans(),
                 _ = renew.tick() => self.watchdog.renew()?,
+                _ = systemd_watchdog.tick(), if systemd.watchdog_every().is_some() => {
+                    systemd.watchdog();
+                    systemd.status(&self.systemd_status());
+                }
             }
         }
+        systemd.stopping("stopping: SIGTERM/SIGINT received; stopping the resources that are up");
         self.record("stopping: SIGTERM/SIGINT received; stopping the resources that are up".into());
         self.stop_all().await;
         self.watchdog.disarm();

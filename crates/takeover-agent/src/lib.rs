@@ -20,6 +20,7 @@
 //! - [`fence`]: fence levels (fence-agents devices and plain commands, with retries,
 //!   timeouts and a status check), and `fence-local`, the power-off of a node that runs
 //!   on this machine.
+//! - [`sdnotify`]: systemd's readiness and watchdog notifications (`Type=notify`).
 
 pub mod agent;
 pub mod api;
@@ -32,6 +33,7 @@ pub mod localnet;
 pub mod net;
 pub mod netbed;
 pub mod resources;
+pub mod sdnotify;
 pub mod service;
 pub mod storage_fence;
 pub mod store;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use takeover_agent::api::Client;
 use takeover_agent::config::{self, ApiAddr};
 
@@ -27,8 +27,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum StorageFenceCmd {
+    /// Write the device's header and a clear slot for every node of the file.
     Init,
+    /// Show every node's slot: clear, or a poison pill and who wrote it.
     List,
+    /// Clear one node's slot (a restarted agent clears its own).
     Clear { target: String },
 }
 
@@ -43,8 +46,9 @@ enum Cmd {
         #[arg(long, env = "TAKEOVER_NODE")]
         node: String,
         /// After a force start on the peer: do not start any group here until it has
-        /// rejoined its active peer as SL (remembered on disk until then).
-        #[arg(long)]
+        /// rejoined its active peer as SL (remembered on disk until then). Under systemd:
+        /// TAKEOVER_JOIN_ONLY=1 in /etc/default/takeover.
+        #[arg(long, env = "TAKEOVER_JOIN_ONLY")]
         join_only: bool,
     },
     /// Show the node, its links and peers, every group's role, priority, epoch and journal.
@@ -87,6 +91,19 @@ enum Cmd {
         /// Replace an existing key file (every node then needs the new key).
         #[arg(long)]
         force: bool,
+    },
+    /// Print a shell completion script: `takeover completions bash >
+    /// /etc/bash_completion.d/takeover` (the .deb installs them for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (takeover(1) and one per subcommand, e.g. takeover-status(1))
+    /// into a directory, generated from these very definitions.
+    Man {
+        /// The directory to write them to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Check a configuration file (errors come as file:line:column) and its key file.
     Config {
@@ -210,8 +227,10 @@ struct Target {
     /// The agent's API socket (overrides --config/--node).
     #[arg(long)]
     api: Option<PathBuf>,
+    /// The cluster configuration file, to find the node's API socket.
     #[arg(long, env = "TAKEOVER_CONFIG", default_value = "/etc/takeover/cluster.toml")]
     config: PathBuf,
+    /// Which node's agent to ask (default: the one whose API socket exists here).
     #[arg(long, env = "TAKEOVER_NODE")]
     node: Option<String>,
 }
@@ -230,6 +249,9 @@ impl Target {
                     cfg.nodes.iter().filter(|it| matches!(&it.api, ApiAddr::Unix(path) if path.exists())).collect();
                 match local.as_slice() {
                     [one] => *one,
+                    // Every node of the file at the same path (`/run/takeover/api.sock` on
+                    // each machine): one socket, this machine's agent.
+                    [first, rest @ ..] if rest.iter().all(|it| it.api == first.api) => *first,
                     _ => bail!(
                         "say which node with --node (or TAKEOVER_NODE); nodes in {}: {}",
                         self.config.display(),
@@ -309,6 +331,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "wrote a new cluster key to {path} (32 random bytes, mode 0600). Copy it to every node with its mode kept (e.g. `scp -p {path} NODE:{path}`), set key_file = \"{path}\" in [cluster], and restart the agents: nodes with different keys cannot hear each other.",
                 path = out.display()
             );
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "takeover", &mut std::io::stdout());
+        }
+        Cmd::Man { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("cannot write the man pages to {}", out.display()))?;
+            let mut pages: Vec<String> = std::fs::read_dir(&out)?
+                .filter_map(|it| it.ok()?.file_name().into_string().ok())
+                .filter(|it| it.starts_with("takeover") && it.ends_with(".1"))
+                .collect();
+            pages.sort();
+            println!("wrote {} man pages to {}: {}", pages.len(), out.display(), pages.join(" "));
         }
         Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
             Ok(cfg) if cfg.witness.is_some() => {
