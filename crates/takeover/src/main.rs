@@ -18,7 +18,12 @@ use takeover_agent::config::{self, ApiAddr};
 #[command(
     name = "takeover",
     version,
-    about = "High-availability cluster manager: seed-000 role machine, fencing, replicated journal"
+    about = "High-availability cluster manager: seed-000 role machine, fencing, replicated journal",
+    after_long_help = "Files: /etc/takeover/cluster.toml (the cluster's configuration, the same on every node), \
+/etc/takeover/cluster.key (the cluster key, mode 0600), /etc/default/takeover (TAKEOVER_NODE and the other \
+settings of takeover.service), /run/takeover/api.sock and /var/lib/takeover under the unit.\n\
+Environment: TAKEOVER_CONFIG, TAKEOVER_NODE, TAKEOVER_JOIN_ONLY, TAKEOVER_LOG (a tracing filter, default info).\n\
+Guide: /usr/share/doc/takeover/docs/ (quickstart, configuration, decisions, migration, install)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,7 +53,7 @@ enum Cmd {
         /// After a force start on the peer: do not start any group here until it has
         /// rejoined its active peer as SL (remembered on disk until then). Under systemd:
         /// TAKEOVER_JOIN_ONLY=1 in /etc/default/takeover.
-        #[arg(long, env = "TAKEOVER_JOIN_ONLY")]
+        #[arg(long, env = "TAKEOVER_JOIN_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
         join_only: bool,
     },
     /// Show the node, its links and peers, every group's role, priority, epoch and journal.

@@ -125,6 +125,10 @@ fn man_pages_and_completions_come_from_the_cli_and_cover_what_the_units_name() {
         assert!(page(&format!("takeover-{sub}")).is_ok(), "no takeover-{sub}.1");
     }
     assert!(page("takeover-journal-append").unwrap().contains("acknowledgement"));
+    // The environment the unit sets, and the files, are in the pages.
+    let agent = page("takeover-agent").unwrap();
+    assert!(agent.contains("TAKEOVER_NODE") && agent.contains("TAKEOVER_JOIN_ONLY"), "{agent}");
+    assert!(main.contains("/etc/takeover/cluster.toml") && main.contains("/etc/default/takeover"), "{main}");
     // Hidden internals (the guard, the test services) get no page.
     assert!(page("takeover-guard").is_err() && page("takeover-demo-app").is_err());
     // Every man page a unit's Documentation= names exists.
@@ -215,8 +219,16 @@ async fn the_agent_tells_a_fake_systemd_ready_then_feeds_its_watchdog_then_stopp
     // the socket: only the agent speaks for the agent.
     bed.cluster.start("beta", false).unwrap();
     bed.wait_pair("alpha", "beta").await;
-    let apps = children_running(pid, "demo-app");
-    assert!(!apps.is_empty(), "the group's service runs under alpha's agent\n{}", bed.logs());
+    // The role comes first, the service's start after it: poll for the process.
+    let deadline = Instant::now() + common::WAIT;
+    let apps = loop {
+        let apps = children_running(pid, "demo-app");
+        if !apps.is_empty() {
+            break apps;
+        }
+        assert!(Instant::now() < deadline, "the group's service never ran under alpha's agent\n{}", bed.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let entry = format!("NOTIFY_SOCKET={}", path.display());
     assert!(environ(pid).contains(&entry), "the agent itself has the variable");
     for app in apps {
@@ -259,4 +271,26 @@ fn children_running(parent: i32, subcommand: &str) -> Vec<i32> {
         }
     }
     pids
+}
+
+#[test]
+fn the_environment_of_etc_default_takeover_is_understood() {
+    // TAKEOVER_JOIN_ONLY=1 as /etc/default/takeover suggests (and yes/true/0/no/false):
+    // parsed, so the agent goes on to read its configuration.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    for value in ["1", "yes", "true", "0", "no", "false"] {
+        let out = Command::new(binary())
+            .arg("agent")
+            .env("TAKEOVER_CONFIG", &missing)
+            .env("TAKEOVER_NODE", "alpha")
+            .env("TAKEOVER_JOIN_ONLY", value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("missing.toml") && !stderr.contains("--join-only"), "{value}: {stderr}");
+    }
+    let out = Command::new(binary()).args(["agent"]).env("TAKEOVER_JOIN_ONLY", "perhaps").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--join-only"));
 }
