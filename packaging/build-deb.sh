@@ -35,7 +35,8 @@ mkdir -p "$assets/completions" "$assets/man"
 "$bin" man --out "$assets/man" >/dev/null
 gzip -9n "$assets"/man/*.1
 
-# --fast: the check package only needs to be right, not small.
+# The release package: the binary stripped, its debug symbols in takeover-dbgsym (.ddeb).
+# The check package: --fast, it only needs to be right, not small.
 extra=()
-[ "$profile" = deb-check ] && extra+=(--fast)
+if [ "$profile" = deb-check ]; then extra+=(--fast --strip); else extra+=(--dbgsym); fi
 cargo deb -p takeover --no-build --profile "$profile" "${extra[@]}" "$@"
