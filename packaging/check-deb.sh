@@ -39,6 +39,12 @@ done
 control=$(mktemp -d)
 dpkg-deb -e "$deb" "$control"
 grep -qx /etc/default/takeover "$control/conffiles" || fail "/etc/default/takeover is not a conffile"
+for script in postinst postrm; do
+  [ -x "$control/$script" ] || fail "the package has no executable $script"
+  sh -n "$control/$script" || fail "$script is not valid sh"
+  ! grep -q '#DEBHELPER#' "$control/$script" || fail "$script still holds #DEBHELPER#"
+  ! grep -q 'systemctl.* \(enable\|start\|restart\)' "$control/$script" || fail "$script enables, starts or restarts a unit"
+done
 rm -rf "$control"
 pages=$(find "$root/usr/share/man/man1" -name '*.1.gz' | wc -l)
 echo "check-deb: $deb ok ($pages man pages, completions for bash, zsh and fish, $(du -sh "$root/usr/bin/takeover" | cut -f1) binary)"
