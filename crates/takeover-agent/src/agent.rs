@@ -69,7 +69,10 @@ const APPEND_BATCH: usize = 256;
 /// Runs the agent until SIGTERM/SIGINT or a fatal error.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let mut agent = Agent::start(opts).await?;
-    agent.run().await
+    // Under systemd (`Type=notify`): ready now that the API answers; watchdog from the loop.
+    let mut systemd = crate::sdnotify::Notifier::from_env();
+    systemd.ready(&agent.systemd_status());
+    agent.run(&mut systemd).await
 }
 
 struct Agent {
@@ -523,7 +526,14 @@ impl Agent {
         self.metrics.render(&status, &lag_bytes, &rtts, newest)
     }
 
-    async fn run(&mut self) -> anyhow::Result<()> {
+    /// One line for `systemctl status`: this node and each group's role.
+    fn systemd_status(&self) -> String {
+        let doc = self.status_doc();
+        let groups: Vec<String> = doc.groups.iter().map(|g| format!("{} {}", g.name, g.role)).collect();
+        format!("node {} incarnation {}: {}", doc.node, doc.incarnation, groups.join(", "))
+    }
+
+    async fn run(&mut self, systemd: &mut crate::sdnotify::Notifier) -> anyhow::Result<()> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut plan_check = tokio::time::interval(runtime::PLAN_CHECK_INTERVAL);
@@ -532,6 +542,8 @@ impl Agent {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut leases = tokio::time::interval(self.witness.tick_every());
         leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut systemd_watchdog = tokio::time::interval(systemd.watchdog_every().unwrap_or(Duration::from_secs(3600)));
+        systemd_watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.execute().await?;
             let deadline = self.node.poll_timeout().map(|at| self.tokio_instant(at));
@@ -551,8 +563,13 @@ impl Agent {
                 _ = renew.tick() => self.renew_guard()?,
                 _ = leases.tick(), if self.witness.on() => self.lease_tick(),
                 Some(answer) = self.witness.answers.recv() => self.on_witness_answer(answer)?,
+                _ = systemd_watchdog.tick(), if systemd.watchdog_every().is_some() => {
+                    systemd.watchdog();
+                    systemd.status(&self.systemd_status());
+                }
             }
         }
+        systemd.stopping("stopping: SIGTERM/SIGINT received; stopping the resources that are up");
         self.record("stopping: SIGTERM/SIGINT received; stopping the resources that are up".into());
         self.stop_all().await;
         self.release_leases();

@@ -24,6 +24,7 @@
 //! - [`fence`]: fence levels (fence-agents devices and plain commands, with retries,
 //!   timeouts and a status check), and `fence-local`, the power-off of a node that runs
 //!   on this machine.
+//! - [`sdnotify`]: systemd's readiness and watchdog notifications (`Type=notify`).
 
 pub mod agent;
 pub mod api;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod net;
 pub mod netbed;
 pub mod resources;
+pub mod sdnotify;
 pub mod service;
 pub mod simulate;
 pub mod storage_fence;

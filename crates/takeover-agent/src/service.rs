@@ -686,6 +686,10 @@ fn spawn_service(spec: &ServiceSpec) -> Result<Spawned> {
         .stderr(log2)
         .process_group(0);
     die_with_agent(&mut cmd);
+    // systemd's notification socket is the agent's, not the application's.
+    crate::sdnotify::CHILD_ENV.iter().for_each(|name| {
+        cmd.env_remove(name);
+    });
     let child = cmd.spawn().map_err(|source| ServiceError::Spawn { program: program.clone(), source })?;
     // Dropping a std Child neither kills nor reaps it. From here on the pid is managed
     // with waitid/killpg directly.

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use takeover_agent::api::Client;
 use takeover_agent::config::{self, ApiAddr};
 
@@ -18,7 +18,12 @@ use takeover_agent::config::{self, ApiAddr};
 #[command(
     name = "takeover",
     version,
-    about = "High-availability cluster manager: seed-000 role machine, fencing, replicated journal"
+    about = "High-availability cluster manager: seed-000 role machine, fencing, replicated journal",
+    after_long_help = "Files: /etc/takeover/cluster.toml (the cluster's configuration, the same on every node), \
+/etc/takeover/cluster.key (the cluster key, mode 0600), /etc/default/takeover (TAKEOVER_NODE and the other \
+settings of takeover.service), /run/takeover/api.sock and /var/lib/takeover under the unit.\n\
+Environment: TAKEOVER_CONFIG, TAKEOVER_NODE, TAKEOVER_JOIN_ONLY, TAKEOVER_LOG (a tracing filter, default info).\n\
+Guide: /usr/share/doc/takeover/docs/ (quickstart, configuration, decisions, migration, install)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,8 +32,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum StorageFenceCmd {
+    /// Write the device's header and a clear slot for every node of the file.
     Init,
+    /// Show every node's slot: clear, or a poison pill and who wrote it.
     List,
+    /// Clear one node's slot (a restarted agent clears its own).
     Clear { target: String },
 }
 
@@ -43,8 +51,9 @@ enum Cmd {
         #[arg(long, env = "TAKEOVER_NODE")]
         node: String,
         /// After a force start on the peer: do not start any group here until it has
-        /// rejoined its active peer as SL (remembered on disk until then).
-        #[arg(long)]
+        /// rejoined its active peer as SL (remembered on disk until then). Under systemd:
+        /// TAKEOVER_JOIN_ONLY=1 in /etc/default/takeover.
+        #[arg(long, env = "TAKEOVER_JOIN_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
         join_only: bool,
     },
     /// Show the node, its links and peers, every group's role, priority, generation,
@@ -127,6 +136,19 @@ enum Cmd {
         /// Replace an existing key file (every node then needs the new key).
         #[arg(long)]
         force: bool,
+    },
+    /// Print a shell completion script: `takeover completions bash >
+    /// /etc/bash_completion.d/takeover` (the .deb installs them for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (takeover(1) and one per subcommand, e.g. takeover-status(1))
+    /// into a directory, generated from these very definitions.
+    Man {
+        /// The directory to write them to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Check a configuration file (errors come as file:line:column) and its key file.
     Config {
@@ -265,8 +287,10 @@ struct Target {
     /// itself in TAKEOVER_API_TOKEN.
     #[arg(long, env = "TAKEOVER_API_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The cluster configuration file, to find the node's API socket.
     #[arg(long, env = "TAKEOVER_CONFIG", default_value = "/etc/takeover/cluster.toml")]
     config: PathBuf,
+    /// Which node's agent to ask (default: the one whose API socket exists here).
     #[arg(long, env = "TAKEOVER_NODE")]
     node: Option<String>,
 }
@@ -302,6 +326,9 @@ impl Target {
                     cfg.nodes.iter().filter(|it| matches!(&it.api, ApiAddr::Unix(path) if path.exists())).collect();
                 match local.as_slice() {
                     [one] => *one,
+                    // Every node of the file at the same path (`/run/takeover/api.sock` on
+                    // each machine): one socket, this machine's agent.
+                    [first, rest @ ..] if rest.iter().all(|it| it.api == first.api) => *first,
                     _ => bail!(
                         "say which node with --node (or TAKEOVER_NODE); nodes in {}: {}",
                         self.config.display(),
@@ -498,6 +525,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 path = out.display()
             );
         }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "takeover", &mut std::io::stdout());
+        }
+        Cmd::Man { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("cannot write the man pages to {}", out.display()))?;
+            let mut pages: Vec<String> = std::fs::read_dir(&out)?
+                .filter_map(|it| it.ok()?.file_name().into_string().ok())
+                .filter(|it| it.starts_with("takeover") && it.ends_with(".1"))
+                .collect();
+            pages.sort();
+            println!("wrote {} man pages to {}: {}", pages.len(), out.display(), pages.join(" "));
+        }
         Cmd::Config { command: ConfigCmd::Check { file } } => match config::load(&file) {
             Ok(cfg) => {
                 let auth = match &cfg.auth {
@@ -574,6 +615,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Cmd::Witness { listen, state_dir, lease, margin, cluster, key_file, unauthenticated: _ } => {
+            if cluster.trim().is_empty() {
+                bail!(
+                    "--cluster is empty: give the cluster's name ([cluster] name in the nodes' configuration; TAKEOVER_WITNESS_CLUSTER in /etc/default/takeover-witness under systemd)"
+                );
+            }
             let auth = match key_file {
                 Some(path) => {
                     takeover_agent::auth::Auth::with_key(&cluster, &takeover_agent::auth::keyfile::load(&path)?)

@@ -213,7 +213,7 @@ impl RawResource {
 }
 
 /// The keys each type takes besides the common ones.
-fn keys_of(kind: &str) -> &'static [&'static str] {
+pub fn keys_of(kind: &str) -> &'static [&'static str] {
     match kind {
         "vip" => &["address", "interface", "announce", "announce_interval"],
         "process" => &["command", "env", "log"],

@@ -437,6 +437,10 @@ fn spawn_into_cgroup(
     let mut cmd = Command::new(program);
     cmd.args(args).envs(env).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
     service::die_with_agent(&mut cmd);
+    // systemd's notification socket is the agent's, not the application's.
+    crate::sdnotify::CHILD_ENV.iter().for_each(|name| {
+        cmd.env_remove(name);
+    });
     let fds: Vec<RawFd> = procs.iter().map(|it| it.as_raw_fd()).collect();
     // SAFETY: between fork and exec the closure only calls write(2) and reads errno, both
     // async-signal-safe, and iterates a Vec built before the fork (no allocation). The
