@@ -15,6 +15,7 @@
 //! | `takeover_group_role` | gauge, 1 for the current role | `group`, `role` (`M`, `SM`, `SL`, `X`) |
 //! | `takeover_group_priority` | gauge 1..3 | `group` |
 //! | `takeover_group_failed` | gauge 0/1 | `group` |
+//! | `takeover_witness_lease_held` | gauge 0/1 (only with a `[witness]`) | `group` |
 //! | `takeover_resource_up` | gauge 0/1 | `group`, `resource` |
 //! | `takeover_resource_failures` | gauge | `group`, `resource` |
 //! | `takeover_journal_last_index` | gauge | `group` |
@@ -210,6 +211,17 @@ impl Metrics {
         out.family("takeover_group_failed", "gauge", "Whether a group failed here and waits for `takeover cleanup`.");
         for g in &status.groups {
             out.sample("takeover_group_failed", &[("group", &g.name)], bool(g.failed));
+        }
+        if status.groups.iter().any(|g| g.lease.is_some()) {
+            out.family(
+                "takeover_witness_lease_held",
+                "gauge",
+                "With a [witness]: whether this node holds the group's lease (its resources run only then).",
+            );
+            for g in &status.groups {
+                let held = g.lease.as_deref().is_some_and(|l| l.starts_with("held for"));
+                out.sample("takeover_witness_lease_held", &[("group", &g.name)], bool(held));
+            }
         }
         out.family("takeover_resource_up", "gauge", "Whether a resource is up on this node.");
         for g in &status.groups {

@@ -218,6 +218,11 @@ async fn with_a_witness_a_group_runs_only_under_its_lease_and_moves_once_the_lea
     assert!(has_event(&alpha, "waits for the witness's lease before it starts"), "{}", bed.logs());
     let beta = bed.cluster.status("beta").await.unwrap();
     assert_eq!(group(&beta).unwrap().lease.as_deref(), Some("not held (not needed)"));
+    // The metrics say the same.
+    let metrics = bed.cluster.client("alpha").metrics().await.unwrap();
+    assert!(metrics.contains("takeover_witness_lease_held{group=\"journal\"} 1"), "{metrics}");
+    let metrics = bed.cluster.client("beta").metrics().await.unwrap();
+    assert!(metrics.contains("takeover_witness_lease_held{group=\"journal\"} 0"), "{metrics}");
 
     let client = bed.client("lease");
     client.wait_acks(30, common::WAIT).await.unwrap();
