@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use takeover_core::group::{
-    self, Arbiter, Cause, Command, FenceTarget, RefuseReason, RejectReason, Report, WaitReason,
-};
+use takeover_core::group::{self, Arbiter, Command, FenceTarget, RefuseReason, RejectReason, Report};
 use takeover_core::log::{DiscardReason, Record};
 use takeover_core::node::{
     ConnId, GroupIndex, GroupSetup, Node, NodeCommand, NodeConfig as CoreNodeConfig, NodeEvent, NodeReport,
@@ -49,6 +47,7 @@ use takeover_core::runner::ResourcePolicy;
 
 mod lease;
 mod runtime;
+use crate::words::{cause_text, wait_text};
 use runtime::{OpDone, PlanDone, ResRt, Timeline};
 
 /// How `takeover agent` was started.
@@ -1378,48 +1377,6 @@ pub fn force_start_warning(group: &str, peer: &str) -> String {
          ([1 1]), continuing from older data. Keep {peer} fenced, or start it with `takeover agent --join-only` until \
          it has rejoined as SL. Records only {peer} holds are set aside (counted as discarded by force start)."
     )
-}
-
-fn cause_text(cause: Cause, peer: &str) -> String {
-    match cause {
-        Cause::HigherPriority { own, peer: theirs } => {
-            format!("both nodes up: this node's priority {own} beats {peer}'s {theirs}, so it processed last")
-        }
-        Cause::LowerPriority { own, peer: theirs } => {
-            format!("both nodes up: {peer}'s priority {theirs} beats this node's {own}, so {peer} processed last")
-        }
-        Cause::AloneWithPriority1 => "alone, with priority 1: this node processed last".into(),
-        Cause::ForceStart => "force start by the operator".into(),
-        Cause::PeerJoinOnly => format!("{peer} was started with --join-only"),
-        Cause::PeerActive => format!("{peer} is active: joining it"),
-        Cause::Synchronised => "the SL holds every acknowledged record".into(),
-        Cause::ActiveLostBeforeSync => {
-            format!("{peer} was lost before it confirmed the sync: this node cannot take over")
-        }
-        Cause::ActiveStopped => format!("{peer} stopped being active"),
-        Cause::Takeover => format!("{peer} is known stopped: taking over"),
-        Cause::SlaveLost => format!("the SL {peer} is known stopped; acknowledging alone"),
-        Cause::YieldToNewerEpoch => format!("{peer} holds a newer epoch"),
-        Cause::Handover(reason) => format!("{} between this node and {peer}", runtime::reason_name(reason)),
-    }
-}
-
-fn wait_text(reason: WaitReason, group: &str, peer: &str) -> String {
-    match reason {
-        WaitReason::Undetermined { own } => format!(
-            "this node holds priority {own}, so {peer} may have processed last; start {peer}, or run `takeover force-start {group}` here to continue without {peer}'s last records"
-        ),
-        WaitReason::EqualPriorities { both } => format!(
-            "[{both} {both}]: both nodes hold priority {both} (after a force start), so neither can tell which processed last; run `takeover force-start {group}` on the node whose data should win, and start the other with --join-only"
-        ),
-        WaitReason::JoinOnly => {
-            format!("started with --join-only: waiting for {peer} to be active, to rejoin it as SL")
-        }
-        WaitReason::BothJoinOnly => format!(
-            "both nodes were started with --join-only; run `takeover force-start {group}` on the node whose data should win"
-        ),
-        WaitReason::PeerSettling => format!("{peer} is still settling after this node's restart"),
-    }
 }
 
 fn refuse_text(reason: RefuseReason, group: &str, peer: &str) -> String {

@@ -46,3 +46,4 @@ pub mod storage_fence;
 pub mod store;
 pub mod wire;
 pub mod witness;
+pub mod words;

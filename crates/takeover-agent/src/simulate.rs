@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use takeover_core::group::{self, Cause, Command, GroupDurable, HandoverReason, Message, Report};
+use takeover_core::group::{self, Command, GroupDurable, Message, Report};
 use takeover_core::log::{LogMeta, Record};
 use takeover_core::node::{ConnId, GroupIndex, GroupSetup, Node, NodeCommand, NodeConfig, NodeEvent, NodeReport};
 use takeover_core::runner::{Op, Outcome, ResourcePolicy};
@@ -25,6 +25,7 @@ use takeover_core::{Epoch, Incarnation, Instant, NodeId, Priority, Role};
 
 use crate::api::StatusDoc;
 use crate::config::{self, ClusterConfig};
+use crate::words::{cause_text, reason_name, wait_text};
 
 /// How long a message or heartbeat takes in the simulated world.
 const LATENCY: Duration = Duration::from_millis(1);
@@ -931,15 +932,6 @@ fn durable_from_status(
     Ok(GroupDurable { priority, epoch, role, join_only: false })
 }
 
-fn reason_name(reason: HandoverReason) -> &'static str {
-    match reason {
-        HandoverReason::Switchover => "switchover",
-        HandoverReason::Failback => "failback",
-        HandoverReason::StartFailed => "failover after a failed start",
-        HandoverReason::ServiceFailed => "failover after a failed resource",
-    }
-}
-
 fn group_report_text(group: &str, peer: &str, cfg: &ClusterConfig, report: Report) -> Option<String> {
     Some(match report {
         Report::Transition { from, to, cause } => {
@@ -979,42 +971,6 @@ fn group_report_text(group: &str, peer: &str, cfg: &ClusterConfig, report: Repor
         }
         other => format!("group {group}: {other:?}"),
     })
-}
-
-fn wait_text(reason: group::WaitReason, group: &str, peer: &str) -> String {
-    match reason {
-        group::WaitReason::Undetermined { own } => format!(
-            "alone with priority {own}: {peer} may have processed last (start {peer}, or `takeover force-start {group}`)"
-        ),
-        group::WaitReason::EqualPriorities { both } => {
-            format!("[{both} {both}]: neither node can tell which processed last; an operator must force-start one")
-        }
-        group::WaitReason::JoinOnly => format!("--join-only: waits for {peer} to be active"),
-        group::WaitReason::BothJoinOnly => "both nodes are --join-only; an operator must force-start one".into(),
-        group::WaitReason::PeerSettling => format!("{peer} is still settling"),
-    }
-}
-
-fn cause_text(cause: Cause, peer: &str) -> String {
-    match cause {
-        Cause::HigherPriority { own, peer: theirs } => {
-            format!("both up: own priority {own} beats {peer}'s {theirs}")
-        }
-        Cause::LowerPriority { own, peer: theirs } => {
-            format!("both up: {peer}'s priority {theirs} beats own {own}")
-        }
-        Cause::AloneWithPriority1 => "alone, with priority 1: this node processed last".into(),
-        Cause::ForceStart => "force start".into(),
-        Cause::PeerJoinOnly => format!("{peer} was started with --join-only"),
-        Cause::PeerActive => format!("{peer} is active: joining it"),
-        Cause::Synchronised => "the SL holds every acknowledged record".into(),
-        Cause::ActiveLostBeforeSync => format!("{peer} was lost before it confirmed the sync"),
-        Cause::ActiveStopped => format!("{peer} stopped being active"),
-        Cause::Takeover => format!("{peer} is known stopped: taking over"),
-        Cause::SlaveLost => format!("the SL {peer} is known stopped"),
-        Cause::YieldToNewerEpoch => format!("{peer} holds a newer epoch"),
-        Cause::Handover(reason) => format!("{} between this node and {peer}", reason_name(reason)),
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use takeover_core::Role;
-use takeover_core::group::{Cause, HandoverReason, Report};
+use takeover_core::group::{Cause, Report};
 use takeover_core::node::{GroupIndex, NodeEvent};
 use takeover_core::runner::{Op, Outcome};
 use takeover_core::{Epoch, NodeId};
@@ -467,14 +467,7 @@ impl Agent {
     }
 }
 
-pub(super) fn reason_name(reason: HandoverReason) -> &'static str {
-    match reason {
-        HandoverReason::Switchover => "switchover",
-        HandoverReason::Failback => "failback",
-        HandoverReason::StartFailed => "failover after a failed start",
-        HandoverReason::ServiceFailed => "failover after a failed resource",
-    }
-}
+pub(super) use crate::words::reason_name;
 
 fn past(op: Op) -> &'static str {
     match op {
