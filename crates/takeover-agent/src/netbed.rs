@@ -604,7 +604,9 @@ impl Shared {
         let table = &self.state.prefix;
         if input.is_empty() && output.is_empty() {
             if rules.tables.contains(&ns) {
-                nft(&ns, &format!("delete table inet {table}\n"))?;
+                // Declared first, so the deletion holds even if the table is already gone
+                // (a long campaign hit that, and the heal failed).
+                nft(&ns, &format!("table inet {table}\ndelete table inet {table}\n"))?;
                 rules.tables.remove(&ns);
             }
             return Ok(());
@@ -854,7 +856,8 @@ impl Netbed {
         }
         let tables: Vec<String> = std::mem::take(&mut lock(&self.shared.rules).tables).into_iter().collect();
         for ns in tables {
-            if let Err(e) = nft(&ns, &format!("delete table inet {}\n", self.shared.state.prefix)) {
+            let table = &self.shared.state.prefix;
+            if let Err(e) = nft(&ns, &format!("table inet {table}\ndelete table inet {table}\n")) {
                 errors.push(format!("{e:#}"));
             }
         }
