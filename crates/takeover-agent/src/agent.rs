@@ -148,6 +148,15 @@ impl Agent {
                 _ => None,
             })
             .collect();
+        let mounts: Vec<PathBuf> = self
+            .cfg
+            .groups_of(&self.me.name)
+            .flat_map(|g| g.resources.iter())
+            .filter_map(|r| match &r.kind {
+                config::ResourceKindConfig::Mount { directory, .. } => Some(directory.on(&self.me.name).clone()),
+                _ => None,
+            })
+            .collect();
         let storage = match self.cfg.storage_fence.clone() {
             None => None,
             Some(sf) => {
@@ -168,7 +177,8 @@ impl Agent {
             }
         };
         let binary = std::env::current_exe().context("cannot find this program's path to start the guard")?;
-        self.watchdog = crate::guard::Watchdog::start(&self.cfg.guard, &binary, &scope, &vips, storage.as_ref())?;
+        self.watchdog =
+            crate::guard::Watchdog::start(&self.cfg.guard, &binary, &scope, &vips, &mounts, storage.as_ref())?;
         let text = format!("guard: {}", self.watchdog.describe());
         self.record(text);
         Ok(())

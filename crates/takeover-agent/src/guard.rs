@@ -55,6 +55,9 @@ pub struct GuardArgs {
     pub scope: String,
     /// Virtual IPs to remove, `ADDRESS/PREFIX@INTERFACE`.
     pub vips: Vec<String>,
+    /// Mount points of the node's `mount` resources: shut down and detached when it acts
+    /// ([`crate::resources::mount::cut_off`]).
+    pub mounts: Vec<PathBuf>,
     /// The storage fence slot to watch, if any.
     pub storage: Option<StorageWatch>,
 }
@@ -91,6 +94,7 @@ impl Watchdog {
         binary: &std::path::Path,
         scope: &str,
         vips: &[VipSpec],
+        mounts: &[PathBuf],
         storage: Option<&StorageWatch>,
     ) -> anyhow::Result<Watchdog> {
         if !guard.enabled {
@@ -116,6 +120,9 @@ impl Watchdog {
             .stdin(Stdio::piped());
         for vip in vips {
             command.arg("--vip").arg(format!("{}/{}@{}", vip.address, vip.prefix_len, vip.interface));
+        }
+        for mount in mounts {
+            command.arg("--mount").arg(mount);
         }
         if let Some(s) = storage {
             command
@@ -339,13 +346,24 @@ pub fn main(args: GuardArgs) -> anyhow::Result<bool> {
             for_.as_millis()
         ),
     };
-    eprintln!("takeover guard: {why}: killing the agent and this node's services, removing its virtual IPs");
+    eprintln!(
+        "takeover guard: {why}: killing the agent and this node's services, cutting it off its filesystems, removing its virtual IPs"
+    );
     // The agent first, so it cannot start anything again; only while it is still our
     // parent (otherwise the pid may be someone else's now).
     if nix::unistd::getppid().as_raw() == args.agent_pid {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(args.agent_pid), Signal::SIGKILL);
     }
     let mut failed = Vec::new();
+    // Then the shared disks: no write of this node (its services', or the kernel's
+    // writeback) may reach them once the peer may take them over.
+    for mount in &args.mounts {
+        match crate::resources::mount::cut_off(mount) {
+            Ok(true) => eprintln!("takeover guard: cut off {} (shut down, detached)", mount.display()),
+            Ok(false) => {}
+            Err(e) => failed.push(e),
+        }
+    }
     match crate::resources::process::kill_leftover_cgroups(&args.scope) {
         Ok(killed) => eprintln!("takeover guard: removed {} cgroup(s) of {}", killed.len(), args.scope),
         Err(e) => failed.push(format!("{e:#}")),
@@ -494,7 +512,7 @@ mod tests {
             timeout: Duration::from_millis(400),
             device: Some(path.clone()),
         };
-        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], None).unwrap();
+        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], &[], None).unwrap();
         assert_eq!(dog.every(), Some(Duration::from_millis(100)));
         dog.renew().unwrap();
         dog.renew().unwrap();
@@ -502,14 +520,14 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"\0\0V");
         // A missing device is a clear error naming the setting.
         let cfg = crate::config::GuardConfig { device: Some(dir.path().join("missing")), ..cfg };
-        let err = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], None).err().unwrap();
+        let err = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], &[], None).err().unwrap();
         assert!(format!("{err:#}").contains("[guard] device"), "{err:#}");
     }
 
     #[test]
     fn off_does_nothing() {
         let cfg = crate::config::GuardConfig { enabled: false, timeout: Duration::from_millis(400), device: None };
-        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], None).unwrap();
+        let mut dog = Watchdog::start(&cfg, std::path::Path::new("/nonexistent"), "x-0", &[], &[], None).unwrap();
         assert_eq!(dog.every(), None);
         dog.renew().unwrap();
         dog.disarm();

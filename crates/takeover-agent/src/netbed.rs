@@ -262,21 +262,23 @@ fn check_output(what: &str, output: Output) -> anyhow::Result<Output> {
     Ok(output)
 }
 
-/// Runs a command in the host namespace and checks it succeeded.
-fn run(argv: &[&str]) -> anyhow::Result<Output> {
-    let output = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run `{}`", show(argv)))?;
-    check_output(&show(argv), output)
-}
-
-/// `ip ARGS...`, checked.
+/// `ip ARGS...`, checked. `ip -n NS` joins that namespace, so a power-off of it (the test's
+/// or a fence's) may SIGKILL it midway: then it runs again (what it does is idempotent).
 fn ip(args: &[&str]) -> anyhow::Result<Output> {
     let mut argv = vec!["ip"];
     argv.extend_from_slice(args);
-    run(&argv)
+    for _ in 0..10 {
+        let output = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run `{}`", show(&argv)))?;
+        if output.status.signal() == Some(libc::SIGKILL) {
+            continue;
+        }
+        return check_output(&show(&argv), output);
+    }
+    bail!("`{}` was killed 10 times in a row (a power-off loop in that namespace?)", show(&argv))
 }
 
 fn netns_path(ns: &str) -> PathBuf {
@@ -460,39 +462,14 @@ fn set_links(member: &MemberState, up: bool) -> anyhow::Result<()> {
 /// setting a link down failed.
 fn power_off_member(member: &MemberState, deadline: Duration) -> anyhow::Result<Vec<i32>> {
     let links = set_links(member, false);
-    // The node's filesystems stop writing first, with nothing flushed (a power cut).
-    let shut: anyhow::Result<Vec<&Path>> =
-        member.mounts.iter().filter(|it| is_mountpoint(it)).map(|it| shutdown_fs(it).map(|()| it.as_path())).collect();
+    // The node's filesystems stop writing first, with nothing flushed (a power cut), and a
+    // dead machine's mounts are gone (all the namespaces share the host's mount table):
+    // the same cut the guard makes.
+    let cut: Result<Vec<bool>, String> = member.mounts.iter().map(|it| crate::resources::mount::cut_off(it)).collect();
     let killed = kill_netns(&member.namespace, deadline)?;
-    // A dead machine's mounts are gone: all the namespaces share the host's mount table.
-    for path in shut? {
-        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
-            .with_context(|| format!("cannot detach {} after power-off", path.display()))?;
-    }
+    cut.map_err(|e| anyhow::anyhow!("power-off: {e}"))?;
     links?;
     Ok(killed)
-}
-
-/// Whether `path` is a mount point in this process's mount namespace.
-fn is_mountpoint(path: &Path) -> bool {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = path.to_string_lossy();
-    text.lines().any(|line| line.split(' ').nth(4).is_some_and(|it| it == want))
-}
-
-/// `FS_IOC_SHUTDOWN` with `NOLOGFLUSH`: the filesystem refuses every further write and
-/// flushes nothing (ext4 and XFS), what a machine losing power leaves on its disk.
-fn shutdown_fs(path: &Path) -> anyhow::Result<()> {
-    const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d; // _IOR('X', 125, __u32)
-    const NOLOGFLUSH: u32 = 2;
-    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let flags = NOLOGFLUSH;
-    // SAFETY: the ioctl reads one u32 from the pointer, which lives across the call.
-    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_SHUTDOWN as _, &flags as *const u32) };
-    if rc != 0 {
-        bail!("cannot shut down the filesystem at {}: {}", path.display(), io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// On unless every link of the member is administratively down in its namespace.
@@ -1405,7 +1382,7 @@ mod tests {
         let prefix = bed.prefix().to_string();
         bed.destroy().unwrap();
         assert_eq!(stale_namespaces(&prefix).unwrap(), Vec::<String>::new());
-        let listed = run(&["ip", "netns", "list"]).unwrap();
+        let listed = ip(&["netns", "list"]).unwrap();
         assert!(!String::from_utf8_lossy(&listed.stdout).contains(&format!("{prefix}-")));
         assert!(!state_file_path(&prefix).exists());
     }
@@ -1497,7 +1474,7 @@ mod tests {
         assert!(!text.contains("inet6"), "{text}");
         let out = bed.exec("nbrch-b0-is-not-a-member", &["true"]);
         assert!(out.is_err());
-        let host = run(&["ip", "-o", "link", "show"]).unwrap();
+        let host = ip(&["-o", "link", "show"]).unwrap();
         assert!(!String::from_utf8_lossy(&host.stdout).contains("nbrch"));
         assert_eq!(&BedState::load(bed.state_file()).unwrap(), bed.state());
         finish(bed);
@@ -1791,7 +1768,7 @@ mod tests {
         });
         assert!(result.is_err());
         assert_eq!(stale_namespaces(prefix).unwrap(), Vec::<String>::new());
-        let listed = run(&["ip", "netns", "list"]).unwrap();
+        let listed = ip(&["netns", "list"]).unwrap();
         assert!(!String::from_utf8_lossy(&listed.stdout).contains("nbpan-"));
         let text = fs::read_to_string(&record).unwrap();
         let (pid, start) = text.split_once(' ').unwrap();

@@ -197,6 +197,9 @@ enum Cmd {
         /// ADDRESS/PREFIX@INTERFACE, repeated.
         #[arg(long = "vip")]
         vips: Vec<String>,
+        /// A mount point to shut down and detach when it acts, repeated.
+        #[arg(long = "mount")]
+        mounts: Vec<PathBuf>,
         /// The storage fence device whose slot to watch.
         #[arg(long, requires_all = ["storage_slot", "storage_timeout"])]
         storage_device: Option<PathBuf>,
@@ -603,14 +606,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::DemoApp(args) => demo_app::run(args).await?,
         Cmd::ProbeApp(args) => tokio::task::spawn_blocking(move || probe_app::run(args)).await??,
-        Cmd::Guard { timeout, agent_pid, scope, vips, storage_device, storage_slot, storage_timeout } => {
+        Cmd::Guard { timeout, agent_pid, scope, vips, mounts, storage_device, storage_slot, storage_timeout } => {
             let storage = match (storage_device, storage_slot, storage_timeout) {
                 (Some(device), Some(slot), Some(timeout)) => {
                     Some(takeover_agent::guard::StorageWatch { device, slot, timeout })
                 }
                 _ => None,
             };
-            let args = takeover_agent::guard::GuardArgs { timeout, agent_pid, scope, vips, storage };
+            let args = takeover_agent::guard::GuardArgs { timeout, agent_pid, scope, vips, mounts, storage };
             let clean = tokio::task::spawn_blocking(move || takeover_agent::guard::main(args)).await??;
             return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }

@@ -142,6 +142,11 @@ async fn kill_9_of_the_active_moves_disk_mount_address_and_process_and_the_clien
     let web = group(&status, "web");
     assert_eq!(web.role, "SM");
     assert!(has_address(&w.c.bed, "beta", w.vip()) && mounted(&w.mnt("beta")) && !mounted(&w.mnt("alpha")));
+    // alpha's guard saw its agent die and cut alpha off the shared filesystem itself (before
+    // any fence: the same protection for a node that stops itself, as with storage fencing).
+    let log = std::fs::read_to_string(w.c.dir.join("alpha.agent.log")).unwrap();
+    let cut = format!("takeover guard: cut off {} (shut down, detached)", w.mnt("alpha").display());
+    assert!(log.contains(&cut), "no `{cut}` in alpha's log\n{}", w.context());
 
     // Step timings of the takeover, in status and in the event log.
     let last = web.last_move.as_ref().expect("the takeover's steps");

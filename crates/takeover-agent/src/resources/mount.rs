@@ -142,6 +142,38 @@ fn mounts_at<'a>(entries: &'a [MountEntry], mp: &Path) -> (Vec<&'a MountEntry>, 
     (here, top)
 }
 
+/// Cuts this machine off a filesystem the way a power cut would: `FS_IOC_SHUTDOWN` with
+/// `NOLOGFLUSH` (ext4 and XFS refuse every further write, and nothing more reaches the
+/// disk: what was fsynced is in the journal, the rest is lost), then a lazy unmount. The
+/// guard does this when it acts, so a node that stopped itself cannot write the shared
+/// disk again (the kernel's writeback included) once its peer has taken the disk over.
+/// Nothing to do (Ok(false)) when nothing is mounted there.
+pub fn cut_off(mount_point: &Path) -> Result<bool, String> {
+    const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d; // _IOR('X', 125, __u32)
+    const NOLOGFLUSH: u32 = 2;
+    // mountinfo shows canonical paths; a path that does not resolve is not mounted.
+    let Ok(mount_point) = std::fs::canonicalize(mount_point) else { return Ok(false) };
+    let mount_point = mount_point.as_path();
+    if mounts_at(&read_mountinfo()?, mount_point).1.is_none() {
+        return Ok(false);
+    }
+    let dir = std::fs::File::open(mount_point).map_err(|e| format!("cannot open {}: {e}", mount_point.display()))?;
+    let flags = NOLOGFLUSH;
+    // SAFETY: the ioctl reads one u32 from the pointer, which lives across the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&dir), FS_IOC_SHUTDOWN as _, &flags as *const u32) };
+    if rc != 0 {
+        return Err(format!(
+            "cannot shut down the filesystem at {}: {}",
+            mount_point.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    drop(dir);
+    nix::mount::umount2(mount_point, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("cannot detach {}: {e}", mount_point.display()))?;
+    Ok(true)
+}
+
 /// A block device, resolved: its real path and number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Device {
@@ -980,6 +1012,31 @@ mod tests {
     fn fs_state(dev: &str) -> String {
         let out = run(&["dumpe2fs", "-h", dev]);
         out.lines().find(|l| l.starts_with("Filesystem state:")).unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn cut_off_stops_every_write_and_detaches_keeping_what_was_fsynced() {
+        use std::io::Write;
+        let Some(bed) = bed("cut_off_stops_every_write_and_detaches_keeping_what_was_fsynced") else { return };
+        let rt = rt();
+        let c = ctx();
+        let mut m = Mount::new(bed.spec("ext4", true));
+        assert_eq!(rt.block_on(m.start(&c)), OpOutcome::Ok);
+        let mut kept = std::fs::File::create(bed.mp.join("kept")).unwrap();
+        kept.write_all(b"fsynced").unwrap();
+        kept.sync_all().unwrap();
+        let mut late = std::fs::File::create(bed.mp.join("late")).unwrap();
+        assert_eq!(cut_off(&bed.mp), Ok(true));
+        assert_eq!(top_at(&bed.mp), None, "detached");
+        // A file still open on it can write nothing more (the guard's services, or anything).
+        assert!(late.write_all(b"after the cut").and_then(|()| late.sync_all()).is_err());
+        assert!(kept.write_all(b"!").and_then(|()| kept.sync_all()).is_err());
+        drop((late, kept));
+        assert_eq!(cut_off(&bed.mp), Ok(false), "nothing mounted there any more");
+        // Mounted again (fsck replays the journal): what was fsynced before the cut is there.
+        assert_eq!(rt.block_on(m.start(&c)), OpOutcome::Ok);
+        assert_eq!(std::fs::read(bed.mp.join("kept")).unwrap(), b"fsynced");
+        assert_eq!(rt.block_on(m.stop(&c)), OpOutcome::Ok);
     }
 
     #[test]
