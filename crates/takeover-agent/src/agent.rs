@@ -43,7 +43,6 @@ use crate::service;
 use crate::store;
 use crate::wire::{self, GroupFrame};
 use takeover_core::group::SwitchoverRefused;
-use takeover_core::runner::ResourcePolicy;
 
 mod lease;
 mod runtime;
@@ -318,15 +317,7 @@ impl Agent {
                 durable,
                 log: journal.meta().clone(),
                 join_only: opts.join_only,
-                resources: group
-                    .resources
-                    .iter()
-                    .map(|it| ResourcePolicy {
-                        monitor_interval: it.monitor_interval,
-                        max_restarts: it.max_restarts,
-                        restart_window: it.restart_window,
-                    })
-                    .collect(),
+                resources: group.resource_policies(),
             });
             durables.push((index, durable.epoch));
             groups.push(GroupRt {

@@ -328,6 +328,18 @@ impl GroupConfig {
         &self.nodes[0]
     }
 
+    /// What the core's runner needs of each resource, in start order.
+    pub fn resource_policies(&self) -> Vec<takeover_core::runner::ResourcePolicy> {
+        self.resources
+            .iter()
+            .map(|it| takeover_core::runner::ResourcePolicy {
+                monitor_interval: it.monitor_interval,
+                max_restarts: it.max_restarts,
+                restart_window: it.restart_window,
+            })
+            .collect()
+    }
+
     /// Whether `node` is a member of this group.
     pub fn has_node(&self, node: &str) -> bool {
         self.nodes.iter().any(|n| n == node)

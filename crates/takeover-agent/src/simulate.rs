@@ -20,7 +20,7 @@ use std::time::Duration;
 use takeover_core::group::{self, Command, GroupDurable, Message, Report};
 use takeover_core::log::{LogMeta, Record};
 use takeover_core::node::{ConnId, GroupIndex, GroupSetup, Node, NodeCommand, NodeConfig, NodeEvent, NodeReport};
-use takeover_core::runner::{Op, Outcome, ResourcePolicy};
+use takeover_core::runner::{Op, Outcome};
 use takeover_core::{Epoch, Incarnation, Instant, NodeId, Priority, Role};
 
 use crate::api::StatusDoc;
@@ -294,15 +294,7 @@ impl<'a> World<'a> {
                     durable,
                     log: LogMeta::empty(),
                     join_only: durable.join_only,
-                    resources: group
-                        .resources
-                        .iter()
-                        .map(|it| ResourcePolicy {
-                            monitor_interval: it.monitor_interval,
-                            max_restarts: it.max_restarts,
-                            restart_window: it.restart_window,
-                        })
-                        .collect(),
+                    resources: group.resource_policies(),
                 });
             }
             peers.sort();
